@@ -1,0 +1,30 @@
+# InBedder reproduction: data -> fine-tuning -> cached answers and hidden states -> scores -> report.
+# Paper run:   snakemake --cores 1 --resources gpu=1
+# Offline run: snakemake --profile workflow/profiles/offline      (what `make demo` runs)
+from snakemake.utils import min_version, validate
+
+min_version("9.27")
+
+
+configfile: "config.yaml"
+
+
+validate(config, schema="workflow/schemas/config.schema.yaml")
+
+
+report: "report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/encode.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

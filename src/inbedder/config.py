@@ -1,0 +1,110 @@
+"""Load, validate and check the workflow config outside Snakemake (tests, CLI) and at start-up."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+MODEL_KINDS = ("causal", "masked", "seq2seq", "sentence-encoder")
+# Prepared datasets that exist only on the Hugging Face hub (no mirror, no repository file).
+HUB_ONLY_DATASETS = frozenset({"inbedder_qa", "alpaca", "intent_emotion", "nyt_clustering", "instruct_stsb"})
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key."""
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Merge like Snakemake: dictionaries key by key, everything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dict[str, Any]:
+    """Read config files in order (later ones win), apply overrides, validate against the schema."""
+    from snakemake.utils import validate
+
+    config: dict[str, Any] = {}
+    for path in paths or (ROOT / "config.yaml",):
+        with open(path, encoding="utf-8") as fh:
+            config = merge(config, yaml.safe_load(fh) or {})
+    if overrides:
+        config = merge(config, overrides)
+    validate(config, schema=str(SCHEMA))
+    return config
+
+
+def check_runtime(config: dict) -> None:
+    """Check cross-references the schema cannot express, the device, and the offline switch."""
+    select = config["select"]
+    for group, registry in (("models", "models"), ("tasks", "tasks")):
+        for name in select[group]:
+            if name not in config[registry]:
+                raise ConfigError(
+                    f"select.{group}: {name!r} is not a key of {registry} (known: {sorted(config[registry])})"
+                )
+    for name in select["recipes"]:
+        if name not in config["recipes"] and name not in ("none", "released"):
+            raise ConfigError(
+                f"select.recipes: {name!r} is not a key of recipes, 'none' or 'released' "
+                f"(known: {sorted(config['recipes'])})"
+            )
+    for name, spec in config["models"].items():
+        if spec["kind"] not in MODEL_KINDS:
+            raise ConfigError(f"models.{name}.kind: {spec['kind']!r} is not one of {MODEL_KINDS}")
+    re_encoder = config.get("re_encoder")
+    if re_encoder is not None:
+        if re_encoder not in config["models"]:
+            raise ConfigError(f"re_encoder: {re_encoder!r} is not a key of models")
+        if config["models"][re_encoder]["kind"] != "sentence-encoder":
+            raise ConfigError(f"re_encoder: {re_encoder!r} is not a sentence-encoder")
+    if config.get("device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device: 'cuda' was asked for but no CUDA GPU is visible (use device: auto or cpu)")
+    if config.get("offline"):
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ[var] = "1"
+
+
+def unavailable_reason(task: str, config: dict) -> str | None:
+    """Why a selected task cannot run in this configuration, or None when it can."""
+    spec = config["tasks"][task]
+    if not config.get("offline"):
+        return None
+    if spec["kind"] == "mteb" and "dataset" not in spec:
+        return f"hub-only data not available in this run (mteb downloads {spec.get('mteb_task', task)}; offline: true)"
+    dataset = spec.get("dataset")
+    if dataset in HUB_ONLY_DATASETS:
+        return f"hub-only data not available in this run (dataset {dataset!r}; offline: true)"
+    return None
+
+
+def resolve_device(config: dict) -> str:
+    """The torch device string for config `device`."""
+    import torch
+
+    wanted = config.get("device", "auto")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def resolve_dtype(config: dict, device: str) -> str:
+    """The compute dtype name for config `dtype` on a device."""
+    wanted = config.get("dtype", "auto")
+    if wanted == "auto":
+        return "bfloat16" if device == "cuda" else "float32"
+    return wanted
