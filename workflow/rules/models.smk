@@ -1,0 +1,44 @@
+# Models stage: each registry model (and each released InBedder checkpoint) is materialised once
+# into data/models/<name>/ as plain safetensors + tokenizer; fingerprint.json, written last, marks
+# the folder complete. Library: inbedder.models.
+
+
+# helpers
+def materialize_params(name, released=False):
+    """What decides a materialised folder: the model's kind and its source (or released checkpoint)."""
+    spec = model_spec(name)
+    key = "released" if released else "source"
+    if key not in spec:
+        raise ValueError(f"models.{name} has no `{key}` (needed for data/models/{name}-released)")
+    return {"name": name, "kind": spec["kind"], "source": dict(spec[key])}
+
+
+rule materialize_model:
+    output:
+        "data/models/{model}/fingerprint.json",
+    log:
+        "data/logs/models/materialize_model/{model}.log",
+    benchmark:
+        "data/benchmarks/models/materialize_model/{model}.tsv"
+    params:
+        spec=lambda wildcards: materialize_params(wildcards.model),
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/materialize_model.py"
+
+
+# The authors' fine-tuned checkpoint (recipe `released`), e.g. BrandonZYW/opt-350m-InBedder.
+rule materialize_released:
+    output:
+        "data/models/{model}-released/fingerprint.json",
+    log:
+        "data/logs/models/materialize_released/{model}.log",
+    benchmark:
+        "data/benchmarks/models/materialize_released/{model}.tsv"
+    params:
+        spec=lambda wildcards: materialize_params(wildcards.model, released=True),
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/materialize_model.py"

@@ -1,0 +1,43 @@
+"""Rule train_model: fine-tune one (model, recipe) into results/<run>/models/<model>-<recipe>/."""
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+
+from inbedder.config import resolve_device, resolve_dtype
+from inbedder.train import job_from_params, train_model
+
+snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
+log = logging.getLogger("train_model")
+
+with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
+    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(max(1, snakemake.threads))
+    params = dict(snakemake.params.job)
+    params["device"] = resolve_device({"device": params["device"]})
+    params["dtype"] = resolve_dtype({"dtype": params["dtype"]}, params["device"])
+    job = job_from_params(params)
+    try:
+        summary = train_model(
+            job,
+            Path(snakemake.input.base).parent,
+            snakemake.input.train,
+            snakemake.input.heldout,
+            Path(snakemake.output[0]).parent,
+        )
+    except Exception:
+        log.exception("training %s-%s failed", job.model, job.recipe)
+        raise
+    log.info(
+        "%s-%s: %d steps, %.2f s/step, loss %.3f -> %.3f, held-out F1 %.3f -> %.3f",
+        job.model,
+        job.recipe,
+        summary["steps"],
+        summary["seconds_per_step"] or float("nan"),
+        summary["first_loss"],
+        summary["last_loss"],
+        summary["heldout_token_f1_before"],
+        summary["heldout_token_f1_after"],
+    )
