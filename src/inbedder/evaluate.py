@@ -20,9 +20,19 @@ triplets / labels with this view's k), `v_measure_mean`, `dci`, `dii` (robustnes
 (own data, cosine), and mteb's own names for mteb tasks (`v_measure`, `cosine_spearman`,
 `map_at_1000`, ...). Subset `hmean` holds the harmonic mean over a task's subsets (per seed).
 
-A selected task that cannot run at all in this configuration (hub-only data offline) has no job;
-`collect_scores` lists it in `skipped.csv` (`task, reason`) beside `scores.csv`, so nothing is dropped
-silently and `scores.csv` holds only finite values.
+Modes stored whole in the cache (`plain`, `prefixed`, `re-encode*`) are scored at layer -1 only.
+MiniBatchKMeans runs single-threaded (the same clusters on every machine, and far faster on a busy CPU).
+
+The paper's AskUbuntu / SciDocsRR / StackOverflow columns are mteb 1.x reranking MAP (mean sklearn
+average precision over each query's candidate list). mteb 2.x runs these sets as retrieval over the
+same candidate lists (`top_ranked`) and reports `map_at_1000`: on lists with at least one positive and
+one negative and no tied scores the two are the same number (tests/test_evaluate.py checks it against
+`metrics.reranking_map_v1`); `map_at_1000` is what lands in the paper's columns here.
+
+A selected task that cannot run at all in this configuration (hub-only data offline) has no job, nor
+does a (model, task) pair with no mode in the task's `modes`; `collect_scores` lists them in
+`skipped.csv` (`task, reason`) beside `scores.csv`, so nothing is dropped silently and `scores.csv`
+holds only finite values.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from threadpoolctl import threadpool_limits
 
 from inbedder import metrics, tasks
 from inbedder.explain import explain_clusters
-from inbedder.files import atomic_path, read_jsonl, sha256_file, sha256_json, write_json
+from inbedder.files import atomic_path, sha256_file, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +209,7 @@ def score_clustering(table: pd.DataFrame, lookup: Lookup, task: str, seeds: Sequ
     views = _views(table)
     per_seed: dict[int, list[float]] = {s: [] for s in seeds}
     for subset, instruction in views:
-        rows = table[table["subset"] == subset].drop_duplicates("text")
+        rows = table[table["subset"] == subset]
         texts, labels = list(rows["text"]), [str(x) for x in rows["label"]]
         x = embed_texts(lookup, texts, instruction, f"{task}/{subset}")
         for i, seed in enumerate(seeds):
@@ -216,7 +226,7 @@ def score_clustering(table: pd.DataFrame, lookup: Lookup, task: str, seeds: Sequ
             for seed in seeds:
                 v, _ = metrics.kmeans_v_measure(x_other, labels, seed)
                 out.scores.append(Score(_cross_name(subset, other, len(views)), "v_measure_crossview", v, seed, len(texts)))
-    n = int(table["text"].nunique())
+    n = int(table.groupby("subset").size().max())
     out.scores += [Score(HMEAN, "v_measure", metrics.harmonic_mean(v), s, n) for s, v in per_seed.items()]
     return out
 
@@ -276,9 +286,8 @@ def score_own(table: pd.DataFrame, lookup: Lookup, task: str, spec: dict, seeds:
     """Cluster own data under each instruction: silhouette always, V-measure when labels exist."""
     out = Outcome()
     k = own_k(task, spec, table)
-    rows = table.drop_duplicates("text")
-    texts = list(rows["text"])
-    labels = [str(x) for x in rows["label"]] if "label" in rows.columns else None
+    texts = list(table["text"])
+    labels = [str(x) for x in table["label"]] if "label" in table.columns else None
     instructions = tasks.subset_instructions(task, spec)
     if not instructions:
         raise tasks.TaskError(f"tasks.{task}.instructions: an own-data task needs at least one instruction")
@@ -411,6 +420,14 @@ def _dataset_revision(run: Run) -> str:
     return f"{digest}-limit{run.limit}"
 
 
+def layers_of(mode: str, layers: Sequence[int]) -> list[int]:
+    """Layers a mode is scored at: every configured one, but -1 alone for modes stored whole in the cache
+    (sentence-encoder `plain`/`prefixed`, `re-encode*`), which do not depend on a hidden layer."""
+    if mode in ("plain", "prefixed") or mode.startswith("re-encode"):
+        return [-1]
+    return list(layers)
+
+
 def evaluate_task(
     run: Run,
     embeddings: EmbeddingSource,
@@ -428,7 +445,7 @@ def evaluate_task(
     revision = _dataset_revision(run)
     rows, explanations, assignments = [], [], []
     for mode in run.modes:
-        for layer in run.layers:
+        for layer in layers_of(mode, run.layers):
             start = time.monotonic()
             lookup = embeddings(mode, layer)
             outcome = _score(run, mode, layer, lookup, out_dir, table)
@@ -497,24 +514,18 @@ def read_scores(path: str | Path) -> pd.DataFrame:
 # from the encode cache (the rule's entry point) and the run-level table
 
 
-def read_answers(cache_dir: str | Path) -> dict[tuple[str, str], str] | None:
-    """(text, instruction) -> generated answer from prompts.jsonl + answers.jsonl, or None without answers."""
-    cache_dir = Path(cache_dir)
-    if not (cache_dir / "answers.jsonl").exists():
+def answers_of(prompts: Sequence[Mapping[str, Any]], answers: Sequence[Mapping[str, Any]] | None,
+               ) -> dict[tuple[str, str], str] | None:
+    """(text, instruction) -> generated answer, joining prompts.jsonl and answers.jsonl rows on `id`."""
+    if answers is None:
         return None
-    prompts = {r["id"]: (r["text"], r["instruction"]) for r in read_jsonl(cache_dir / "prompts.jsonl")}
+    by_id = {r["id"]: (r["text"], r["instruction"]) for r in prompts}
     out = {}
-    for r in read_jsonl(cache_dir / "answers.jsonl"):
-        if r["id"] not in prompts:
-            raise ValueError(f"{cache_dir}/answers.jsonl: id {r['id']!r} is not in prompts.jsonl")
-        out[prompts[r["id"]]] = str(r.get("answer", ""))
+    for r in answers:
+        if r["id"] not in by_id:
+            raise ValueError(f"answers.jsonl: id {r['id']!r} is not in prompts.jsonl")
+        out[by_id[r["id"]]] = str(r.get("answer", ""))
     return out
-
-
-def cache_key(cache_dir: str | Path) -> str:
-    """The encode cache's content key (meta.json `cache_key`, else a hash of meta.json)."""
-    meta = json.loads((Path(cache_dir) / "meta.json").read_text(encoding="utf-8"))
-    return str(meta.get("cache_key") or sha256_json(meta))
 
 
 def evaluate_cache(
@@ -536,10 +547,12 @@ def evaluate_cache(
     from inbedder import pooling
 
     cache = pooling.load_cache(cache_dir)
+    log.info("cache %s", pooling.describe(cache))
     run = Run(model=model, recipe=recipe, task=task, spec=dict(spec), modes=tuple(modes), layers=tuple(layers),
-              seeds=tuple(seeds), data_dir=str(data_dir), limit=limit, cache_key=cache_key(cache_dir))
+              seeds=tuple(seeds), data_dir=str(data_dir), limit=limit,
+              cache_key=str(cache.meta.get("cache_key") or sha256_json(cache.meta)))
     return evaluate_task(run, lambda mode, layer: pooling.lookup(cache, mode, layer), out_csv, out_dir,
-                         answers=read_answers(cache_dir))
+                         answers=answers_of(cache.prompts, cache.answers))
 
 
 def collect_scores(score_files: Iterable[str | Path], skipped: Mapping[str, str], out_csv: str | Path,

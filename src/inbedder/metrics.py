@@ -31,7 +31,10 @@ ROBUSTNESS_GROUPS = ("correct", "implicit", "incorrect")
 
 
 def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
+    """A 2-D float array; float32 input stays float32 (KMeans results depend on the dtype, as in mteb)."""
+    arr = np.asarray(x)
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
     if arr.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array [N, H], got shape {arr.shape}")
     return arr

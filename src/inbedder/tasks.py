@@ -11,8 +11,8 @@ A task is a config entry `tasks.<name>` with a `kind`:
                instructions (`instructions: {correct: [...], implicit: [...], incorrect: [...]}`);
 - `own`        a local CSV or JSONL (`path`, `text_column`, optional `label_column`, `instructions`, `k`).
 
-Instructions come from `tasks.<name>.instructions[subset]` (the table's own `instruction` column is
-used only where the config names none). Prompts of the triplet and clustering tasks with two or more
+Instructions come from `tasks.<name>.instructions[subset]` (`default` serves every subset without its
+own key; the table's own `instruction` column is used only where the config names none). Prompts of the triplet and clustering tasks with two or more
 subsets include every text under every subset's instruction, so the cross-view diagnostic (one view's
 embeddings scored against the other view's labels) reads from the same cache.
 
@@ -161,12 +161,13 @@ def _limit_per_group(table: pd.DataFrame, group: str, key: pd.Series, limit: int
 
 
 def _fill_instructions(table: pd.DataFrame, task_name: str, spec: dict, where: str) -> pd.DataFrame:
-    """Instruction per row from config `instructions[subset]`, else the table's own column."""
+    """Instruction per row from config `instructions[subset]` (or `default`), else the table's own column."""
     instructions = subset_instructions(task_name, spec)
     table = table.copy()
     table["subset"] = table["subset"].astype(str)
-    from_config = table["subset"].map(instructions)
-    table["instruction"] = from_config.fillna(table["instruction"])
+    fallback = instructions.get(DEFAULT_SUBSET)
+    from_config = table["subset"].map(lambda s: instructions.get(s, fallback)).astype(object)
+    table["instruction"] = from_config.where(from_config.notna(), table["instruction"])
     bad = table["instruction"].isna() | (table["instruction"].astype(str).str.strip() == "")
     if bad.any():
         subsets = sorted(table.loc[bad, "subset"].unique())
@@ -233,7 +234,7 @@ def task_table(task_name: str, spec: dict, data_dir: str | Path = "data", limit:
         table = table[table["subset"].astype(str) == str(subset)]
         if table.empty:
             raise TaskError(f"{where}: no rows of subset {subset!r} (tasks.{task_name}.subset)")
-        table = table[["text", "label"]].drop_duplicates("text")
+        table = table[["text", "label"]]
         return table[keep_first(list(table["text"]), limit)].reset_index(drop=True)
     # mteb on a prepared table: clustering (cluster sets in `subset`) or pairs (STS)
     path = prepared_path(dataset, data_dir)
@@ -419,6 +420,8 @@ def mteb_task(
 ) -> Any:
     """A loaded mteb task: the prepared table when `dataset` is set, else mteb's hub data; clustering seeded."""
     base = mteb_task_class(mteb_task_name(task_name, spec))
+    # The paper's task versions are run on purpose: no "superseded by .v2" warning on every run.
+    updates: dict[str, Any] = {"superseded_by": None}
     attrs: dict[str, Any] = {}
     if _is_legacy_clustering(base):  # (mteb's v2 clustering tasks read self.seed themselves)
 
@@ -432,10 +435,10 @@ def mteb_task(
         table = task_table(task_name, spec, data_dir=data_dir, limit=limit)
         built = _mteb_dataset_from_table(base, table, task_name)
         digest = sha256_file(path)[:16] if path.exists() else "missing"
-        attrs["metadata"] = base.metadata.model_copy(update={"dataset": {
+        updates["dataset"] = {
             "path": f"inbedder:data/prepared/{spec['dataset']}.parquet",
             "revision": f"{digest}-limit{limit}",
-        }})
+        }
 
         def load_data(self, num_proc=None, *, timer=None, **kwargs):  # replaces mteb's hub loading
             if self.data_loaded:
@@ -444,6 +447,7 @@ def mteb_task(
             self.data_loaded = True
 
         attrs["load_data"] = load_data
+    attrs["metadata"] = base.metadata.model_copy(update=updates)
     cls = type(base.__name__, (base,), attrs)
     task = cls(seed=seed)
     task.load_data()
@@ -461,8 +465,8 @@ def mteb_texts(task_name: str, spec: dict, data_dir: str | Path = "data", limit:
     """Every text mteb will ask the model to encode for this task, in a deterministic order."""
     if "dataset" in spec:
         table = task_table(task_name, spec, data_dir=data_dir, limit=limit)
-        if "text1" in table.columns:
-            return [str(t) for pair in zip(table["text1"], table["text2"], strict=True) for t in pair]
+        if "text1" in table.columns:  # mteb encodes the first column, then the second
+            return [str(t) for t in table["text1"]] + [str(t) for t in table["text2"]]
         return [str(t) for t in table["text"]]
     task = mteb_task(task_name, spec, data_dir=data_dir, limit=limit)
     return texts_of_loaded_task(task)

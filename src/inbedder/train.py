@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import os
 import shutil
@@ -52,6 +53,16 @@ SUMMARY = "train_summary.json"
 REQUIRED_FIELDS = ("instruction", "input", "output")
 # Files that make a checkpoint resumable; a checkpoint missing any of them was cut short.
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+# Rows without an input text (most of Alpaca) are prompted without the input block, for both
+# templates, as in the authors' training code.
+NO_INPUT_PROMPT = "### Instruction:\n{instruction}\n\n### Response:"
+
+
+def training_prompt(template: str, instruction: str, input: str) -> str:
+    """The prompt of a training row: the recipe's template, or the no-input prompt when input is blank."""
+    if not input.strip():
+        return NO_INPUT_PROMPT.format(instruction=instruction)
+    return format_prompt(template, instruction, input)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +129,9 @@ def check_recipe(model: str, recipe: str, recipes: Mapping[str, Mapping[str, Any
     if recipe in UNTRAINED_RECIPES:
         raise ValueError(f"recipe {recipe!r} is never trained (model {model!r}): it uses a model as it is")
     if recipe not in recipes:
-        raise KeyError(f"recipe {recipe!r} (model {model!r}) is not a key of recipes; known: {sorted(recipes)}")
+        raise KeyError(
+            f"recipe {recipe!r} (model {model!r}) is not a key of recipes; known: {sorted(recipes)}"
+        )
     spec = dict(recipes[recipe])
     for key in ("dataset", "template"):
         if not spec.get(key):
@@ -152,22 +165,27 @@ def _eos_id(tokenizer) -> int:
 
 
 def _prompt_ids(tokenizer, kind: str, template: str, row: Mapping[str, str], budget: int) -> list[int]:
-    """Token ids of the formatted prompt, cutting the end of the input text until they fit `budget`."""
-    text = row["input"]
+    """Token ids of the formatted prompt, cutting the input text (then the instruction) until they fit."""
+    fields_ = {"instruction": row["instruction"], "input": row["input"]}
     add_special = kind != "masked"  # masked prompts get their special tokens around the masks
-    for _ in range(8):
-        ids = tokenizer(format_prompt(template, row["instruction"], text),
-                        add_special_tokens=add_special).input_ids
-        over = len(ids) - budget
-        if over <= 0:
-            return ids
-        text_ids = tokenizer(text, add_special_tokens=False).input_ids
-        keep = max(0, len(text_ids) - over - 2)
-        text = tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
-        if keep == 0:
-            break
-    raise ValueError(f"prompt of template {template!r} does not fit max_length even with an empty input "
-                     f"(instruction {row['instruction'][:60]!r})")
+    for name in ("input", "instruction"):
+        for _ in range(8):
+            ids = tokenizer(
+                training_prompt(template, fields_["instruction"], fields_["input"]),
+                add_special_tokens=add_special,
+            ).input_ids
+            over = len(ids) - budget
+            if over <= 0:
+                return ids
+            if not fields_[name]:
+                break
+            text_ids = tokenizer(fields_[name], add_special_tokens=False).input_ids
+            keep = max(0, len(text_ids) - over - 2)
+            fields_[name] = tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
+    raise ValueError(
+        f"prompt of template {template!r} does not fit {budget} tokens even with an empty input "
+        f"and instruction"
+    )
 
 
 def encode_example(tokenizer, kind: str, template: str, row: Mapping[str, str], max_length: int) -> Encoded:
@@ -231,7 +249,9 @@ def read_rows(path: str | os.PathLike, what: str, limit: int | None = None) -> l
     for i, row in enumerate(rows, 1):
         missing = [k for k in REQUIRED_FIELDS if not isinstance(row.get(k), str)]
         if missing:
-            raise ValueError(f"{path}:{i}: field(s) {missing} missing or not text (need {list(REQUIRED_FIELDS)})")
+            raise ValueError(
+                f"{path}:{i}: field(s) {missing} missing or not text (need {list(REQUIRED_FIELDS)})"
+            )
     return rows[:limit] if limit else rows
 
 
@@ -239,13 +259,21 @@ def read_rows(path: str | os.PathLike, what: str, limit: int | None = None) -> l
 # held-out check
 
 
-def heldout_f1(model, tokenizer, job: TrainJob, rows: Sequence[Mapping[str, str]],
-               autocast: str | None) -> tuple[float, list[str]]:
+def heldout_f1(
+    model, tokenizer, job: TrainJob, rows: Sequence[Mapping[str, str]], autocast: str | None
+) -> tuple[float, list[str]]:
     """Mean token F1 of greedy answers to held-out questions, and the answers themselves."""
-    prompts = [format_prompt(job.template, r["instruction"], r["input"]) for r in rows]
+    prompts = [training_prompt(job.template, r["instruction"], r["input"]) for r in rows]
     model.eval()
-    answers = generate_answers(model, tokenizer, job.kind, prompts, max_new_tokens=job.max_new_tokens,
-                               batch_size=16, autocast_dtype=autocast)
+    answers = generate_answers(
+        model,
+        tokenizer,
+        job.kind,
+        prompts,
+        max_new_tokens=job.max_new_tokens,
+        batch_size=16,
+        autocast_dtype=autocast,
+    )
     scores = [token_f1(a, r["output"]) for a, r in zip(answers, rows)]
     return (sum(scores) / len(scores) if scores else float("nan")), answers
 
@@ -301,8 +329,10 @@ def plot_loss(path: str | os.PathLike, rows: Sequence[Mapping[str, float]], titl
     ax.plot(steps, [r["loss"] for r in rows], lw=1, alpha=0.5, label="loss per step")
     window = max(1, min(10, len(rows) // 5))
     if window > 1:
-        smooth = [sum(r["loss"] for r in rows[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1))
-                  for i in range(len(rows))]
+        smooth = [
+            sum(r["loss"] for r in rows[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1))
+            for i in range(len(rows))
+        ]
         ax.plot(steps, smooth, lw=2, label=f"running mean ({window} steps)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
@@ -325,8 +355,13 @@ def _callbacks(out_dir: Path, first_step: list[int], timing: dict[str, float]):
         bar = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training",
-                            unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="training",
+                unit="step",
+                dynamic_ncols=True,
+            )
             timing["start_step"] = state.global_step
 
         def on_step_begin(self, args, state, control, **kwargs):
@@ -387,15 +422,18 @@ def train_model(
 
     check_kind(job.model, {"kind": job.kind})
     if job.kind not in TRAINABLE_KINDS:
-        raise ValueError(f"model {job.model!r} has kind {job.kind!r}, which is not trained; trainable kinds: "
-                         f"{', '.join(TRAINABLE_KINDS)}")
+        raise ValueError(
+            f"model {job.model!r} has kind {job.kind!r}, which is not trained; trainable kinds: "
+            f"{', '.join(TRAINABLE_KINDS)}"
+        )
     if job.recipe in UNTRAINED_RECIPES:
         raise ValueError(f"recipe {job.recipe!r} is never trained (model {job.model!r})")
     out = Path(out_dir)
     what = f"training data of recipe {job.recipe!r} (dataset {job.dataset!r})"
     rows = read_rows(train_path, what, job.train_rows)
-    heldout = read_rows(heldout_path, f"held-out data of recipe {job.recipe!r} (dataset {job.dataset!r})",
-                        job.heldout_rows)
+    heldout = read_rows(
+        heldout_path, f"held-out data of recipe {job.recipe!r} (dataset {job.dataset!r})", job.heldout_rows
+    )
     base_fp = read_fingerprint(base_dir)
     settings = job.settings
     bf16 = _mixed_precision(job.device, job.dtype)
@@ -404,14 +442,19 @@ def train_model(
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY).unlink(missing_ok=True)
     ckpt_dir = out / CHECKPOINTS
-    run_key = {"job": asdict(job), "base": base_fp["sha256"], "train": sha256_file(train_path),
-               "bf16": bf16, "max_new_tokens": job.max_new_tokens}
+    run_key = {
+        "job": asdict(job),
+        "base": base_fp["sha256"],
+        "train": sha256_file(train_path),
+        "bf16": bf16,
+        "max_new_tokens": job.max_new_tokens,
+    }
     run_key["job"].pop("device")  # the same run may resume on another device
     key = sha256_json(run_key)
     settings_file = ckpt_dir / RUN_SETTINGS
     if ckpt_dir.exists():
-        old = settings_file.read_text(encoding="utf-8") if settings_file.exists() else ""
-        if key not in old:
+        old = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else {}
+        if old.get("key") != key:
             shutil.rmtree(ckpt_dir)  # checkpoints of other settings or data: start over
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     write_json(settings_file, {"key": key, **run_key})
@@ -431,8 +474,10 @@ def train_model(
 
     from tqdm.auto import tqdm
 
-    encoded = [encode_example(tokenizer, job.kind, job.template, r, settings.max_length)
-               for r in tqdm(rows, desc="tokenising", unit="row")]
+    encoded = [
+        encode_example(tokenizer, job.kind, job.template, r, settings.max_length)
+        for r in tqdm(rows, desc="tokenising", unit="row")
+    ]
     dataset = EncodedDataset(encoded)
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
@@ -459,9 +504,14 @@ def train_model(
     )
     first_step: list[int] = []
     timing: dict[str, float] = {}
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(pad_id),
-                      processing_class=tokenizer,
-                      callbacks=[*_callbacks(out, first_step, timing), *extra_callbacks])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=Collator(pad_id),
+        processing_class=tokenizer,
+        callbacks=[*_callbacks(out, first_step, timing), *extra_callbacks],
+    )
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     resume = last_complete_checkpoint(ckpt_dir)
@@ -476,6 +526,7 @@ def train_model(
     with tempfile.TemporaryDirectory(prefix=".final-", dir=out) as tmp:
         trainer.save_model(tmp)
         tokenizer.save_pretrained(tmp)
+        (Path(tmp) / "training_args.bin").unlink(missing_ok=True)  # a pickle; the summary holds the settings
         for entry in Path(tmp).iterdir():
             target = out / entry.name
             if target.is_dir():
@@ -484,15 +535,24 @@ def train_model(
 
     model.eval()
     f1_after, answers_after = heldout_f1(model, tokenizer, job, heldout, autocast)
-    write_jsonl(out / "heldout_answers.jsonl", [
-        {"instruction": r["instruction"], "input": r["input"], "reference": r["output"],
-         "answer_before": b, "answer_after": a}
-        for r, b, a in zip(heldout, before["answers"], answers_after)
-    ])
+    write_jsonl(
+        out / "heldout_answers.jsonl",
+        [
+            {
+                "instruction": r["instruction"],
+                "input": r["input"],
+                "reference": r["output"],
+                "answer_before": b,
+                "answer_after": a,
+            }
+            for r, b, a in zip(heldout, before["answers"], answers_after)
+        ],
+    )
     write_log_csv(out / "train_log.csv", rows_log)
     plot_loss(out / "loss.png", rows_log, f"{job.model}-{job.recipe}: {state.global_step} steps")
-    fingerprint = write_fingerprint(out, f"{job.model}-{job.recipe}", job.kind,
-                                    {"base": base_fp["sha256"], "recipe": job.recipe})
+    fingerprint = write_fingerprint(
+        out, f"{job.model}-{job.recipe}", job.kind, {"base": base_fp["sha256"], "recipe": job.recipe}
+    )
 
     window = max(1, min(5, len(rows_log) // 4))
     steps_run = timing.get("end_step", state.global_step) - timing.get("start_step", 0)
@@ -545,7 +605,8 @@ def train_from_config(
     models: Mapping[str, Mapping[str, Any]],
     recipes: Mapping[str, Mapping[str, Any]],
     *,
-    data_dir: str | os.PathLike = "data",
+    train_dir: str | os.PathLike,
+    models_dir: str | os.PathLike = "data/models",
     out_dir: str | os.PathLike,
     device: str = "cpu",
     dtype: str = "float32",
@@ -553,7 +614,10 @@ def train_from_config(
     train_rows: int | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Resolve a (model, recipe) pair of the config registries and train it (tests, CLI)."""
+    """Resolve a (model, recipe) pair of the config registries and train it (tests, CLI).
+
+    `train_dir` holds `<recipe>.jsonl` and `<recipe>.heldout.jsonl` (results/<run>/train in the workflow).
+    """
     if model not in models:
         raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
     spec = models[model]
@@ -561,23 +625,68 @@ def train_from_config(
     recipe_spec = check_recipe(model, recipe, recipes)
     settings = TrainSettings.from_config(spec.get("train") or {}, where=f"models.{model}.train")
     job = TrainJob(
-        model=model, recipe=recipe, kind=kind, template=recipe_spec["template"],
-        dataset=recipe_spec["dataset"], settings=settings, device=device, dtype=dtype,
+        model=model,
+        recipe=recipe,
+        kind=kind,
+        template=recipe_spec["template"],
+        dataset=recipe_spec["dataset"],
+        settings=settings,
+        device=device,
+        dtype=dtype,
         max_new_tokens=int(settings.heldout_max_new_tokens or spec.get("max_new_tokens", 8)),
-        heldout_rows=settings.heldout_rows or heldout_rows, train_rows=train_rows,
+        heldout_rows=settings.heldout_rows or heldout_rows,
+        train_rows=train_rows,
     )
-    data = Path(data_dir)
-    return train_model(job, data / "models" / model, data / "train" / f"{recipe}.jsonl",
-                       data / "train" / f"{recipe}.heldout.jsonl", out_dir, **kwargs)
+    tables = Path(train_dir)
+    return train_model(
+        job,
+        Path(models_dir) / model,
+        tables / f"{recipe}.jsonl",
+        tables / f"{recipe}.heldout.jsonl",
+        out_dir,
+        **kwargs,
+    )
+
+
+def rule_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Params of the train_model rule: exactly the settings that change a fine-tune.
+
+    The model's train block, its kind, the recipe's template and dataset, the held-out check
+    (rows, answer length) and the configured device/dtype (resolved at run time).
+    """
+    models, recipes = config["models"], config["recipes"]
+    if model not in models:
+        raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
+    spec = models[model]
+    recipe_spec = check_recipe(model, recipe, recipes)
+    train = dict(spec.get("train") or {})
+    limits = config.get("limits") or {}
+    return {
+        "model": model,
+        "recipe": recipe,
+        "kind": check_kind(model, spec),
+        "template": recipe_spec["template"],
+        "dataset": recipe_spec["dataset"],
+        "train": train,
+        "max_new_tokens": int(train.get("heldout_max_new_tokens") or spec.get("max_new_tokens", 8)),
+        "heldout_rows": train.get("heldout_rows") or limits.get("heldout_rows"),
+        "device": config.get("device", "auto"),
+        "dtype": config.get("dtype", "auto"),
+    }
 
 
 def job_from_params(params: Mapping[str, Any]) -> TrainJob:
     """Build a TrainJob from the `params` of the train_model rule."""
     return TrainJob(
-        model=params["model"], recipe=params["recipe"], kind=params["kind"], template=params["template"],
+        model=params["model"],
+        recipe=params["recipe"],
+        kind=params["kind"],
+        template=params["template"],
         dataset=params["dataset"],
         settings=TrainSettings.from_config(params["train"], where=f"models.{params['model']}.train"),
-        device=params["device"], dtype=params["dtype"], max_new_tokens=int(params["max_new_tokens"]),
-        heldout_rows=params.get("heldout_rows"), train_rows=params.get("train_rows"),
+        device=params["device"],
+        dtype=params["dtype"],
+        max_new_tokens=int(params["max_new_tokens"]),
+        heldout_rows=params.get("heldout_rows"),
+        train_rows=params.get("train_rows"),
     )
-

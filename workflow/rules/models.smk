@@ -1,16 +1,7 @@
 # Models stage: each registry model (and each released InBedder checkpoint) is materialised once
 # into data/models/<name>/ as plain safetensors + tokenizer; fingerprint.json, written last, marks
-# the folder complete. Library: inbedder.models.
-
-
-# helpers
-def materialize_params(name, released=False):
-    """What decides a materialised folder: the model's kind and its source (or released checkpoint)."""
-    spec = model_spec(name)
-    key = "released" if released else "source"
-    if key not in spec:
-        raise ValueError(f"models.{name} has no `{key}` (needed for data/models/{name}-released)")
-    return {"name": name, "kind": spec["kind"], "source": dict(spec[key])}
+# the folder complete. Library: inbedder.models (which also computes the rules' params).
+from inbedder.models import materialize_params
 
 
 rule materialize_model:
@@ -21,7 +12,7 @@ rule materialize_model:
     benchmark:
         "data/benchmarks/models/materialize_model/{model}.tsv"
     params:
-        spec=lambda wildcards: materialize_params(wildcards.model),
+        spec=lambda wildcards: materialize_params(wildcards.model, MODELS),
     conda:
         "../../envs/torch.yaml"
     script:
@@ -37,7 +28,7 @@ rule materialize_released:
     benchmark:
         "data/benchmarks/models/materialize_released/{model}.tsv"
     params:
-        spec=lambda wildcards: materialize_params(wildcards.model, released=True),
+        spec=lambda wildcards: materialize_params(wildcards.model, MODELS, released=True),
     conda:
         "../../envs/torch.yaml"
     script:

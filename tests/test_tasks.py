@@ -1,0 +1,295 @@
+"""Task tables, prompts, limits, own data and mteb task objects (offline: prepared tables; hub: mteb's loading)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from inbedder import datasets, sources, tasks
+
+TWO_VIEWS = {"action": "What does the customer want to do?", "object": "Which product is this about?"}
+
+
+def write_table(data_dir: Path, name: str, rows: list[dict]) -> None:
+    path = data_dir / "prepared" / f"{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path, index=False)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """Tiny prepared tables of every kind, hand-made."""
+    texts = {"t1": ("close", "card"), "t2": ("close", "loan"), "t3": ("open", "card"), "t4": ("open", "loan")}
+    write_table(
+        tmp_path,
+        "two_view",
+        [
+            {"subset": view, "instruction": "stale instruction in the table", "text": t, "label": labels[i]}
+            for i, view in enumerate(("action", "object"))
+            for t, labels in texts.items()
+        ],
+    )
+    write_table(
+        tmp_path,
+        "triplets",
+        [
+            {"subset": "action", "instruction": "x", "anchor": "t1", "positive": "t2", "negative": "t3"},
+            {"subset": "object", "instruction": "x", "anchor": "t1", "positive": "t3", "negative": "t2"},
+        ],
+    )
+    write_table(
+        tmp_path,
+        "pairs",
+        [
+            {"instruction": TWO_VIEWS["action"], "text1": "t1", "text2": "t2", "score": 1.0},
+            {"instruction": TWO_VIEWS["object"], "text1": "t1", "text2": "t2", "score": 0.0},
+        ],
+    )
+    write_table(
+        tmp_path,
+        "sts",
+        [
+            {"instruction": "same", "text1": f"a{i}", "text2": f"b{i}", "score": float(i % 6)}
+            for i in range(12)
+        ],
+    )
+    write_table(
+        tmp_path,
+        "sets",
+        [
+            {"subset": str(s), "instruction": "topic?", "text": f"s{s}-{i}", "label": f"g{i % 3}"}
+            for s in range(2)
+            for i in range(9)
+        ],
+    )
+    return tmp_path
+
+
+def test_clustering_prompts_use_config_instructions_and_include_the_cross_view(tiny):
+    spec = {"kind": "clustering", "dataset": "two_view", "instructions": TWO_VIEWS}
+    prompts = tasks.task_prompts("Two", spec, data_dir=tiny)
+    assert len(prompts) == 8  # 4 texts x 2 instructions, each once
+    assert {p["instruction"] for p in prompts} == set(TWO_VIEWS.values())  # config wins over the table
+    assert prompts == tasks.task_prompts("Two", spec, data_dir=tiny)  # deterministic
+    assert prompts[0] == {"text": "t1", "instruction": TWO_VIEWS["action"]}
+
+
+def test_triplet_and_pair_prompts(tiny):
+    spec = {"kind": "triplets", "dataset": "triplets", "instructions": TWO_VIEWS}
+    prompts = tasks.task_prompts("Trip", spec, data_dir=tiny)
+    assert {(p["text"], p["instruction"]) for p in prompts} == {
+        (t, i) for t in ("t1", "t2", "t3") for i in TWO_VIEWS.values()
+    }
+    pairs = tasks.task_prompts("Pairs", {"kind": "pairs", "dataset": "pairs"}, data_dir=tiny)
+    assert pairs == [
+        {"text": "t1", "instruction": TWO_VIEWS["action"]},
+        {"text": "t2", "instruction": TWO_VIEWS["action"]},
+        {"text": "t1", "instruction": TWO_VIEWS["object"]},
+        {"text": "t2", "instruction": TWO_VIEWS["object"]},
+    ]
+
+
+def test_a_single_view_task_has_no_cross_view_prompts(tiny):
+    spec = {"kind": "clustering", "dataset": "two_view", "instructions": TWO_VIEWS}
+    table = tasks.task_table("Two", spec, data_dir=tiny)
+    write_table(tiny, "one_view", table[table["subset"] == "action"].to_dict("records"))
+    prompts = tasks.task_prompts("One", {"kind": "clustering", "dataset": "one_view"}, data_dir=tiny)
+    assert {p["instruction"] for p in prompts} == {TWO_VIEWS["action"]}  # from the table: no config entry
+
+
+def test_limit_is_seeded_deterministic_and_keeps_the_same_texts_in_every_view(tiny):
+    spec = {"kind": "clustering", "dataset": "two_view", "instructions": TWO_VIEWS}
+    table = tasks.task_table("Two", spec, data_dir=tiny, limit=2)
+    by_view = {v: set(g["text"]) for v, g in table.groupby("subset")}
+    assert len(by_view["action"]) == 2 and by_view["action"] == by_view["object"]
+    assert table.equals(tasks.task_table("Two", spec, data_dir=tiny, limit=2))
+    expected = sorted(["t1", "t2", "t3", "t4"], key=tasks.rank_key)[:2]
+    assert by_view["action"] == set(expected)
+
+
+def test_robustness_prompts_are_every_text_under_every_instruction(tiny):
+    spec = {
+        "kind": "robustness",
+        "dataset": "two_view",
+        "subset": "object",
+        "instructions": {g: [f"{g} question {i}?" for i in range(10)] for g in tasks.ROBUSTNESS_GROUPS},
+    }
+    prompts = tasks.task_prompts("Rob", spec, data_dir=tiny)
+    assert len(prompts) == 4 * 30
+    assert tasks.task_table("Rob", spec, data_dir=tiny)["label"].tolist() == ["card", "loan", "card", "loan"]
+    assert len(tasks.task_prompts("Rob", spec, data_dir=tiny, limit=3)) == 3 * 30
+    with pytest.raises(tasks.TaskError, match="incorrect"):
+        tasks.task_prompts(
+            "Rob", {**spec, "instructions": {"correct": ["a"], "implicit": ["b"]}}, data_dir=tiny
+        )
+
+
+def test_modes_for_restricts_and_defaults_robustness_to_first_gen():
+    modes = ["1st-gen", "avg-gen", "avg-ppt"]
+    assert tasks.modes_for({"kind": "clustering"}, modes) == modes
+    assert tasks.modes_for({"kind": "robustness"}, modes) == ["1st-gen"]
+    assert tasks.modes_for(
+        {"kind": "robustness", "modes": ["1st-gen", "prefixed"]}, ["plain", "prefixed"]
+    ) == ["prefixed"]
+    assert tasks.modes_for({"kind": "robustness"}, ["plain"]) == []
+
+
+def test_errors_name_the_file_column_and_key(tiny):
+    with pytest.raises(tasks.TaskError, match=r"missing_table\.parquet"):
+        tasks.task_prompts("X", {"kind": "clustering", "dataset": "missing_table"}, data_dir=tiny)
+    write_table(tiny, "no_label", [{"subset": "a", "instruction": "i", "text": "t"}])
+    with pytest.raises(tasks.TaskError, match=r"\['label'\]"):
+        tasks.task_prompts("X", {"kind": "clustering", "dataset": "no_label"}, data_dir=tiny)
+    with pytest.raises(tasks.TaskError, match="tasks.X.kind"):
+        tasks.task_prompts("X", {"kind": "nonsense"}, data_dir=tiny)
+    with pytest.raises(tasks.TaskError, match="tasks.X.instructions.a"):
+        tasks.task_prompts(
+            "X", {"kind": "clustering", "dataset": "two_view", "instructions": {"a": ""}}, data_dir=tiny
+        )
+
+
+def test_own_data_csv_and_jsonl(tmp_path):
+    csv = tmp_path / "mine.csv"
+    csv.write_text("message,tag\nhello there,a\n,b\nbye now,b\n", encoding="utf-8")
+    spec = {
+        "kind": "own",
+        "path": str(csv),
+        "text_column": "message",
+        "label_column": "tag",
+        "instructions": {"mood": "How does the writer feel?", "topic": "What is it about?"},
+        "k": 2,
+    }
+    table = tasks.task_table("Mine", spec)
+    assert table.to_dict("records") == [
+        {"text": "hello there", "label": "a"},
+        {"text": "bye now", "label": "b"},
+    ]
+    assert len(tasks.task_prompts("Mine", spec)) == 4
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text('{"message": "one"}\n{"message": "two"}\n', encoding="utf-8")
+    spec_jsonl = {"kind": "own", "path": str(jsonl), "text_column": "message", "instructions": {"a": "q?"}}
+    assert [p["text"] for p in tasks.task_prompts("Mine", spec_jsonl)] == ["one", "two"]
+    with pytest.raises(tasks.TaskError, match=r"\['nope'\]"):
+        tasks.task_table("Mine", {**spec, "text_column": "nope"})
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"text\n\xff\xfe broken\n")
+    with pytest.raises(tasks.TaskError, match="UTF-8"):
+        tasks.task_table("Mine", {**spec, "path": str(bad), "text_column": "text", "label_column": None})
+
+
+def test_example_own_data_file_in_config(root):
+    from inbedder.config import load_config
+
+    spec = load_config(root / "config.yaml")["tasks"]["OwnDataExample"]
+    spec = {**spec, "path": str(root / spec["path"])}
+    table = tasks.task_table("OwnDataExample", spec)
+    assert len(table) == 40 and table["label"].nunique() == spec["k"]
+
+
+# ----------------------------------------------------------------------------------------------
+# mteb tasks
+
+
+def test_offline_mteb_tasks_list_exactly_what_mteb_encodes(tiny):
+    sts = {"kind": "mteb", "mteb_task": "STSBenchmark", "dataset": "sts", "instructions": {"default": "q?"}}
+    task = tasks.mteb_task("MySTS", sts, data_dir=tiny)
+    assert task.metadata.name == "STSBenchmark"
+    assert task.metadata.dataset["path"] == "inbedder:data/prepared/sts.parquet"
+    assert tasks.texts_of_loaded_task(task) == tasks.mteb_texts("MySTS", sts, data_dir=tiny)  # same order too
+    assert len(tasks.task_prompts("MySTS", sts, data_dir=tiny)) == 24
+
+    clu = {
+        "kind": "mteb",
+        "mteb_task": "TwentyNewsgroupsClustering",
+        "dataset": "sets",
+        "instructions": {"default": "t?"},
+    }
+    task = tasks.mteb_task("My20", clu, data_dir=tiny, limit=4, seed=7)
+    assert task.seed == 7
+    assert task.dataset["test"].num_rows == 2  # one row per cluster set
+    assert [len(s) for s in task.dataset["test"]["sentences"]] == [4, 4]
+    assert sorted(tasks.texts_of_loaded_task(task)) == sorted(
+        tasks.mteb_texts("My20", clu, data_dir=tiny, limit=4)
+    )
+
+    b77 = tasks.mteb_task("Banking77Clustering", {"kind": "mteb", "dataset": "sets"}, data_dir=tiny)
+    assert b77.metadata.main_score == "v_measure"
+    with pytest.raises(tasks.TaskError, match="no task 'NoSuchTask'"):
+        tasks.mteb_task_class("NoSuchTask")
+
+
+def _toy_retrieval_class():
+    """A reranking-style retrieval task held in memory: what mteb loads from the hub, without the hub."""
+    from datasets import Dataset
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+
+    base = tasks.mteb_task_class("AskUbuntuDupQuestions")
+
+    class ToyRerank(AbsTaskRetrieval):
+        metadata = base.metadata.model_copy(
+            update={"name": "ToyRerank", "dataset": {"path": "toy", "revision": "1"}}
+        )
+
+        def load_data(self, num_proc=None, *, timer=None, **kwargs):
+            queries = Dataset.from_dict(
+                {"id": ["q1", "q2", "q3"], "text": ["how to x", "how to y", "how to z"]}
+            )
+            corpus = Dataset.from_dict(
+                {
+                    "id": [f"d{i}" for i in range(6)],
+                    "title": ["T0", "", "T2", "", "", ""],
+                    "text": [f"doc {i}" for i in range(6)],
+                }
+            )
+            top = {"q1": ["d0", "d1", "d2"], "q2": ["d2", "d3"], "q3": ["d4", "d5"]}
+            qrels = {"q1": {"d0": 1}, "q2": {"d3": 1}, "q3": {"d5": 1}}
+            self.dataset = {
+                "default": {
+                    "test": {"queries": queries, "corpus": corpus, "relevant_docs": qrels, "top_ranked": top}
+                }
+            }
+            self.data_loaded = True
+
+    return ToyRerank
+
+
+def test_retrieval_texts_include_titles_and_limit_keeps_the_reached_corpus():
+    task = _toy_retrieval_class()()
+    task.load_data()
+    texts = tasks.texts_of_loaded_task(task)
+    assert "T0 doc 0" in texts and "doc 1" in texts and "how to z" in texts
+    assert len(texts) == 9
+    tasks._limit_retrieval(task.dataset, 1)
+    split = task.dataset["default"]["test"]
+    (kept,) = split["queries"]["id"]
+    assert set(split["corpus"]["id"]) == set(split["top_ranked"][kept]) | set(split["relevant_docs"][kept])
+
+
+# ----------------------------------------------------------------------------------------------
+# the real offline tables (NLU++ from the mirror)
+
+
+@pytest.fixture(scope="module")
+def nlupp_dir(tmp_path_factory, mirror) -> Path:
+    data = tmp_path_factory.mktemp("data")
+    sources.fetch("nlupp", data / "raw" / "nlupp", mirror=mirror, offline=True)
+    for name in ("nlupp_clustering", "nlupp_triplets", "nlupp_pairs"):
+        datasets.prepare(name, data / "raw", data / "prepared" / f"{name}.parquet", TWO_VIEWS)
+    return data
+
+
+def test_nlupp_prompts_on_the_mirror(nlupp_dir):
+    clustering = {"kind": "clustering", "dataset": "nlupp_clustering", "instructions": TWO_VIEWS}
+    prompts = tasks.task_prompts("C", clustering, data_dir=nlupp_dir)
+    texts = {p["text"] for p in prompts}
+    assert len(prompts) == 2 * len(texts) and len(texts) > 500
+    limited = tasks.task_table("C", clustering, data_dir=nlupp_dir, limit=50)
+    assert limited.groupby("subset")["text"].nunique().to_dict() == {"action": 50, "object": 50}
+    triplets = {"kind": "triplets", "dataset": "nlupp_triplets", "instructions": TWO_VIEWS}
+    t = tasks.task_table("T", triplets, data_dir=nlupp_dir, limit=20)
+    # the same anchors in both views: the mirrored triplets survive the limit together
+    assert set(t[t.subset == "action"]["anchor"]) == set(t[t.subset == "object"]["anchor"])
+    pairs = tasks.task_table("P", {"kind": "pairs", "dataset": "nlupp_pairs"}, data_dir=nlupp_dir, limit=30)
+    assert pairs.groupby("instruction").size().tolist() == [30, 30]

@@ -1,0 +1,452 @@
+"""Fine-tuning: exact label masks per objective, a real SmolLM2 run, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from inbedder.files import read_jsonl, write_jsonl
+from inbedder.models import ensure_materialized, generate_answers, load_lm, write_fingerprint
+from inbedder.text import format_prompt, remove_stopwords
+from inbedder.train import (
+    IGNORE_INDEX,
+    Collator,
+    TrainJob,
+    TrainSettings,
+    encode_example,
+    last_complete_checkpoint,
+    read_rows,
+    train_from_config,
+    train_model,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MIRROR = Path(os.environ.get("INBEDDER_DATA_MIRROR", ROOT.parent / "shared" / "data"))
+CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+MODELS = CONFIG["models"]
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+def c3_rows(n: int, offset: int = 0) -> list[dict[str, str]]:
+    """The n shortest C3 validation questions from `offset` on, answers with stopwords removed (QA recipe)."""
+    rows = []
+    for rec in read_jsonl(MIRROR / "c3" / "c3.validation.en.jsonl"):
+        answer = remove_stopwords(rec["value_prefix"])
+        if answer:
+            rows.append({"instruction": rec["value"], "input": rec["key"], "output": answer})
+    rows = rows[offset : offset + 200]
+    return sorted(rows, key=lambda r: len(r["input"]))[:n]
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir() -> Path:
+    return ensure_materialized("smollm2-135m", MODELS, ROOT / "data" / "models")
+
+
+@pytest.fixture(scope="module")
+def bert_tokenizer_dir() -> Path:
+    """A real WordPiece tokenizer with [CLS]/[SEP]/[MASK]/[PAD] (from the packaged MiniLM)."""
+    return ensure_materialized("minilm-l6", MODELS, ROOT / "data" / "models")
+
+
+@pytest.fixture()
+def data(tmp_path) -> dict[str, Path]:
+    train, heldout = (
+        tmp_path / "data" / "train" / "qa.jsonl",
+        tmp_path / "data" / "train" / "qa.heldout.jsonl",
+    )
+    write_jsonl(train, c3_rows(8))
+    write_jsonl(heldout, c3_rows(4, offset=600))
+    return {"train": train, "heldout": heldout}
+
+
+def tiny_model(kind: str, tokenizer_dir: Path, out: Path) -> Path:
+    """A randomly initialised tiny model of `kind` built from a config, saved with a real tokenizer."""
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    size = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
+    if kind == "causal":
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                **size,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                eos_token_id=tok.eos_token_id,
+                bos_token_id=tok.bos_token_id,
+            )
+        )
+    elif kind == "masked":
+        model = RobertaForMaskedLM(
+            RobertaConfig(
+                **size,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=300,
+                type_vocab_size=1,
+            )
+        )
+    else:
+        model = T5ForConditionalGeneration(
+            T5Config(
+                **size,
+                d_model=32,
+                d_kv=16,
+                d_ff=64,
+                num_layers=2,
+                num_heads=2,
+                eos_token_id=tok.sep_token_id,
+                decoder_start_token_id=tok.pad_token_id,
+            )
+        )
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    write_fingerprint(out, f"tiny-{kind}", kind, {"test": "random init"})
+    return out
+
+
+def job(kind: str, **settings) -> TrainJob:
+    base = {
+        "learning_rate": 1e-3,
+        "max_steps": 1,
+        "lr_scheduler": "constant",
+        "warmup_ratio": 0.0,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "max_length": 128,
+        "save_steps": 100,
+        "seed": 0,
+    }
+    return TrainJob(
+        model=f"tiny-{kind}",
+        recipe="inbedder",
+        kind=kind,
+        template="inbedder",
+        dataset="c3_qa",
+        settings=TrainSettings(**{**base, **settings}),
+        max_new_tokens=3,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- label masks
+
+
+def test_causal_labels_are_exactly_answer_and_eos(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    row = {
+        "instruction": "What is the man doing?",
+        "input": "Man: Can I book a table for two?",
+        "output": "Making seat reservation",
+    }
+    enc = encode_example(tok, "causal", "inbedder", row, 256)
+    prompt = tok(format_prompt("inbedder", row["instruction"], row["input"])).input_ids
+    answer = tok(" Making seat reservation", add_special_tokens=False).input_ids
+    assert enc.input_ids == prompt + answer + [2]
+    assert enc.labels == [IGNORE_INDEX] * len(prompt) + answer + [2]
+    assert tok.decode([t for t in enc.labels if t != IGNORE_INDEX]) == " Making seat reservation<|im_end|>"
+
+    # SmolLM2 pads with its EOS (id 2): padding must keep the EOS target and mask by length.
+    short = encode_example(tok, "causal", "inbedder", {**row, "output": "Booking"}, 256)
+    batch = Collator(pad_id=tok.pad_token_id)([short.__dict__, enc.__dict__])
+    n = len(short.input_ids)
+    assert batch["labels"][0, n - 1].item() == 2 and (batch["labels"][0, n:] == IGNORE_INDEX).all()
+    assert batch["attention_mask"][0].tolist() == [1] * n + [0] * (len(enc.input_ids) - n)
+    assert batch["input_ids"][0, n - 1].item() == 2  # the EOS token itself, attended
+
+
+def test_long_inputs_are_cut_to_max_length(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    row = {"instruction": "What is it about?", "input": "word " * 500, "output": "words"}
+    enc = encode_example(tok, "causal", "inbedder", row, 64)
+    assert len(enc.input_ids) <= 64
+    assert tok.decode(enc.input_ids).endswith(
+        "### Instruction:\nWhat is it about?\n\n### Response: words<|im_end|>"
+    )
+
+
+def test_rows_without_input_use_the_no_input_prompt(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    row = {"instruction": "Name a primary colour.", "input": "", "output": "Red"}
+    enc = encode_example(tok, "causal", "alpaca", row, 64)
+    assert (
+        tok.decode(enc.input_ids) == "### Instruction:\nName a primary colour.\n\n### Response: Red<|im_end|>"
+    )
+    long_instruction = {"instruction": "Explain " * 200, "input": "", "output": "Because"}
+    assert len(encode_example(tok, "causal", "alpaca", long_instruction, 48).input_ids) <= 48
+
+
+def test_masked_labels_and_one_step(tmp_path, data, bert_tokenizer_dir):
+    base = tiny_model("masked", bert_tokenizer_dir, tmp_path / "tiny-masked")
+    _, tok = load_lm(base, "masked")
+    row = read_rows(data["train"], "train")[0]
+    enc = encode_example(tok, "masked", "inbedder", row, 128)
+    prompt = tok(
+        format_prompt("inbedder", row["instruction"], row["input"]), add_special_tokens=False
+    ).input_ids
+    answer = tok(" " + row["output"], add_special_tokens=False).input_ids
+    cls, sep, mask = tok.cls_token_id, tok.sep_token_id, tok.mask_token_id
+    assert enc.input_ids == [cls] + prompt + [mask] * len(answer) + [sep]  # every answer token masked at once
+    assert enc.labels == [IGNORE_INDEX] * (1 + len(prompt)) + answer + [IGNORE_INDEX]
+
+    summary = train_model(job("masked"), base, data["train"], data["heldout"], tmp_path / "out")
+    assert summary["steps"] == 1 and summary["first_step_loss"] > 0
+    assert summary["heldout_rows"] == 4
+    model, tok = load_lm(tmp_path / "out", "masked")
+    prompts = [
+        format_prompt("inbedder", r["instruction"], r["input"]) for r in read_rows(data["heldout"], "h")
+    ]
+    answers = generate_answers(model, tok, "masked", prompts, max_new_tokens=3, progress=False)
+    assert len(answers) == len(prompts) == 4
+    assert all(len(tok(a, add_special_tokens=False).input_ids) <= 3 for a in answers)
+
+
+def test_seq2seq_labels_and_one_step_bf16(tmp_path, data, bert_tokenizer_dir):
+    base = tiny_model("seq2seq", bert_tokenizer_dir, tmp_path / "tiny-t5")
+    _, tok = load_lm(base, "seq2seq")
+    row = read_rows(data["train"], "train")[0]
+    enc = encode_example(tok, "seq2seq", "inbedder", row, 128)
+    assert enc.input_ids == tok(format_prompt("inbedder", row["instruction"], row["input"])).input_ids
+    assert enc.labels == tok(row["output"], add_special_tokens=False).input_ids + [tok.sep_token_id]
+
+    summary = train_model(
+        replace(job("seq2seq"), dtype="bfloat16"), base, data["train"], data["heldout"], tmp_path / "out"
+    )
+    assert summary["steps"] == 1 and summary["bf16_autocast"] is True
+    answers = [r["answer_after"] for r in read_jsonl(tmp_path / "out" / "heldout_answers.jsonl")]
+    assert len(answers) == 4 and all(isinstance(a, str) for a in answers)
+
+
+# ---------------------------------------------------------------------------------------------- real run
+
+
+def test_smollm2_few_steps_loss_falls(tmp_path, smollm2_dir):
+    rows = c3_rows(4)
+    write_jsonl(tmp_path / "data" / "train" / "inbedder.jsonl", rows)
+    write_jsonl(tmp_path / "data" / "train" / "inbedder.heldout.jsonl", rows)
+    (tmp_path / "data" / "models").mkdir(parents=True)
+    (tmp_path / "data" / "models" / "smollm2-135m").symlink_to(smollm2_dir)
+    models = {
+        "smollm2-135m": {
+            **MODELS["smollm2-135m"],
+            "train": {
+                "learning_rate": 1e-4,
+                "lr_scheduler": "constant",
+                "warmup_ratio": 0.0,
+                "max_steps": 4,
+                "batch_size": 4,
+                "grad_accum": 1,
+                "max_length": 128,
+                "save_steps": 100,
+                "seed": 0,
+            },
+        }
+    }
+    out = tmp_path / "out"
+    summary = train_from_config(
+        "smollm2-135m",
+        "inbedder",
+        models,
+        CONFIG["recipes"],
+        train_dir=tmp_path / "data" / "train",
+        models_dir=tmp_path / "data" / "models",
+        out_dir=out,
+        dtype="bfloat16",  # CPU autocast: ~1.9x faster than fp32 here
+    )
+    with open(out / "train_log.csv", newline="") as fh:
+        log = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in log] == [1, 2, 3, 4]
+    losses = [float(r["loss"]) for r in log]
+    assert losses[-1] < 0.5 * losses[0], losses  # the same 4 examples each step: the loss must fall
+    assert summary["steps"] == 4 and summary["last_loss"] < summary["first_loss"]
+    assert summary["bf16_autocast"] is True and summary["dtype"] == "bfloat16"
+    assert summary["heldout_token_f1_after"] >= summary["heldout_token_f1_before"]
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "checkpoints").exists()
+    for key in ("seconds_per_step", "heldout_token_f1_before", "settings", "dtype", "template"):
+        assert summary[key] is not None
+    model, tok = load_lm(out, "causal")
+    assert model.config.model_type == "llama" and tok.eos_token_id == 2
+    assert json.loads((out / "train_summary.json").read_text())["fingerprint"] == summary["fingerprint"]
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+class Killed(RuntimeError):
+    """Stands for a kill in the middle of training."""
+
+
+def _kill_at(step: int):
+    from transformers import TrainerCallback
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise Killed(f"killed at step {step}")
+
+    return KillAt()
+
+
+def test_rerun_after_kill_resumes_from_last_checkpoint(tmp_path, data, smollm2_dir):
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    out = tmp_path / "out"
+    settings = {"max_steps": 5, "save_steps": 2, "batch_size": 2}
+    with pytest.raises(Killed):
+        train_model(
+            job("causal", **settings),
+            base,
+            data["train"],
+            data["heldout"],
+            out,
+            extra_callbacks=[_kill_at(3)],
+        )
+    assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"
+    assert not (out / "train_summary.json").exists()
+
+    summary = train_model(job("causal", **settings), base, data["train"], data["heldout"], out)
+    assert summary["resumed_from_step"] == 2
+    assert summary["first_logged_step_this_run"] == 3  # continues at step 3, not from zero
+    assert summary["steps"] == 5 and summary["steps_this_run"] == 3
+    with open(out / "train_log.csv", newline="") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5]
+
+    # The same run uninterrupted gives the same model: resuming restores data order and RNG state.
+    straight = train_model(job("causal", **settings), base, data["train"], data["heldout"], tmp_path / "o2")
+    assert straight["resumed_from_step"] == 0
+    assert straight["last_step_loss"] == pytest.approx(summary["last_step_loss"], rel=1e-4)
+
+
+def test_changed_settings_start_over(tmp_path, data, smollm2_dir):
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    out = tmp_path / "out"
+    with pytest.raises(Killed):
+        train_model(
+            job("causal", max_steps=3, save_steps=1, batch_size=2),
+            base,
+            data["train"],
+            data["heldout"],
+            out,
+            extra_callbacks=[_kill_at(2)],
+        )
+    summary = train_model(
+        job("causal", max_steps=3, save_steps=1, batch_size=2, learning_rate=5e-4),
+        base,
+        data["train"],
+        data["heldout"],
+        out,
+    )
+    assert summary["resumed_from_step"] == 0 and summary["first_logged_step_this_run"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_gives_clear_errors(tmp_path, data):
+    recipes = {
+        "qa": {"dataset": "c3_qa", "template": "inbedder"},
+        "ghost": {"dataset": "nope", "template": "alpaca"},
+    }
+    models = {
+        "smollm2-135m": MODELS["smollm2-135m"],
+        "lstm": {"kind": "rnn", "source": {"hub": "a/b"}},
+        "minilm-l6": MODELS["minilm-l6"],
+    }
+    with pytest.raises(
+        FileNotFoundError, match=r"recipe 'ghost' \(dataset 'nope'\).*ghost\.jsonl does not exist"
+    ):
+        train_from_config(
+            "smollm2-135m",
+            "ghost",
+            models,
+            recipes,
+            train_dir=tmp_path / "data" / "train",
+            out_dir=tmp_path / "o",
+        )
+    with pytest.raises(ValueError, match=r"model 'lstm'.*'rnn'.*allowed kinds: causal, masked, seq2seq"):
+        train_from_config(
+            "lstm", "qa", models, recipes, train_dir=tmp_path / "data" / "train", out_dir=tmp_path / "o"
+        )
+    with pytest.raises(ValueError, match="'minilm-l6' has kind 'sentence-encoder', which is not trained"):
+        train_from_config(
+            "minilm-l6", "qa", models, recipes, train_dir=tmp_path / "data" / "train", out_dir=tmp_path / "o"
+        )
+    with pytest.raises(ValueError, match="recipe 'none' is never trained"):
+        train_from_config(
+            "smollm2-135m",
+            "none",
+            models,
+            recipes,
+            train_dir=tmp_path / "data" / "train",
+            out_dir=tmp_path / "o",
+        )
+    with pytest.raises(KeyError, match="recipe 'qa2'"):
+        train_from_config(
+            "smollm2-135m",
+            "qa2",
+            models,
+            recipes,
+            train_dir=tmp_path / "data" / "train",
+            out_dir=tmp_path / "o",
+        )
+    with pytest.raises(ValueError, match=r"models.smollm2-135m.train: unknown key\(s\) \['lr'\]"):
+        train_from_config(
+            "smollm2-135m",
+            "qa",
+            {"smollm2-135m": {**MODELS["smollm2-135m"], "train": {"lr": 1}}},
+            recipes,
+            train_dir=tmp_path / "data" / "train",
+            out_dir=tmp_path / "o",
+        )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "q", "input": "t", "output": "a"}\n{"instruction": "q", "input": "t"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: field\(s\) \['output'\] missing"):
+        read_rows(bad, "training data")
+    assert not (tmp_path / "o").exists()
+
+
+def test_rule_params_hold_exactly_the_models_training_settings():
+    from inbedder.config import load_config
+    from inbedder.train import job_from_params, rule_params
+
+    config = load_config(ROOT / "config.yaml", ROOT / "workflow" / "profiles" / "offline" / "run.yaml")
+    params = rule_params("smollm2-135m", "inbedder", config)
+    assert params["train"] == config["models"]["smollm2-135m"]["train"]
+    assert params["train"]["max_steps"] == 40 and params["kind"] == "causal"
+    assert (params["template"], params["max_new_tokens"]) == ("inbedder", 3)
+    assert params["heldout_rows"] == config["limits"]["heldout_rows"]
+    # Another model's settings do not reach this rule's params (no needless retraining).
+    config["models"]["opt-350m"]["train"]["learning_rate"] = 1.0
+    assert rule_params("smollm2-135m", "inbedder", config) == params
+    job = job_from_params({**params, "device": "cpu", "dtype": "float32"})
+    assert job.settings.learning_rate == 1e-4 and job.settings.lr_scheduler == "constant_with_warmup"
+    with pytest.raises(ValueError, match="recipe 'none' is never trained"):
+        rule_params("smollm2-135m", "none", config)

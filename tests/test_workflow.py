@@ -1,0 +1,151 @@
+"""The smoke profile end to end, and resume after `kill -9` at training, encoding and evaluation.
+
+These run the real workflow (real SmolLM2 and MiniLM weights, mirrored data) on tiny slices.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+MIRROR = Path(os.environ.get("INBEDDER_DATA_MIRROR", ROOT.parent / "shared" / "data")).resolve()
+SCORE_COLUMNS = ["model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "n"]
+SMOKE_TASKS = {"NLUPPTwoViewTriplets", "NLUPPTwoViewClustering", "NLUPPInstructedPairs", "STSBenchmark"}
+
+pytestmark = pytest.mark.slow
+
+
+def command(run: str, *extra: str) -> list[str]:
+    return [
+        SNAKEMAKE,
+        "--profile",
+        "workflow/profiles/smoke",
+        "--config",
+        f"run={run}",
+        f"data_mirror={MIRROR}",
+        *extra,
+    ]
+
+
+def fresh(run: str) -> Path:
+    results = ROOT / "results" / run
+    shutil.rmtree(results, ignore_errors=True)
+    return results
+
+
+def jobs_run(output: str) -> list[str]:
+    """Rule names of the jobs a Snakemake invocation started, from its log."""
+    return re.findall(r"^\s*(?:local)?rule (\w+):", output, flags=re.MULTILINE)
+
+
+def run_to_end(run: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(run), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+def run_until(run: str, condition: Callable[[], bool], timeout: int = 600) -> str:
+    """Start the workflow and `kill -9` its whole process group as soon as `condition` holds."""
+    log = ROOT / "results" / f".{run}.killed.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command(run), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while not condition():
+                if proc.poll() is not None:
+                    pytest.fail(
+                        f"the run ended (rc {proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
+                    )
+                if time.monotonic() > deadline:
+                    pytest.fail("kill point not reached in time")
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    log.unlink()
+    return text
+
+
+def read_scores(results: Path) -> pd.DataFrame:
+    scores = pd.read_csv(results / "scores.csv")
+    return scores.sort_values(SCORE_COLUMNS[:7] + ["seed"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted() -> Path:
+    results = fresh("smoke-full")
+    run_to_end("smoke-full")
+    return results
+
+
+def test_smoke_run_scores_every_task_and_renders_the_report(uninterrupted: Path):
+    scores = read_scores(uninterrupted)
+    assert list(pd.read_csv(uninterrupted / "scores.csv").columns) == SCORE_COLUMNS
+    assert SMOKE_TASKS <= set(scores["task"])
+    assert scores["value"].map(math.isfinite).all()
+    assert {("smollm2-135m", "inbedder"), ("smollm2-135m", "none"), ("minilm-l6", "none")} <= set(
+        zip(scores["model"], scores["recipe"])
+    )
+    clustering = scores[(scores["task"] == "NLUPPTwoViewClustering") & (scores["metric"] == "v_measure")]
+    assert set(clustering["seed"].dropna().astype(int)) == {0, 1, 2}
+    html = (uninterrupted / "report" / "index.html").read_text(encoding="utf-8")
+    for claim in ("Claim 1", "Claim 2", "Claim 3", "Claim 4"):
+        assert claim in html
+    assert "58.80" in html
+
+
+def test_a_finished_run_does_nothing_on_rerun(uninterrupted: Path):
+    result = run_to_end("smoke-full")
+    assert jobs_run(result.stdout + result.stderr) == []
+
+
+def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_scores(uninterrupted: Path):
+    run = "smoke-resume"
+    results = fresh(run)
+    trained = results / "models" / "smollm2-135m-inbedder"
+
+    # 1. Training: killed once a checkpoint exists, before the model is finished.
+    run_until(run, lambda: any((trained / "checkpoints").glob("checkpoint-*/trainer_state.json")))
+    assert not (trained / "train_summary.json").exists()
+    done_before = {p.relative_to(results) for p in (results / "train").glob("*.jsonl")}
+
+    # 2. Encoding: killed while a cache is being written (its log exists, its meta.json not yet).
+    def encoding_started() -> bool:
+        logs = list((results / "logs" / "encode").glob("*/*.log"))
+        return any(not (results / "cache" / p.parent.name / p.stem / "meta.json").exists() for p in logs)
+
+    resumed = run_until(run, encoding_started)
+    assert "training_table" not in jobs_run(resumed), "finished training tables were rebuilt"
+    assert done_before and all((results / p).exists() for p in done_before)
+    train_log = (results / "logs" / "train" / "smollm2-135m-inbedder.log").read_text()
+    assert re.search(r"resum\w* from .*checkpoint-\d+", train_log, flags=re.IGNORECASE), train_log[-2000:]
+
+    # 3. Evaluation: killed once the first score table exists.
+    finished_caches = {p.parent for p in (results / "cache").glob("*/*/meta.json")}
+    run_until(run, lambda: any((results / "scores").glob("*/*.csv")))
+
+    # Rerun to the end: finished caches are not recomputed and the scores equal the uninterrupted run's.
+    final = run_to_end(run)
+    encoded_again = re.findall(r"cache/([^/\s]+/[^/\s]+)/meta\.json", final.stdout + final.stderr)
+    assert not {results / "cache" / e for e in encoded_again} & finished_caches
+    pd.testing.assert_frame_equal(
+        read_scores(results), read_scores(uninterrupted), check_exact=False, rtol=1e-6
+    )

@@ -1,0 +1,40 @@
+"""Rule encode: answers and hidden states of one (model, recipe, task) -> results/<run>/cache/.../meta.json."""
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+
+from inbedder.encode import encode_task
+
+snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
+log = logging.getLogger("encode_task")
+
+with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
+    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(max(1, snakemake.threads))
+    s = dict(snakemake.params.settings)
+    re_encoder = snakemake.input.get("re_encoder")
+    try:
+        meta = encode_task(
+            s["task"],
+            s["task_spec"],
+            Path(snakemake.input.model).parent,
+            s["kind"],
+            Path(snakemake.output[0]).parent,
+            template=s["template"],
+            max_new_tokens=s["max_new_tokens"],
+            layers=s["layers"],
+            batch_size=s["batch_size"],
+            device=s["device"],
+            dtype=s["dtype"],
+            re_encoder_dir=Path(re_encoder).parent if re_encoder else None,
+            re_encode_multi=s["re_encode_multi"],
+            data_dir=snakemake.params.data_dir,
+            limit=s["limit"],
+        )
+    except Exception:
+        log.exception("encoding %s on %s failed", snakemake.wildcards.model, s["task"])
+        raise
+    log.info("cache %s: %d prompts, %s", meta["cache_key"][:12], meta["prompts"]["n"], meta.get("stats"))

@@ -1,0 +1,33 @@
+"""Rule evaluate_task: score one (model, recipe, task) from its encode cache."""
+
+import contextlib
+import logging
+from pathlib import Path
+
+from inbedder.evaluate import evaluate_cache
+
+snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
+log = logging.getLogger("evaluate_task")
+
+with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
+    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = dict(snakemake.params.settings)
+    w = snakemake.wildcards
+    try:
+        evaluate_cache(
+            Path(snakemake.input.cache).parent,
+            snakemake.output.scores,
+            snakemake.output.details,
+            model=w.model,
+            recipe=w.recipe,
+            task=w.task,
+            spec=dict(settings["spec"]),
+            modes=list(settings["modes"]),
+            layers=list(settings["layers"]),
+            seeds=list(settings["seeds"]),
+            limit=settings["limit"],
+            data_dir=snakemake.params.data_dir,
+        )
+    except Exception:
+        log.exception("evaluating %s-%s on %s failed", w.model, w.recipe, w.task)
+        raise
