@@ -400,7 +400,6 @@ def test_truncated_corrupt_or_stale_caches_are_detected_and_recomputed(tiny_llam
     from safetensors.numpy import load_file
 
     redone = load_file(str(hidden))
-    assert len(hidden.read_bytes()) == len(good)
     for name, array in load_file(str(tmp_path / "first.safetensors")).items():
         np.testing.assert_array_equal(redone[name], array)
     good = hidden.read_bytes()
@@ -672,3 +671,24 @@ def test_encode_task_uses_the_task_prompts(minilm, tmp_path):
     assert [(p["text"], p["instruction"]) for p in encode.read_prompts(tmp_path / "cache")] == [
         (p["text"], p["instruction"]) for p in expected
     ]
+
+
+def test_rule_params_hold_the_settings_that_change_a_cache(root):
+    from inbedder.config import load_config
+    from inbedder.encode import re_encoder_name, rule_params
+
+    config = load_config(root / "config.yaml", root / "workflow" / "profiles" / "offline" / "run.yaml")
+    task = "NLUPPTwoViewTriplets"
+    tuned = rule_params("smollm2-135m", "inbedder", task, config)
+    assert tuned["kind"] == "causal" and tuned["template"] == config["recipes"]["inbedder"]["template"]
+    assert tuned["max_new_tokens"] == config["models"]["smollm2-135m"]["max_new_tokens"]
+    assert tuned["layers"] == config.get("layers", [-1]) and tuned["task_spec"] == config["tasks"][task]
+    assert tuned["limit"] == config["limits"]["task_rows"] and tuned["re_encode_multi"] is False
+    assert rule_params("smollm2-135m", "alpaca", task, config)["template"] == "alpaca"
+    assert rule_params("smollm2-135m", "none", task, config)["template"] == "inbedder"
+    encoder = rule_params("minilm-l6", "none", task, config)
+    assert encoder["kind"] == "sentence-encoder" and encoder["max_new_tokens"] == 0 and encoder["layers"] == [-1]
+    assert re_encoder_name("smollm2-135m", task, config) == config["re_encoder"]
+    assert re_encoder_name("minilm-l6", task, config) is None
+    with pytest.raises(KeyError, match="recipe 'sft'"):
+        rule_params("smollm2-135m", "sft", task, config)

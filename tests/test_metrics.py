@@ -139,6 +139,6 @@ def test_reranking_map_v1_skips_lists_without_positive_or_negative():
 
 
 def test_cosine_silhouette_high_for_separated_blobs():
-    x, labels = _blobs(k=3, per=20)
+    x, _ = _blobs(k=3, per=20)
     assignment = metrics.kmeans_assign(x, 3, seed=0)
     assert metrics.cosine_silhouette(x, assignment) > 0.5

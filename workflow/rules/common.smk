@@ -3,6 +3,7 @@ import os
 import re
 
 from inbedder.config import check_runtime, unavailable_reason
+from inbedder.tasks import modes_for
 
 check_runtime(config)
 
@@ -72,8 +73,8 @@ def model_dir(model, recipe):
 def model_ready(model, recipe):
     """Completion marker inside model_dir: the file a rule takes as input."""
     if recipe in UNTRAINED_RECIPES:
-        return model_dir(model, recipe) + "/fingerprint.json"
-    return model_dir(model, recipe) + "/train_summary.json"
+        return f"{model_dir(model, recipe)}/fingerprint.json"
+    return f"{model_dir(model, recipe)}/train_summary.json"
 
 
 def trained_pairs():
@@ -84,13 +85,61 @@ def trained_pairs():
 
 
 def score_files():
-    """Per-(model, recipe, task) score tables of this run."""
+    """Per-(model, recipe, task) score tables of this run (pairs with no mode to score are left out)."""
     return [
         f"{R}/scores/{m}-{r}/{t}.csv"
         for m in selected_models()
         for r in recipes_for(m)
         for t in runnable_tasks()
+        if eval_modes(m, t)
     ]
+
+
+# Evaluation
+def eval_modes(model, task):
+    """Embedding modes scored: the model's, restricted by the task's `modes` (robustness: 1st-gen)."""
+    return modes_for(TASKS[task], MODELS[model].get("modes", []))
+
+
+def eval_layers(model):
+    """Hidden layers scored: config `layers` for language models, -1 for sentence encoders."""
+    if MODELS[model]["kind"] == "sentence-encoder":
+        return [-1]
+    return list(config.get("layers", [-1]))
+
+
+def evaluate_params(wildcards):
+    """Exactly the settings that change one job's scores."""
+    return {
+        "spec": TASKS[wildcards.task],
+        "modes": eval_modes(wildcards.model, wildcards.task),
+        "layers": eval_layers(wildcards.model),
+        "seeds": list(config.get("seeds", [0, 1, 2])),
+        "limit": config["limits"]["task_rows"],
+    }
+
+
+def task_data(wildcards):
+    """The task's own input file: its prepared table, or the own-data file."""
+    spec = TASKS[wildcards.task]
+    if spec["kind"] == "own":
+        return [spec["path"]]
+    if "dataset" in spec:
+        return [f"data/prepared/{spec['dataset']}.parquet"]
+    return []
+
+
+def evaluation_skips():
+    """Task -> reason, for selected tasks that cannot run or have no mode for some model."""
+    skips = dict(skipped_tasks())
+    for task in runnable_tasks():
+        none = [m for m in selected_models() if not eval_modes(m, task)]
+        if none:
+            skips[task] = (
+                f"no embedding mode of {', '.join(none)} is in tasks.{task}.modes "
+                f"{TASKS[task].get('modes', ['1st-gen'])}"
+            )
+    return skips
 
 
 def get_final_output():

@@ -49,10 +49,10 @@ rule training_table:
     input:
         unpack(lambda wildcards: training_inputs(wildcards.recipe, RECIPES, bool(config["offline"]))),
     output:
-        train=R + "/train/{recipe}.jsonl",
-        heldout=R + "/train/{recipe}.heldout.jsonl",
+        train=f"{R}/train/{{recipe}}.jsonl",
+        heldout=f"{R}/train/{{recipe}}.heldout.jsonl",
     log:
-        R + "/logs/data/training_table/{recipe}.log",
+        f"{R}/logs/data/training_table/{{recipe}}.log",
     params:
         train_rows=config["limits"]["train_rows"],
         heldout_rows=config["limits"]["heldout_rows"],

@@ -8,14 +8,14 @@ from inbedder.train import rule_params
 rule train_model:
     input:
         base="data/models/{model}/fingerprint.json",
-        train=R + "/train/{recipe}.jsonl",
-        heldout=R + "/train/{recipe}.heldout.jsonl",
+        train=f"{R}/train/{{recipe}}.jsonl",
+        heldout=f"{R}/train/{{recipe}}.heldout.jsonl",
     output:
-        R + "/models/{model}-{recipe}/train_summary.json",
+        f"{R}/models/{{model}}-{{recipe}}/train_summary.json",
     log:
-        R + "/logs/train/{model}-{recipe}.log",
+        f"{R}/logs/train/{{model}}-{{recipe}}.log",
     benchmark:
-        R + "/benchmarks/train/{model}-{recipe}.tsv"
+        f"{R}/benchmarks/train/{{model}}-{{recipe}}.tsv"
     params:
         job=lambda wildcards: rule_params(wildcards.model, wildcards.recipe, config),
     threads: 2

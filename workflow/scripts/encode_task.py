@@ -15,7 +15,7 @@ with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redir
     logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(max(1, snakemake.threads))
     s = dict(snakemake.params.settings)
-    re_encoder = snakemake.input.get("re_encoder")
+    re_encoder = list(snakemake.input.re_encoder)  # empty unless a re-encode mode is scored
     try:
         meta = encode_task(
             s["task"],
@@ -29,7 +29,7 @@ with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redir
             batch_size=s["batch_size"],
             device=s["device"],
             dtype=s["dtype"],
-            re_encoder_dir=Path(re_encoder).parent if re_encoder else None,
+            re_encoder_dir=Path(re_encoder[0]).parent if re_encoder else None,
             re_encode_multi=s["re_encode_multi"],
             data_dir=snakemake.params.data_dir,
             limit=s["limit"],
