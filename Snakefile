@@ -16,6 +16,15 @@ report: "report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+# Wildcards name the experimental axes; model names may hold hyphens, recipes and tasks do not.
+wildcard_constraints:
+    model="|".join(map(re.escape, MODELS)),
+    recipe="[A-Za-z0-9_]+",
+    task="[A-Za-z0-9_]+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/train.smk"

@@ -121,4 +121,6 @@ def test_unknown_config_key_on_the_command_line_names_it():
 
 def test_lint_is_clean():
     result = snakemake("--lint")
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "Lints for" not in out, out[-3000:]

@@ -248,6 +248,12 @@ def task_table(task_name: str, spec: dict, data_dir: str | Path = "data", limit:
     if "subset" not in table.columns:
         table = table.assign(subset=DEFAULT_SUBSET)
     table = table.assign(subset=table["subset"].astype(str))
+    if spec.get("subsets"):
+        wanted = [str(s) for s in spec["subsets"]]
+        missing = sorted(set(wanted) - set(table["subset"]))
+        if missing:
+            raise TaskError(f"tasks.{task_name}.subsets: {missing} not in {path} (has {sorted(set(table['subset']))})")
+        table = table[table["subset"].isin(wanted)]
     # cluster sets are independent samples: the set id is part of the key
     return _limit_per_group(table, "subset", table["subset"] + "\x1f" + table["text"], limit)
 

@@ -1,4 +1,4 @@
-# Helpers shared by every rule file: names, paths and the grid of jobs.
+# Helpers shared by every stage: names, paths and the grid of jobs.
 import os
 import re
 
@@ -7,18 +7,13 @@ from inbedder.tasks import modes_for
 
 check_runtime(config)
 
-R = "results/" + config["run"]
+R = f"results/{config['run']}"
 MODELS = config["models"]
 TASKS = config["tasks"]
 RECIPES = config["recipes"]
 # Recipes that do not train: the untouched model and the authors' released checkpoint.
 UNTRAINED_RECIPES = ("none", "released")
 
-
-wildcard_constraints:
-    model="|".join(map(re.escape, MODELS)) if MODELS else "[^/]+",
-    recipe="[A-Za-z0-9_]+",
-    task="[A-Za-z0-9_]+",
 
 
 def selected_models():
@@ -143,5 +138,5 @@ def evaluation_skips():
 
 
 def get_final_output():
-    """Targets of `rule all`: the score table and the report."""
+    """What the default target builds: the score table and the report."""
     return [f"{R}/scores.csv", f"{R}/report/index.html"]
