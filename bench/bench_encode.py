@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -228,6 +229,7 @@ def main() -> None:
     result["cosine_avg_gen_vs_naive_median"] = round(float(np.median(cos_avg)), 5)
     result["goals_met"] = {k: (result[k] <= goal if k == "cache_bytes_ratio" else result[k] >= goal)
                            for k, goal in GOALS.items()}
+    shutil.rmtree(work, ignore_errors=True)
     write_json(args.out, result)
     for key in ("naive_prompts_per_s", "first_gen_prompts_per_s", "avg_gen_prompts_per_s", "first_gen_speedup",
                 "avg_gen_speedup", "first_gen_speedup_total", "avg_gen_speedup_total", "first_gen_forward_gflops",

@@ -100,7 +100,9 @@ def snakemake(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_paper_profile_dry_run_plans_the_paper_grid():
-    result = snakemake("-n", "--cores", "1", "--resources", "gpu=1", "--quiet", "rules")
+    result = snakemake(
+        "-n", "--cores", "1", "--resources", "gpu=1", "--quiet", "rules", "--config", "run=dry-run-check"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     for rule in ("train_model", "encode", "evaluate", "render_report"):
@@ -108,7 +110,9 @@ def test_paper_profile_dry_run_plans_the_paper_grid():
 
 
 def test_offline_profile_dry_run():
-    result = snakemake("-n", "--profile", "workflow/profiles/offline", "--quiet", "rules")
+    result = snakemake(
+        "-n", "--profile", "workflow/profiles/offline", "--quiet", "rules", "--config", "run=dry-run-check"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train_model" in result.stdout + result.stderr
 

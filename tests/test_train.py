@@ -440,7 +440,7 @@ def test_rule_params_hold_exactly_the_models_training_settings():
     config = load_config(ROOT / "config.yaml", ROOT / "workflow" / "profiles" / "offline" / "run.yaml")
     params = rule_params("smollm2-135m", "inbedder", config)
     assert params["train"] == config["models"]["smollm2-135m"]["train"]
-    assert params["train"]["max_steps"] == 40 and params["kind"] == "causal"
+    assert params["train"]["max_steps"] == 30 and params["kind"] == "causal"
     assert (params["template"], params["max_new_tokens"]) == ("inbedder", 3)
     assert params["heldout_rows"] == config["limits"]["heldout_rows"]
     # Another model's settings do not reach this rule's params (no needless retraining).

@@ -52,13 +52,19 @@ def jobs_run(output: str) -> list[str]:
 
 
 def run_to_end(run: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(run), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command(run), check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
 
 
+def unlock(run: str) -> None:
+    """What a user does after a `kill -9`: Snakemake's lock files outlive the killed process."""
+    subprocess.run(command(run, "--unlock"), check=True, cwd=ROOT, capture_output=True, timeout=300)
+
+
 def run_until(run: str, condition: Callable[[], bool], timeout: int = 600) -> str:
     """Start the workflow and `kill -9` its whole process group as soon as `condition` holds."""
+    unlock(run)
     log = ROOT / "results" / f".{run}.killed.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
@@ -143,9 +149,51 @@ def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_sc
     run_until(run, lambda: any((results / "scores").glob("*/*.csv")))
 
     # Rerun to the end: finished caches are not recomputed and the scores equal the uninterrupted run's.
+    unlock(run)
     final = run_to_end(run)
     encoded_again = re.findall(r"cache/([^/\s]+/[^/\s]+)/meta\.json", final.stdout + final.stderr)
     assert not {results / "cache" / e for e in encoded_again} & finished_caches
     pd.testing.assert_frame_equal(
         read_scores(results), read_scores(uninterrupted), check_exact=False, rtol=1e-6
     )
+
+
+def planned_jobs(run: str, change: dict, tmp_path: Path) -> set[tuple[str, str]]:
+    """(rule, wildcards) of the jobs a dry run plans after a config change."""
+    import yaml
+
+    extra = tmp_path / "change.yaml"
+    extra.write_text(yaml.safe_dump(change))
+    configfiles = ["config.yaml", "workflow/profiles/offline/run.yaml", "workflow/profiles/smoke/run.yaml", str(extra)]
+    result = subprocess.run(
+        command(run, "-n", "--configfile", *configfiles), check=False, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    jobs = set()
+    for block in re.split(r"^\s*(?=(?:local)?rule \w+:)", result.stdout + result.stderr, flags=re.MULTILINE):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if head:
+            wildcards = re.search(r"^\s*wildcards: (.*)$", block, flags=re.MULTILINE)
+            jobs.add((head.group(1), wildcards.group(1).strip() if wildcards else ""))
+    return jobs
+
+
+def test_a_changed_instruction_reruns_that_tasks_jobs_only(uninterrupted: Path, tmp_path: Path):
+    task = "NLUPPTwoViewTriplets"
+    change = {"tasks": {task: {"instructions": {"action": "Which operation does the customer ask for?"}}}}
+    jobs = planned_jobs("smoke-full", change, tmp_path)
+    pairs = [("smollm2-135m", "inbedder"), ("smollm2-135m", "none"), ("minilm-l6", "none")]
+    expected = {("prepare_dataset", "dataset=nlupp_triplets")}
+    for rule in ("encode", "evaluate_task"):
+        expected |= {(rule, f"model={m}, recipe={r}, task={task}") for m, r in pairs}
+    expected |= {("collect_scores", ""), ("render_report", ""), ("all", "")}
+    assert jobs == expected
+
+
+def test_a_changed_step_count_reruns_that_models_chain_only(uninterrupted: Path, tmp_path: Path):
+    jobs = planned_jobs("smoke-full", {"models": {"smollm2-135m": {"train": {"max_steps": 5}}}}, tmp_path)
+    expected = {("train_model", "model=smollm2-135m, recipe=inbedder")}
+    for rule in ("encode", "evaluate_task"):
+        expected |= {(rule, f"model=smollm2-135m, recipe=inbedder, task={t}") for t in SMOKE_TASKS}
+    expected |= {("collect_scores", ""), ("render_report", ""), ("all", "")}
+    assert jobs == expected

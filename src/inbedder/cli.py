@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     file = Path(args.file)
     out = Path(args.out) if args.out else file.with_name(f"{file.stem}-clusters")
+    if Path(args.model).is_dir():  # a local model folder: nothing to ask the hub
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(var, "1")
     try:
         frame = cluster(file, args.instruction, args.model, args.k, out, text_column=args.text_column,
                         label_column=args.label_column, kind=args.kind, mode=args.mode, layer=args.layer,
