@@ -51,6 +51,16 @@ def jobs_run(output: str) -> list[str]:
     return re.findall(r"^\s*(?:local)?rule (\w+):", output, flags=re.MULTILINE)
 
 
+def job_blocks(output: str) -> list[tuple[str, str]]:
+    """(rule, the lines Snakemake printed for that job) of every job in a log."""
+    blocks = []
+    for block in re.split(r"^\s*(?=(?:local)?rule \w+:)", output, flags=re.MULTILINE):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if head:
+            blocks.append((head.group(1), block))
+    return blocks
+
+
 def run_to_end(run: str, timeout: int = 900) -> subprocess.CompletedProcess:
     result = subprocess.run(command(run), check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -142,7 +152,7 @@ def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_sc
     assert "training_table" not in jobs_run(resumed), "finished training tables were rebuilt"
     assert done_before and all((results / p).exists() for p in done_before)
     train_log = (results / "logs" / "train" / "smollm2-135m-inbedder.log").read_text()
-    assert re.search(r"resum\w* from .*checkpoint-\d+", train_log, flags=re.IGNORECASE), train_log[-2000:]
+    assert re.search(r"resum\w* .*from .*checkpoint-\d+", train_log, flags=re.IGNORECASE), train_log[-2000:]
 
     # 3. Evaluation: killed once the first score table exists.
     finished_caches = {p.parent for p in (results / "cache").glob("*/*/meta.json")}
@@ -151,8 +161,12 @@ def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_sc
     # Rerun to the end: finished caches are not recomputed and the scores equal the uninterrupted run's.
     unlock(run)
     final = run_to_end(run)
-    encoded_again = re.findall(r"cache/([^/\s]+/[^/\s]+)/meta\.json", final.stdout + final.stderr)
-    assert not {results / "cache" / e for e in encoded_again} & finished_caches
+    encoded_again = {
+        ROOT / re.search(r"^\s*output: (\S+)/meta\.json", block, flags=re.MULTILINE).group(1)
+        for rule, block in job_blocks(final.stdout + final.stderr)
+        if rule == "encode"
+    }
+    assert not encoded_again & finished_caches
     pd.testing.assert_frame_equal(
         read_scores(results), read_scores(uninterrupted), check_exact=False, rtol=1e-6
     )
@@ -170,11 +184,9 @@ def planned_jobs(run: str, change: dict, tmp_path: Path) -> set[tuple[str, str]]
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     jobs = set()
-    for block in re.split(r"^\s*(?=(?:local)?rule \w+:)", result.stdout + result.stderr, flags=re.MULTILINE):
-        head = re.match(r"(?:local)?rule (\w+):", block)
-        if head:
-            wildcards = re.search(r"^\s*wildcards: (.*)$", block, flags=re.MULTILINE)
-            jobs.add((head.group(1), wildcards.group(1).strip() if wildcards else ""))
+    for rule, block in job_blocks(result.stdout + result.stderr):
+        wildcards = re.search(r"^\s*wildcards: (.*)$", block, flags=re.MULTILINE)
+        jobs.add((rule, wildcards.group(1).strip() if wildcards else ""))
     return jobs
 
 

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -51,6 +52,8 @@ RUN_SETTINGS = "run_settings.json"
 BEFORE_FILE = "heldout_before.json"
 SUMMARY = "train_summary.json"
 REQUIRED_FIELDS = ("instruction", "input", "output")
+log = logging.getLogger(__name__)
+
 # Files that make a checkpoint resumable; a checkpoint missing any of them was cut short.
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 # Rows without an input text (most of Alpaca) are prompted without the input block, for both
@@ -515,6 +518,8 @@ def train_model(
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     resume = last_complete_checkpoint(ckpt_dir)
+    if resume:
+        log.info("resuming %s-%s from %s", job.model, job.recipe, resume)
     model.train()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
