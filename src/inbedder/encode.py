@@ -375,6 +375,16 @@ def _softcap(model, logits):
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def _record_step(nxt, done, pad_id, eos_t, batch_ids, batch_mask):
+    """Book one greedy step: the token fed next (pad once finished), the ids kept (-1 once finished)."""
+    import torch
+
+    batch_mask.append(~done)
+    token = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+    batch_ids.append(torch.where(done, torch.full_like(nxt, -1), nxt))
+    return token, done | torch.isin(token, eos_t)
+
+
 def _next_tokens(logits, temperature: float | None, generator):
     import torch
 
@@ -449,10 +459,7 @@ def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int
                             store.arrays[name] = np.zeros((n, steps - 1, h.shape[-1]), dtype=np.float32)
                         store.arrays[name][rows, t - 1] = h[:, 0].float().cpu().numpy()
                 nxt = _next_tokens(_softcap(model, head(out.last_hidden_state[:, -1])), temperature, generator)
-                batch_mask.append(~done)
-                token = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-                batch_ids.append(torch.where(done, torch.full_like(nxt, -1), nxt))
-                done = done | torch.isin(token, eos_t)
+                token, done = _record_step(nxt, done, pad_id, eos_t, batch_ids, batch_mask)
             gen_ids[rows, : len(batch_ids)] = torch.stack(batch_ids, 1).cpu().numpy()
             gen_mask[rows, : len(batch_mask)] = torch.stack(batch_mask, 1).cpu().numpy()
             if progress:
@@ -578,10 +585,7 @@ def run_seq2seq(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: in
                                 store.arrays[name] = np.zeros((n, steps - 1, h.shape[-1]), dtype=np.float32)
                             store.arrays[name][rows, t - 1] = h.float().cpu().numpy()
                 nxt = _next_tokens(_softcap(model, out.logits[:, -1]), temperature, generator)
-                batch_mask.append(~done)
-                token = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-                batch_ids.append(torch.where(done, torch.full_like(nxt, -1), nxt))
-                done = done | torch.isin(token, eos_t)
+                token, done = _record_step(nxt, done, pad_id, eos_t, batch_ids, batch_mask)
             gen_ids[rows, : len(batch_ids)] = torch.stack(batch_ids, 1).cpu().numpy()
             gen_mask[rows, : len(batch_mask)] = torch.stack(batch_mask, 1).cpu().numpy()
             if progress:

@@ -1856,14 +1856,12 @@ def render_report(
     }
     html = _jinja_env(template_dir).get_template("index.html.j2").render(**ctx)
     write_text(out_html, html)
-    out_html.chmod(0o644)
     if figures_dir is not None:
         fdir = Path(figures_dir)
         fdir.mkdir(parents=True, exist_ok=True)
         for fig in figures:
             if fig.png:
                 _write_bytes(fdir / f"{fig.name}.png", fig.png)
-                (fdir / f"{fig.name}.png").chmod(0o644)
     return {
         "html": str(out_html),
         "verdicts": {f"Claim {c['number']}": {r.scope: r.verdict for r in c["results"]} for c in claims},

@@ -597,7 +597,6 @@ def train_model(
     summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
     make_readable(out)
     write_json(out / SUMMARY, summary)
-    (out / SUMMARY).chmod(0o644)
     if not keep_checkpoints:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(ckpt_dir)
