@@ -1,15 +1,14 @@
 """Rule collect_scores: every per-job score table -> scores.csv; unrunnable tasks -> skipped.csv."""
 
-import contextlib
 import logging
 
 from inbedder.evaluate import collect_scores
+from inbedder.files import rule_log
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 log = logging.getLogger("collect_scores")
 
-with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+with rule_log(snakemake.log[0]) as log_file:
     try:
         frame = collect_scores(
             list(snakemake.input),

@@ -1,18 +1,17 @@
 """Rule encode: answers and hidden states of one (model, recipe, task) -> results/<run>/cache/.../meta.json."""
 
-import contextlib
 import logging
 from pathlib import Path
 
 import torch
 
 from inbedder.encode import encode_task
+from inbedder.files import rule_log
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 log = logging.getLogger("encode_task")
 
-with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+with rule_log(snakemake.log[0]) as log_file:
     torch.set_num_threads(max(1, snakemake.threads))
     s = dict(snakemake.params.settings)
     re_encoder = list(snakemake.input.re_encoder)  # empty unless a re-encode mode is scored

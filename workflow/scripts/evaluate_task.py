@@ -1,16 +1,15 @@
 """Rule evaluate_task: score one (model, recipe, task) from its encode cache."""
 
-import contextlib
 import logging
 from pathlib import Path
 
 from inbedder.evaluate import evaluate_cache
+from inbedder.files import rule_log
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 log = logging.getLogger("evaluate_task")
 
-with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+with rule_log(snakemake.log[0]) as log_file:
     settings = dict(snakemake.params.settings)
     w = snakemake.wildcards
     try:

@@ -1,16 +1,15 @@
 """Rule fetch_source: fetch one declared source into data/raw/<source>/ (mirror, URL or hub)."""
 
-import contextlib
 import logging
 from pathlib import Path
 
+from inbedder.files import rule_log
 from inbedder.sources import fetch
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 log = logging.getLogger("fetch_source")
 
-with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+with rule_log(snakemake.log[0]) as log_file:
     try:
         manifest = fetch(
             snakemake.wildcards.source,

@@ -1,16 +1,15 @@
 """Rule materialize_model / materialize_released: data/models/<name>/ as safetensors + tokenizer."""
 
-import contextlib
 import logging
 from pathlib import Path
 
+from inbedder.files import rule_log
 from inbedder.models import materialize, parse_source
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 log = logging.getLogger("materialize_model")
 
-with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+with rule_log(snakemake.log[0]) as log_file:
     spec = snakemake.params.spec
     out_dir = Path(snakemake.output[0]).parent
     try:

@@ -1,16 +1,15 @@
 """Rule prepare_dataset: build data/prepared/<dataset>.parquet from the fetched sources."""
 
-import contextlib
 import logging
 from pathlib import Path
 
 from inbedder.datasets import prepare
+from inbedder.files import rule_log
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 log = logging.getLogger("prepare_dataset")
 
-with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+with rule_log(snakemake.log[0]) as log_file:
     try:
         prepare(
             snakemake.wildcards.dataset,

@@ -1,17 +1,16 @@
 """Rule render_report: results/<run>/report/index.html (self-contained) and its figures."""
 
-import contextlib
 import json
 import logging
 from pathlib import Path
 
+from inbedder.files import rule_log
 from inbedder.report import render_report
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 log = logging.getLogger("render_report")
 
-with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+with rule_log(snakemake.log[0]) as log_file:
     try:
         summary = render_report(
             snakemake.input.scores,

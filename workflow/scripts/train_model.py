@@ -1,19 +1,18 @@
 """Rule train_model: fine-tune one (model, recipe) into results/<run>/models/<model>-<recipe>/."""
 
-import contextlib
 import logging
 from pathlib import Path
 
 import torch
 
 from inbedder.config import resolve_device, resolve_dtype
+from inbedder.files import rule_log
 from inbedder.train import job_from_params, train_model
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 log = logging.getLogger("train_model")
 
-with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+with rule_log(snakemake.log[0]) as log_file:
     torch.set_num_threads(max(1, snakemake.threads))
     params = dict(snakemake.params.job)
     params["device"] = resolve_device({"device": params["device"]})

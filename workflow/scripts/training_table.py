@@ -1,15 +1,14 @@
 """Rule training_table: results/<run>/train/<recipe>.jsonl and <recipe>.heldout.jsonl from prepared tables."""
 
-import contextlib
 import logging
 
 from inbedder.datasets import write_training_tables
+from inbedder.files import rule_log
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 log = logging.getLogger("training_table")
 
-with open(snakemake.log[0], "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
-    logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+with rule_log(snakemake.log[0]) as log_file:
     try:
         n_train, n_heldout = write_training_tables(
             snakemake.input.train,
