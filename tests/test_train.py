@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from inbedder.train import (
     encode_example,
     last_complete_checkpoint,
     read_rows,
+    scan_checkpoints,
     train_from_config,
     train_model,
 )
@@ -345,7 +347,137 @@ def test_rerun_after_kill_resumes_from_last_checkpoint(tmp_path, data, smollm2_d
     assert straight["last_step_loss"] == pytest.approx(summary["last_step_loss"], rel=1e-4)
 
 
-def test_changed_settings_start_over(tmp_path, data, smollm2_dir):
+# A kill -9 at each moment of a checkpoint save, in a child process: Trainer writes the weights, the
+# optimizer and scheduler, the RNG state and trainer_state.json one after the other, then our marker.
+# Each patch writes part of the file it interrupts (what a kill mid-write leaves), then kills itself.
+KILL_DURING_SAVE = r"""
+import dataclasses, json, os, signal, sys
+from pathlib import Path
+import transformers
+from transformers.trainer_callback import TrainerState
+import inbedder.train as train
+
+moment, job_json, base, train_path, heldout, out = sys.argv[1:]
+target = "checkpoint-" + os.environ["KILL_AT_CHECKPOINT"]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def cut(path):
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+
+def patch(owner, name, after):
+    original = getattr(owner, name)
+    def patched(self, *args, **kwargs):
+        where = str(args[0] if args else kwargs.get("output_dir", ""))
+        if target not in where:
+            return original(self, *args, **kwargs)
+        if moment == "trainer_state":
+            text = json.dumps(dataclasses.asdict(self), indent=2)
+            Path(where).write_text(text[: len(text) // 2])
+            die()
+        original(self, *args, **kwargs)
+        after(where)
+        die()
+    setattr(owner, name, patched)
+
+if moment == "weights":
+    patch(transformers.Trainer, "_save", lambda d: cut(Path(d) / "model.safetensors"))
+elif moment == "optimizer":
+    patch(transformers.Trainer, "_save_optimizer_and_scheduler", lambda d: (
+        cut(Path(d) / "optimizer.pt"), (Path(d) / "scheduler.pt").unlink()))
+elif moment == "trainer_state":
+    patch(TrainerState, "save_to_json", lambda d: None)
+elif moment == "marker":
+    original_mark = train.mark_checkpoint_complete
+    def mark(path):
+        if target in str(path):
+            die()
+        original_mark(path)
+    train.mark_checkpoint_complete = mark
+
+spec = json.loads(job_json)
+job = train.TrainJob(**{**spec, "settings": train.TrainSettings(**spec["settings"])})
+train.train_model(job, base, train_path, heldout, out)
+sys.exit("the kill point was never reached")
+"""
+
+
+def _killed_during_save(moment: str, checkpoint: int, the_job: TrainJob, base: Path, data, out: Path) -> None:
+    """Run a training in a child process that is killed -9 while checkpoint-<checkpoint> is saved."""
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    env = {**os.environ, "KILL_AT_CHECKPOINT": str(checkpoint)}
+    args = [
+        moment,
+        json.dumps(asdict(the_job)),
+        str(base),
+        str(data["train"]),
+        str(data["heldout"]),
+        str(out),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == -9, result.stderr[-3000:]
+
+
+SAVE_MOMENTS = {
+    "weights": "missing optimizer.pt, scheduler.pt, trainer_state.json",
+    "optimizer": "missing scheduler.pt, trainer_state.json",
+    "trainer_state": "every file present but not confirmed",
+    "marker": "every file present but not confirmed",
+}
+
+
+@pytest.mark.parametrize("moment", sorted(SAVE_MOMENTS))
+def test_kill_9_while_a_checkpoint_is_saved_resumes_from_the_newest_complete_one(
+    moment, tmp_path, data, smollm2_dir, caplog
+):
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    the_job = job("causal", max_steps=6, save_steps=2, batch_size=2)
+    out = tmp_path / "out"
+    _killed_during_save(moment, 4, the_job, base, data, out)
+    assert not (out / "train_summary.json").exists()
+    scan = scan_checkpoints(out / "checkpoints")
+    assert scan.complete.name == "checkpoint-2"
+    assert scan.rejected[0].startswith("checkpoint-4: no checkpoint_complete.json")
+    assert SAVE_MOMENTS[moment] in scan.rejected[0]
+
+    with caplog.at_level("INFO", logger="inbedder.train"):
+        summary = train_model(the_job, base, data["train"], data["heldout"], out)
+    assert "not resuming from checkpoint-4" in caplog.text
+    assert re.search(r"resuming tiny-causal-inbedder from .*checkpoint-2$", caplog.text, flags=re.MULTILINE)
+    assert summary["resumed_from_step"] == 2 and summary["fresh_start_reason"] is None
+    assert summary["checkpoints_rejected"] == list(scan.rejected)
+    assert summary["first_logged_step_this_run"] == 3 and summary["steps"] == 6
+    with open(out / "train_log.csv", newline="") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5, 6]
+    straight = train_model(the_job, base, data["train"], data["heldout"], tmp_path / "straight")
+    assert straight["last_step_loss"] == pytest.approx(summary["last_step_loss"], rel=1e-4)
+
+
+def test_kill_9_during_the_first_checkpoint_starts_over_and_says_why(tmp_path, data, smollm2_dir, caplog):
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    the_job = job("causal", max_steps=4, save_steps=2, batch_size=2)
+    out = tmp_path / "out"
+    _killed_during_save("optimizer", 2, the_job, base, data, out)
+    with caplog.at_level("INFO", logger="inbedder.train"):
+        summary = train_model(the_job, base, data["train"], data["heldout"], out)
+    why = "no complete checkpoint (checkpoint-2: no checkpoint_complete.json (the save was cut short: missing"
+    assert summary["resumed_from_step"] == 0 and summary["fresh_start_reason"].startswith(why)
+    assert f"training tiny-causal-inbedder from step 0: {why}" in caplog.text
+
+
+def test_changed_settings_start_over_and_name_the_changed_key(tmp_path, data, smollm2_dir):
     base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
     out = tmp_path / "out"
     with pytest.raises(Killed):
@@ -365,6 +497,7 @@ def test_changed_settings_start_over(tmp_path, data, smollm2_dir):
         out,
     )
     assert summary["resumed_from_step"] == 0 and summary["first_logged_step_this_run"] == 1
+    assert "job.settings.learning_rate: 0.001 -> 0.0005" in summary["fresh_start_reason"]
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -5,6 +5,7 @@ These run the real workflow (real SmolLM2 and MiniLM weights, mirrored data) on 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -62,7 +63,9 @@ def job_blocks(output: str) -> list[tuple[str, str]]:
 
 
 def run_to_end(run: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(run), check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        command(run), check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
 
@@ -138,25 +141,34 @@ def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_sc
     results = fresh(run)
     trained = results / "models" / "smollm2-135m-inbedder"
 
-    # 1. Training: killed once a checkpoint exists, before the model is finished.
-    run_until(run, lambda: any((trained / "checkpoints").glob("checkpoint-*/trainer_state.json")))
+    # 1. Training: killed once its first checkpoint is complete (the marker is written after the save).
+    run_until(run, lambda: any((trained / "checkpoints").glob("checkpoint-*/checkpoint_complete.json")))
     assert not (trained / "train_summary.json").exists()
     done_before = {p.relative_to(results) for p in (results / "train").glob("*.jsonl")}
 
-    # 2. Encoding: killed while a cache is being written (its log exists, its meta.json not yet).
-    def encoding_started() -> bool:
-        logs = list((results / "logs" / "encode").glob("*/*.log"))
-        return any(not (results / "cache" / p.parent.name / p.stem / "meta.json").exists() for p in logs)
+    # 2. Encoding: killed while a cache of the fine-tuned model is being written (its log exists, its
+    # meta.json not yet). That job needs the finished model, so the training of this run has resumed and
+    # ended by then; jobs of the untrained models may run before it in any order.
+    def trained_model_encoding() -> bool:
+        logs = list((results / "logs" / "encode" / trained.name).glob("*.log"))
+        return any(not (results / "cache" / trained.name / p.stem / "meta.json").exists() for p in logs)
 
-    resumed = run_until(run, encoding_started)
+    resumed = run_until(run, trained_model_encoding)
     assert "training_table" not in jobs_run(resumed), "finished training tables were rebuilt"
     assert done_before and all((results / p).exists() for p in done_before)
     train_log = (results / "logs" / "train" / "smollm2-135m-inbedder.log").read_text()
-    assert re.search(r"resum\w* .*from .*checkpoint-\d+", train_log, flags=re.IGNORECASE), train_log[-2000:]
+    assert re.search(r"resuming smollm2-135m-inbedder from .*checkpoint-2$", train_log, flags=re.MULTILINE), (
+        train_log[-2000:]
+    )
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == 2 and summary["steps_this_run"] == 2
+    assert summary["fresh_start_reason"] is None and summary["checkpoints_rejected"] == []
 
-    # 3. Evaluation: killed once the first score table exists.
+    # 3. Evaluation: killed once the first score table of the fine-tuned model exists (tables of the
+    # untrained models may exist from the runs before).
     finished_caches = {p.parent for p in (results / "cache").glob("*/*/meta.json")}
-    run_until(run, lambda: any((results / "scores").glob("*/*.csv")))
+    scored_before = set((results / "scores" / trained.name).glob("*.csv"))
+    run_until(run, lambda: bool(set((results / "scores" / trained.name).glob("*.csv")) - scored_before))
 
     # Rerun to the end: finished caches are not recomputed and the scores equal the uninterrupted run's.
     unlock(run)
@@ -178,9 +190,19 @@ def planned_jobs(run: str, change: dict, tmp_path: Path) -> set[tuple[str, str]]
 
     extra = tmp_path / "change.yaml"
     extra.write_text(yaml.safe_dump(change))
-    configfiles = ["config.yaml", "workflow/profiles/offline/run.yaml", "workflow/profiles/smoke/run.yaml", str(extra)]
+    configfiles = [
+        "config.yaml",
+        "workflow/profiles/offline/run.yaml",
+        "workflow/profiles/smoke/run.yaml",
+        str(extra),
+    ]
     result = subprocess.run(
-        command(run, "-n", "--configfile", *configfiles), check=False, cwd=ROOT, capture_output=True, text=True, timeout=300
+        command(run, "-n", "--configfile", *configfiles),
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     jobs = set()

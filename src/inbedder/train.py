@@ -8,8 +8,10 @@
 - seq2seq (t5): the prompt goes to the encoder, `answer + EOS` is the decoder's target.
 
 The answer follows the prompt's final `### Response:` after one space (causal and masked).
-Checkpoints go to `<out>/checkpoints/` every `save_steps`; a rerun resumes from the newest complete
-one when the settings are unchanged. The final model is moved into `<out>` from a temporary folder,
+Checkpoints go to `<out>/checkpoints/` every `save_steps`; each is confirmed by a marker written once
+Trainer has saved all of it. A rerun resumes from the newest confirmed one when the run key (settings,
+base weights, training data) is unchanged; when it starts over although checkpoints existed, the log
+and `train_summary.json` (`fresh_start_reason`, `checkpoints_rejected`) say why. The final model is moved into `<out>` from a temporary folder,
 then `train_log.csv`, `loss.png`, `heldout_answers.jsonl`, `fingerprint.json`, and last
 `train_summary.json` (the completion marker) are written.
 """
@@ -54,8 +56,10 @@ SUMMARY = "train_summary.json"
 REQUIRED_FIELDS = ("instruction", "input", "output")
 log = logging.getLogger(__name__)
 
-# Files that make a checkpoint resumable; a checkpoint missing any of them was cut short.
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+# Files Trainer writes into a checkpoint besides the weights (named in the fault of a cut-short save).
+CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+# Written once a checkpoint's save has finished: only checkpoints holding it are resumed from.
+CHECKPOINT_MARKER = "checkpoint_complete.json"
 # Rows without an input text (most of Alpaca) are prompted without the input block, for both
 # templates, as in the authors' training code.
 NO_INPUT_PROMPT = "### Instruction:\n{instruction}\n\n### Response:"
@@ -285,18 +289,83 @@ def heldout_f1(
 # checkpoints and logs
 
 
-def last_complete_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The newest `checkpoint-<step>` folder holding model weights and optimizer/scheduler/state files."""
+@dataclass(frozen=True)
+class CheckpointScan:
+    """What a checkpoint folder holds: the newest complete checkpoint and why newer ones were rejected."""
+
+    complete: Path | None
+    rejected: tuple[str, ...]  # "checkpoint-<step>: <why>", newest first
+
+
+def _checkpoint_fault(path: Path) -> str | None:
+    """Why a `checkpoint-<step>` folder cannot be resumed from, or None when it is complete.
+
+    Trainer writes a checkpoint file by file (weights, optimizer, scheduler, RNG, trainer state) with
+    no atomic step, so a kill can leave any prefix of that sequence, or a file cut short. Only the
+    marker written after Trainer's `on_save` (every file flushed, sizes recorded) makes it complete.
+    """
+    marker = path / CHECKPOINT_MARKER
+    if not marker.exists():
+        missing = [] if any(path.glob("*.safetensors")) else ["*.safetensors"]
+        missing += [f for f in CHECKPOINT_FILES if not (path / f).exists()]
+        detail = f"missing {', '.join(missing)}" if missing else "every file present but not confirmed"
+        return f"no {CHECKPOINT_MARKER} (the save was cut short: {detail})"
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{CHECKPOINT_MARKER} unreadable ({err})"
+    for name, size in sorted(recorded.items()):
+        file = path / name
+        if not file.exists():
+            return f"{name} missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written"
+    return None
+
+
+def scan_checkpoints(folder: str | os.PathLike) -> CheckpointScan:
+    """The newest complete `checkpoint-<step>` of `folder`, and each newer one's fault."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    found = []
-    for p in folder.glob("checkpoint-*"):
-        step = p.name.rsplit("-", 1)[-1]
-        has_model = any(p.glob("*.safetensors"))
-        if step.isdigit() and has_model and all((p / f).exists() for f in CHECKPOINT_FILES):
-            found.append((int(step), p))
-    return max(found)[1] if found else None
+    found = folder.glob("checkpoint-*") if folder.is_dir() else []
+    steps = sorted(
+        ((int(p.name.rsplit("-", 1)[-1]), p) for p in found if p.name.rsplit("-", 1)[-1].isdigit()),
+        reverse=True,
+    )
+    rejected = []
+    for _, path in steps:
+        fault = _checkpoint_fault(path)
+        if fault is None:
+            return CheckpointScan(path, tuple(rejected))
+        rejected.append(f"{path.name}: {fault}")
+    return CheckpointScan(None, tuple(rejected))
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest checkpoint folder whose save finished (see `scan_checkpoints`)."""
+    return scan_checkpoints(folder).complete
+
+
+def mark_checkpoint_complete(path: str | os.PathLike) -> None:
+    """Flush every file of a finished checkpoint to disk, then record their sizes in the marker."""
+    path = Path(path)
+    sizes = {}
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.name != CHECKPOINT_MARKER):
+        with open(file, "rb") as fh:
+            os.fsync(fh.fileno())
+        sizes[file.name] = file.stat().st_size
+    write_json(path / CHECKPOINT_MARKER, {"step": int(path.name.rsplit("-", 1)[-1]), "files": sizes})
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings, as `key: old -> new`."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += changed_keys(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    if old != new:
+        return [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+    return []
 
 
 def loss_rows(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
@@ -389,7 +458,16 @@ def _callbacks(out_dir: Path, first_step: list[int], timing: dict[str, float]):
             if self.bar is not None:
                 self.bar.close()
 
-    return [ProgressAndLog()]
+    class MarkCheckpoints(TrainerCallback):
+        """Confirms each checkpoint once Trainer has written all of it (on_save runs after the save)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if path.is_dir():
+                mark_checkpoint_complete(path)
+                log.info("checkpoint %s complete", path)
+
+    return [ProgressAndLog(), MarkCheckpoints()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,6 +483,31 @@ def _mixed_precision(device: str, dtype: str) -> bool:
     if device.startswith("cuda"):
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return True  # CPU autocast supports bfloat16
+
+
+def _prepare_checkpoints(ckpt_dir: Path, key: str, run_key: Mapping[str, Any], name: str) -> str | None:
+    """Keep `ckpt_dir` if its checkpoints were made by the same run key, else empty it.
+
+    Returns why existing checkpoints were thrown away (None when they were kept or there were none).
+    """
+    settings_file = ckpt_dir / RUN_SETTINGS
+    reason = None
+    if ckpt_dir.exists():
+        old = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else None
+        if old is None:
+            reason = f"{settings_file} missing, so the checkpoints' settings are unknown"
+        elif old.get("key") != key:
+            old_key = {k: v for k, v in old.items() if k != "key"}
+            changes = changed_keys(old_key, dict(run_key)) or ["the run key's format"]
+            reason = f"checkpoints in {ckpt_dir} were made with other settings or data ({'; '.join(changes)})"
+        if reason:
+            if any(ckpt_dir.glob("checkpoint-*")):
+                log.warning("%s: discarding checkpoints: %s", name, reason)
+            else:
+                reason = None  # nothing trained was lost
+            shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    return reason
 
 
 def train_model(
@@ -454,13 +557,8 @@ def train_model(
     }
     run_key["job"].pop("device")  # the same run may resume on another device
     key = sha256_json(run_key)
-    settings_file = ckpt_dir / RUN_SETTINGS
-    if ckpt_dir.exists():
-        old = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else {}
-        if old.get("key") != key:
-            shutil.rmtree(ckpt_dir)  # checkpoints of other settings or data: start over
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    write_json(settings_file, {"key": key, **run_key})
+    fresh_start_reason = _prepare_checkpoints(ckpt_dir, key, run_key, f"{job.model}-{job.recipe}")
+    write_json(ckpt_dir / RUN_SETTINGS, {"key": key, **run_key})
 
     set_seed(settings.seed)
     model, tokenizer = load_lm(base_dir, job.kind, device=job.device, dtype="float32")
@@ -517,9 +615,22 @@ def train_model(
     )
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
-    resume = last_complete_checkpoint(ckpt_dir)
+    scan = scan_checkpoints(ckpt_dir)
+    resume = scan.complete
+    for fault in scan.rejected:
+        log.warning("%s-%s: not resuming from %s", job.model, job.recipe, fault)
+    for stale in ckpt_dir.glob("checkpoint-*"):
+        if resume is None or int(stale.name.rsplit("-", 1)[-1]) > int(resume.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale)  # cut-short saves: Trainer would write into them again
     if resume:
         log.info("resuming %s-%s from %s", job.model, job.recipe, resume)
+    else:
+        if scan.rejected:
+            fresh_start_reason = f"no complete checkpoint ({'; '.join(scan.rejected)})"
+        if fresh_start_reason:
+            log.warning("training %s-%s from step 0: %s", job.model, job.recipe, fresh_start_reason)
+        else:
+            log.info("training %s-%s from step 0 (no checkpoint yet)", job.model, job.recipe)
     model.train()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
@@ -578,6 +689,8 @@ def train_model(
         "effective_batch": settings.batch_size * settings.grad_accum,
         "steps_this_run": int(steps_run),
         "resumed_from_step": int(resume.name.rsplit("-", 1)[-1]) if resume else 0,
+        "checkpoints_rejected": list(scan.rejected),
+        "fresh_start_reason": None if resume else fresh_start_reason,
         "first_logged_step_this_run": first_step[0] if first_step else None,
         "seconds_per_step": seconds / steps_run if steps_run > 0 else float("nan"),
         "train_runtime_s": float(result.metrics.get("train_runtime", float("nan"))),
