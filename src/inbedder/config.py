@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from inbedder.sources import Origin, SourceError, resolve_origin
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 MODEL_KINDS = ("causal", "masked", "seq2seq", "sentence-encoder")
@@ -75,6 +77,23 @@ def check_runtime(config: dict) -> None:
     if config.get("offline"):
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ[var] = "1"
+    data_origin(config)
+
+
+def data_origin(config: dict) -> Origin:
+    """Where this run's data files come from (config `data_mirror`, `offline`, $INBEDDER_DATA_MIRROR).
+
+    Raises before any job runs when the named mirror is missing, or when `offline: true` finds none.
+    """
+    try:
+        return resolve_origin(config.get("data_mirror", "auto"), config.get("offline", False))
+    except SourceError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _offline_value(config: dict) -> str:
+    value = config.get("offline")
+    return "true" if value is True else str(value)
 
 
 def unavailable_reason(task: str, config: dict) -> str | None:
@@ -83,12 +102,15 @@ def unavailable_reason(task: str, config: dict) -> str | None:
     if not config.get("offline"):
         return None
     if spec["kind"] == "mteb" and "dataset" not in spec:
-        return f"hub-only data not available in this run (mteb downloads {spec.get('mteb_task', task)}; offline: true)"
+        return (
+            f"hub-only data not available in this run (mteb downloads {spec.get('mteb_task', task)}; "
+            f"offline: {_offline_value(config)})"
+        )
     from inbedder.datasets import hub_only_datasets
 
     dataset = spec.get("dataset")
     if dataset in hub_only_datasets():
-        return f"hub-only data not available in this run (dataset {dataset!r}; offline: true)"
+        return f"hub-only data not available in this run (dataset {dataset!r}; offline: {_offline_value(config)})"
     return None
 
 

@@ -12,8 +12,9 @@ wildcard_constraints:
     dataset="|".join(map(re.escape, DATASETS)),
 
 
-# The origin (config `data_mirror`, `offline`) is read by the script, not passed as params: every
-# origin yields the same checksummed bytes, so switching profiles must not refetch or rebuild.
+# The origin (config `data_mirror`, `offline`, $INBEDDER_DATA_MIRROR: inbedder.sources.resolve_origin)
+# is decided by the script, not passed as params: every origin yields the same checksummed bytes, so
+# switching origins must not refetch or rebuild. The job's log names the origin and why.
 # `declaration` (pins, URLs, checksums of sources.yaml) is a param: a changed pin refetches.
 rule fetch_source:
     output:

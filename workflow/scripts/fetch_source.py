@@ -4,20 +4,19 @@ import logging
 from pathlib import Path
 
 from inbedder.files import rule_log
-from inbedder.sources import fetch
+from inbedder.sources import fetch, resolve_origin
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 log = logging.getLogger("fetch_source")
 
 with rule_log(snakemake.log[0]) as log_file:
+    source = snakemake.wildcards.source
+    offline = snakemake.config.get("offline", False)
     try:
-        manifest = fetch(
-            snakemake.wildcards.source,
-            Path(snakemake.output[0]).parent,
-            mirror=snakemake.config.get("data_mirror"),
-            offline=bool(snakemake.config.get("offline")),
-        )
+        origin = resolve_origin(snakemake.config.get("data_mirror", "auto"), offline)
+        log.info("source %s: origin %s", source, origin.describe())
+        manifest = fetch(source, Path(snakemake.output[0]).parent, mirror=origin.mirror, offline=offline)
     except Exception:
-        log.exception("fetching source %s failed", snakemake.wildcards.source)
+        log.exception("fetching source %s failed", source)
         raise
     log.info("fetched %s from %s: %d files", manifest["source"], manifest["origin"], len(manifest["files"]))
