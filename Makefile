@@ -36,7 +36,7 @@ smoke: models
 PACKAGED := smollm2-135m minilm-l6 mpnet-base
 models: setup
 	$(SNAKEMAKE) $(foreach m,$(PACKAGED),data/models/$(m)/fingerprint.json) \
-	  --profile workflow/profiles/offline
+	  --profile workflow/profiles/offline --keep-going
 
 # The everyday suite; the Slurm cluster test is deselected (pyproject addopts) and run by test-slurm.
 test: models

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
+from workspace import clean_env, fresh_clone, make
 
 from inbedder import sources
 from inbedder.files import sha256_file
@@ -248,33 +248,11 @@ def test_kill_9_mid_download_then_rerun_never_takes_a_partial_file(hosts, tmp_pa
 
 # --- the whole workflow, through `make smoke`, in a fresh folder with no mirror ----------------------
 
-ROOT = Path(__file__).resolve().parents[1]
 SCORE_KEYS = ["model", "recipe", "mode", "layer", "task", "subset", "metric", "seed"]
 
 
-def fresh_clone(dest: Path) -> Path:
-    """The working tree's files (tracked and new) in `dest`, as a clone would have them, plus links
-    to this checkout's .venv and hard links of its packaged models (materialised by `make models`)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
-    ).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    (dest / ".venv").symlink_to(ROOT / ".venv")
-    for model in ("smollm2-135m", "minilm-l6", "mpnet-base"):
-        shutil.copytree(ROOT / "data" / "models" / model, dest / "data" / "models" / model, copy_function=os.link)
-    return dest
-
-
 def make_smoke(clone: Path, run: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    # -o: the shared .venv is taken as set up (make must not reinstall it from the copied pins).
-    result = subprocess.run(
-        ["make", "-o", ".venv/.installed", "smoke", f"SMOKE_RUN={run}"],
-        check=False, cwd=clone, env=env, capture_output=True, text=True, timeout=1500,
-    )
+    result = make(clone, "smoke", f"SMOKE_RUN={run}", env=env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
 
@@ -288,7 +266,7 @@ def test_smoke_profile_downloads_when_no_mirror_is_found_and_scores_equal_the_mi
     hosts, mirror, tmp_path_factory
 ):
     base = tmp_path_factory.mktemp("anywhere")  # base/../shared/data does not exist
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INBEDDER_", "HF_", "TRANSFORMERS_"))}
+    env = clean_env()
     downloaded = fresh_clone(base / "clone-online")
     make_smoke(downloaded, "smoke-download", {**env, sources.REWRITE_VARIABLE: hosts.rewrite})
     mirrored = fresh_clone(base / "clone-mirror")

