@@ -3,6 +3,7 @@ import os
 import re
 
 from inbedder.config import check_runtime, unavailable_reason
+from inbedder.report.inputs import data_manifests, declared_inputs, projection_of
 from inbedder.tasks import modes_for
 
 check_runtime(config)
@@ -140,3 +141,24 @@ def evaluation_skips():
 def get_final_output():
     """What the default target builds: the score table and the report."""
     return [f"{R}/scores.csv", f"{R}/report/index.html"]
+
+
+def report_inputs(wildcards):
+    """Every file the report reads, named by inbedder.report.declared_inputs from this run's grid."""
+    jobs = [
+        (m, r, t)
+        for m in selected_models()
+        for r in recipes_for(m)
+        for t in runnable_tasks()
+        if eval_modes(m, t)
+    ]
+    folders = [m if r != "released" else f"{m}-released" for m, r, _ in jobs]
+    if any(mode.startswith("re-encode") for m, _, t in jobs for mode in eval_modes(m, t)):
+        folders.append(config["re_encoder"])  # the sentence encoder of the re-encode modes
+    return declared_inputs(
+        R,
+        jobs=jobs,
+        model_folders=folders,
+        manifests=data_manifests(config, runnable_tasks(), [r for _, r in trained_pairs()]),
+        projection=projection_of(config, runnable_tasks()),
+    )
