@@ -14,14 +14,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from inbedder import report
 from inbedder.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "report"
+# The grid the fixture is complete for (tests/fixtures/report/make_fixture.py: SELECT).
+FIXTURE_SELECT = {
+    "models": ["smollm2-135m", "minilm-l6", "mpnet-base"],
+    "recipes": ["inbedder", "alpaca", "none"],
+    "tasks": ["NLUPPTwoViewTriplets", "NLUPPTwoViewClustering", "NLUPPInstructedPairs",
+              "TwentyNewsgroupsClustering", "STSBenchmark", "Banking77Clustering"],
+}
 REFERENCE = ROOT.parent / "shared" / "reference" / "inbedder_author_results.csv"
-KINDS = {"smollm2-135m": "causal", "minilm-l6": "sentence-encoder", "mpnet-base": "sentence-encoder"}
 
 
 def offline_config() -> dict:
@@ -167,11 +174,8 @@ def test_column_cells_combine_subsets_and_seeds():
     assert cell.n_seeds == 3
 
 
-def test_value_scale_and_headline_layer():
+def test_headline_layer():
     fractions = frame([("m", "none", "plain", "STSBenchmark", "default", "cosine_spearman", 0.81, None)])
-    assert report.value_scale(fractions) == 100.0
-    points = fractions.assign(value=81.0)
-    assert report.value_scale(points) == 1.0
     two = pd.concat([fractions.assign(layer="15", value=0.5), fractions])
     kept = report.headline_layer(two)
     assert list(kept["layer"]) == ["-1"] and kept["value"].iloc[0] == 0.81
@@ -203,7 +207,7 @@ def test_claim_1_needs_a_lead_larger_than_the_seed_sd():
         + ia_rows("lm", "alpaca", "1st-gen", 0.60, [0.20, 0.21, 0.22], 0.05)
         + ia_rows("lm", "none", "1st-gen", 0.55, [0.15, 0.16, 0.17], 0.02)
     )
-    res = report.claim_1(book_of(rows), KINDS, "offline")
+    res = report.claim_1(book_of(rows), "offline")
     assert res.verdict == "supported"
     assert len(res.evidence) == 2
     ev = res.evidence[0]
@@ -214,12 +218,12 @@ def test_claim_1_needs_a_lead_larger_than_the_seed_sd():
     close = ia_rows("lm", "inbedder", "1st-gen", 0.60, [0.20, 0.25, 0.30], 0.05) + ia_rows(
         "lm", "alpaca", "1st-gen", 0.60, [0.20, 0.21, 0.22], 0.05
     )
-    res = report.claim_1(book_of(close), KINDS, "offline")
+    res = report.claim_1(book_of(close), "offline")
     assert res.verdict == "not supported"
     assert res.evidence[0].diff == pytest.approx(100 * 0.04 / 3)
     assert "no untuned run" in res.reason
     # nothing to compare with
-    alone = report.claim_1(book_of(ia_rows("lm", "inbedder", "1st-gen", 0.6, [0.2], 0.1)), KINDS, "offline")
+    alone = report.claim_1(book_of(ia_rows("lm", "inbedder", "1st-gen", 0.6, [0.2], 0.1)), "offline")
     assert alone.verdict == "not tested"
 
 
@@ -229,15 +233,15 @@ def test_claim_2_answer_modes_against_the_prompt_mode():
         + ia_rows("lm", "inbedder", "avg-gen", 0.70, [0.35], 0.15)
         + ia_rows("lm", "inbedder", "avg-ppt", 0.60, [0.30], 0.10)
     )
-    res = report.claim_2(book_of(rows), KINDS, "offline")
+    res = report.claim_2(book_of(rows), "offline")
     assert res.verdict == "supported"
     assert res.evidence[0].label.endswith("(1st-gen)") and res.evidence[0].reference_label.endswith(
         "(avg-ppt)"
     )
     flipped = [r if r[2] != "avg-ppt" else (*r[:6], r[6] + 0.3, r[7]) for r in rows]
-    assert report.claim_2(book_of(flipped), KINDS, "offline").verdict == "not supported"
+    assert report.claim_2(book_of(flipped), "offline").verdict == "not supported"
     no_prompt = [r for r in rows if r[2] != "avg-ppt"]
-    assert report.claim_2(book_of(no_prompt), KINDS, "offline").verdict == "not tested"
+    assert report.claim_2(book_of(no_prompt), "offline").verdict == "not tested"
 
 
 def test_claim_3_mean_gain_of_filtering():
@@ -247,16 +251,16 @@ def test_claim_3_mean_gain_of_filtering():
         + ia_rows("lm", "none", "avg-gen", 0.60, [0.30, 0.30, 0.30], 0.10)
         + ia_rows("lm", "none", "avg-gen+filter", 0.59, [0.30, 0.30, 0.30], 0.10)
     )
-    res = report.claim_3(book_of(rows), KINDS, "offline")
+    res = report.claim_3(book_of(rows), "offline")
     gains = [100 * (0.73 + 0.36 + 0.16 - 0.70 - 0.35 - 0.15) / 3, -100 * 0.01 / 3]
     assert res.evidence[-1].value == pytest.approx(np.mean(gains))
     assert res.verdict == "supported"
     worse = [
         r if r[2] != "avg-gen+filter" or r[1] != "inbedder" else (*r[:6], r[6] - 0.1, r[7]) for r in rows
     ]
-    assert report.claim_3(book_of(worse), KINDS, "offline").verdict == "not supported"
+    assert report.claim_3(book_of(worse), "offline").verdict == "not supported"
     unfiltered = [r for r in rows if not r[2].endswith("+filter")]
-    assert report.claim_3(book_of(unfiltered), KINDS, "offline").verdict == "not tested"
+    assert report.claim_3(book_of(unfiltered), "offline").verdict == "not tested"
 
 
 def test_claim_4_instruction_awareness_and_generic_margin():
@@ -273,18 +277,18 @@ def test_claim_4_instruction_awareness_and_generic_margin():
         + ia_rows("enc", "none", "plain", 0.50, [0.25], 0.00)
         + generic
     )
-    res = report.claim_4(book_of(rows), KINDS, "offline")
+    res = report.claim_4(book_of(rows), "offline")
     assert res.verdict == "supported"  # generic gap 4 points <= 5
     assert res.evidence[1].diff == pytest.approx(-4.0)
-    strict = report.claim_4(book_of(rows), KINDS, "offline", margin=3.0)
+    strict = report.claim_4(book_of(rows), "offline", margin=3.0)
     assert strict.verdict == "not supported"
-    no_generic = report.claim_4(book_of(rows[:-6]), KINDS, "offline")
+    no_generic = report.claim_4(book_of(rows[:-6]), "offline")
     assert no_generic.verdict == "not tested"
 
 
 def test_the_rules_applied_to_the_papers_own_numbers_support_every_claim():
     book = report.paper_suite_scores(report.load_paper_numbers())
-    results = report.evaluate_claims(book, {}, "published")
+    results = report.evaluate_claims(book, "published")
     assert [r.verdict for r in results] == ["supported"] * 4
     c4 = results[3]
     assert c4.evidence[0].value == 58.80 and c4.evidence[0].reference == 26.77
@@ -293,7 +297,7 @@ def test_the_rules_applied_to_the_papers_own_numbers_support_every_claim():
 
 def test_claims_are_not_tested_without_an_instruction_awareness_average():
     rows = [("enc", "none", "plain", "STSBenchmark", "default", "cosine_spearman", 0.74, None)]
-    results = report.evaluate_claims(book_of(rows), KINDS, "offline")
+    results = report.evaluate_claims(book_of(rows), "offline")
     assert {r.verdict for r in results} == {"not tested"}
     assert all("not all scored" in r.reason for r in results)
 
@@ -307,12 +311,10 @@ def test_claims_are_not_tested_without_an_instruction_awareness_average():
 def rendered(tmp_path_factory) -> tuple[Path, dict, str]:
     out = tmp_path_factory.mktemp("report")
     summary = report.render_report(
-        FIXTURE / "results" / "scores.csv",
+        report.run_inputs(FIXTURE / "results", offline_config(), data_dir=str(FIXTURE / "data")),
         out / "index.html",
         config=offline_config(),
-        skipped_path=FIXTURE / "results" / "skipped.csv",
         figures_dir=out / "figures",
-        data_dir=FIXTURE / "data",
         repo_root=ROOT,
         configfiles=["config.yaml", "workflow/profiles/offline/run.yaml"],
     )
@@ -365,8 +367,7 @@ def test_render_fixture_provenance_figures_and_self_containment(rendered):
     out, summary, html = rendered
     assert summary["figures"]["training_loss"] and summary["figures"]["clustering_seeds"]
     assert summary["figures"]["robustness"] and summary["figures"]["modes_offline"]
-    assert not summary["figures"]["projection"]  # no cache in the fixture: said, not drawn
-    assert "not drawn: prepared table" in html
+    assert summary["figures"]["projection"]  # from the fixture's caches of NLUPPTwoViewClustering
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert pngs == sorted(f"{k}.png" for k, v in summary["figures"].items() if v)
     assert html.count("data:image/png;base64,") == len(pngs)
@@ -387,14 +388,14 @@ def test_render_fixture_provenance_figures_and_self_containment(rendered):
 
 def test_robustness_and_crossview_from_the_fixture():
     df = report.load_scores(FIXTURE / "results" / "scores.csv")
-    rows = report.robustness_rows(df, KINDS, 100.0)
+    rows = report.robustness_rows(df)
     inb = next(r for r in rows if r["run"] == ("smollm2-135m", "inbedder", "1st-gen"))
     raw = df[(df.task == "NLUPPObjectRobustness") & (df.recipe == "inbedder")]
     correct = raw[raw.subset.str.startswith("correct/")]["value"] * 100
     assert inb["groups"]["correct"][0] == pytest.approx(correct.mean())
     assert inb["groups"]["correct"][2] == 3
     assert inb["dci"] == pytest.approx(100 * raw[raw.metric == "dci"]["value"].iloc[0])
-    cross = report.crossview_table(df, KINDS, 100.0)
+    cross = report.crossview_table(df)
     first = next(
         r
         for r in cross
@@ -407,10 +408,9 @@ def test_robustness_and_crossview_from_the_fixture():
 def test_render_with_nothing_run(tmp_path):
     """No scores.csv, no training, no benchmarks: the page still renders, says so, invents nothing."""
     summary = report.render_report(
-        tmp_path / "results" / "scores.csv",
+        report.run_inputs(tmp_path / "results", offline_config(), data_dir=str(tmp_path / "data")),
         tmp_path / "out" / "index.html",
         config=offline_config(),
-        data_dir=tmp_path / "data",
         repo_root=tmp_path,
     )
     html = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
@@ -423,6 +423,7 @@ def test_render_with_nothing_run(tmp_path):
     assert "does not exist: no scores in this report" in html
     assert "58.80" in html and "Not run here" in html
     assert "no commit" in html  # tmp_path is not a git checkout
+    assert not summary["figures"]["projection"] and "not drawn: prepared table" in html  # said, not drawn
 
 
 def test_projection_figure_from_embeddings():
@@ -453,9 +454,7 @@ def test_paper_table_compares_a_matching_run():
     scores = frame(rows)
     book = report.suite_scores(scores, report.PAPER_SUITE)
     reasons = report.MissingReasons(scores, {}, None, None)
-    table = report.paper_table(
-        report.load_paper_numbers(), "instruction_awareness", book, reasons, {"opt-350m": "causal"}
-    )
+    table = report.paper_table(report.load_paper_numbers(), "instruction_awareness", book, reasons)
     row = next(r for r in table.rows if r.label == "opt-350m-InBedder (1st-gen)")
     nyt = row.cells[2]
     assert nyt.paper == 45.99 and nyt.ours.value == pytest.approx(41.0)
@@ -478,7 +477,10 @@ def test_render_report_rule_and_snakemake_report(tmp_path):
     shutil.copytree(FIXTURE / "data", work / "data")
     for name in ("report", "src", "workflow", "envs"):
         (work / name).symlink_to(ROOT / name)
-    (work / "run.yaml").write_text("run: fixture\n", encoding="utf-8")
+    # the grid the fixture is complete for (make_fixture.py): every input the rule declares exists
+    (work / "run.yaml").write_text(
+        "run: fixture\n" + yaml.safe_dump({"select": FIXTURE_SELECT}), encoding="utf-8"
+    )
     (work / "Snakefile").write_text(
         f'configfile: "{ROOT}/config.yaml"\n'
         f'configfile: "{ROOT}/workflow/profiles/offline/run.yaml"\n'

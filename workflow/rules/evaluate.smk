@@ -25,8 +25,8 @@ rule collect_scores:
     input:
         score_files(),
     output:
-        scores=f"{R}/scores.csv",
-        skipped=f"{R}/skipped.csv",
+        scores=report(f"{R}/scores.csv", caption="../../report/scores.rst", category="Scores"),
+        skipped=report(f"{R}/skipped.csv", caption="../../report/skipped.rst", category="Scores"),
     log:
         f"{R}/logs/evaluate/collect_scores.log",
     params:

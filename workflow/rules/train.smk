@@ -11,7 +11,19 @@ rule train_model:
         train=f"{R}/train/{{recipe}}.jsonl",
         heldout=f"{R}/train/{{recipe}}.heldout.jsonl",
     output:
-        f"{R}/models/{{model}}-{{recipe}}/train_summary.json",
+        summary=report(
+            f"{R}/models/{{model}}-{{recipe}}/train_summary.json",
+            caption="../../report/train_summary.rst",
+            category="Training",
+            labels={"model": "{model}", "recipe": "{recipe}", "file": "summary"},
+        ),
+        train_log=f"{R}/models/{{model}}-{{recipe}}/train_log.csv",
+        loss=report(
+            f"{R}/models/{{model}}-{{recipe}}/loss.png",
+            caption="../../report/loss.rst",
+            category="Training",
+            labels={"model": "{model}", "recipe": "{recipe}", "file": "loss"},
+        ),
     log:
         f"{R}/logs/train/{{model}}-{{recipe}}.log",
     benchmark:

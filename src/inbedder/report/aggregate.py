@@ -1,0 +1,243 @@
+"""Aggregation: per run and column a Cell (metric by preference, subsets combined, seeds averaged), the
+suite averages, and the per-task views of the appendix (robustness groups, cross-view, every score)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from inbedder.report.suites import (
+    GEN_AVG,
+    IA_AVG,
+    NO_SEED,
+    OVERALL_SUBSETS,
+    PAPER_SUITE,
+    ROBUSTNESS_GROUPS,
+    SCALE,
+    Cell,
+    Column,
+    Run,
+    Suite,
+)
+
+
+def hmean(values: Sequence[float]) -> float:
+    """Harmonic mean; 0 when any value is <= 0 (as for a score of nothing)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("harmonic mean of nothing")
+    if any(v <= 0 for v in vals):
+        return 0.0
+    return len(vals) / sum(1.0 / v for v in vals)
+
+
+def mean_sd(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample sd (ddof=1; 0 for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def column_cells(scores: pd.DataFrame, column: Column) -> dict[Run, Cell]:
+    """Aggregate one column for every run that has it: metric by preference, subsets combined, seeds averaged."""
+    task_rows = scores[(scores["task"] == column.task) & scores["value"].notna()]
+    out: dict[Run, Cell] = {}
+    for run, grp in task_rows.groupby(["model", "recipe", "mode"], sort=False):
+        metric = next((m for m in column.metrics if (grp["metric"] == m).any()), None)
+        if metric is None:
+            continue
+        per_seed, note = per_seed_values(grp[grp["metric"] == metric], column.combine)
+        if per_seed.empty:
+            continue
+        mean, sd = mean_sd(per_seed.to_numpy(dtype=float) * SCALE)
+        n_seeds = int((per_seed.index != NO_SEED).sum())
+        out[Run(*run)] = Cell(value=mean, sd=sd, n_seeds=n_seeds, metric=metric, note=note)
+    return out
+
+
+def per_seed_values(rows: pd.DataFrame, combine: str) -> tuple[pd.Series, str]:
+    """One value per seed for a run's rows of one metric, and a note on how subsets were combined."""
+    subsets = list(dict.fromkeys(rows["subset"]))
+    by_subset = rows.groupby(["seed", "subset"])["value"].mean()
+    if combine == "hmean":
+        if "hmean" in subsets:
+            return rows[rows["subset"] == "hmean"].groupby("seed")["value"].mean(), ""
+        parts = by_subset.drop("hmean", level="subset", errors="ignore")
+        if parts.index.get_level_values("subset").nunique() < 2:
+            return pd.Series(dtype=float), ""
+        names = sorted(set(parts.index.get_level_values("subset")))
+        return (parts.groupby(level="seed").agg(lambda s: hmean(s.tolist())),
+                "harmonic mean computed by the report from " + ", ".join(names))
+    chosen = next((s for s in OVERALL_SUBSETS if s in subsets), None)
+    if chosen is None and len(subsets) == 1:
+        chosen = subsets[0]
+    if chosen is not None:
+        return rows[rows["subset"] == chosen].groupby("seed")["value"].mean(), ""
+    return by_subset.groupby(level="seed").mean(), "mean over subsets " + ", ".join(sorted(subsets))
+
+
+def average_cell(cells: Sequence[Cell], labels: Sequence[str]) -> Cell:
+    """Mean of cells (sd combined as independent errors); missing when any part is missing."""
+    missing = [lab for lab, c in zip(labels, cells, strict=True) if not c.ok]
+    if missing:
+        return Cell(reason="missing " + ", ".join(missing))
+    vals = [c.value for c in cells]
+    sd = math.sqrt(sum(c.sd**2 for c in cells)) / len(cells)
+    return Cell(value=float(np.mean(vals)), sd=sd, n_seeds=max(c.n_seeds for c in cells))
+
+
+@dataclass
+class SuiteScores:
+    """Per run of a suite: a Cell per column label plus the two averages (IA, GEN)."""
+
+    suite: Suite
+    runs: dict[Run, dict[str, Cell]]
+    metrics_used: dict[str, list[str]]
+    notes: dict[str, list[str]]
+
+    def get(self, run: Run, label: str) -> Cell:
+        """The cell of a run and column (an empty cell when absent)."""
+        return self.runs.get(run, {}).get(label, Cell())
+
+
+def suite_scores(scores: pd.DataFrame, suite: Suite) -> SuiteScores:
+    """Cells of every run with at least one score in the suite, and the IA / generic averages."""
+    per_col = {c.label: column_cells(scores, c) for c in suite.ia + suite.generic}
+    runs: dict[Run, dict[str, Cell]] = {}
+    for label, cells in per_col.items():
+        for run, cell in cells.items():
+            runs.setdefault(run, {})[label] = cell
+    metrics_used = {label: sorted({c.metric for c in cells.values()}) for label, cells in per_col.items()}
+    notes = {label: sorted({c.note for c in cells.values() if c.note}) for label, cells in per_col.items()}
+    ia_labels = [c.label for c in suite.ia]
+    gen_labels = [c.label for c in suite.generic]
+    for cells in runs.values():
+        cells[IA_AVG] = average_cell([cells.get(lab, Cell()) for lab in ia_labels], ia_labels)
+        cells[GEN_AVG] = average_cell([cells.get(lab, Cell()) for lab in gen_labels], gen_labels)
+    return SuiteScores(suite=suite, runs=runs, metrics_used=metrics_used, notes=notes)
+
+
+def paper_suite_scores(paper: pd.DataFrame) -> SuiteScores:
+    """The paper's own numbers arranged like our scores (columns of the paper tables, IA and GEN averages)."""
+    runs: dict[Run, dict[str, Cell]] = {}
+    order = {"instruction_awareness": 0, "generic": 0, "modes": 1, "filtering": 1}
+    for row in sorted(paper.itertuples(index=False), key=lambda r: order.get(r.table, 2)):
+        col = row.column
+        if col == "Avg":
+            col = GEN_AVG if row.table == "generic" else IA_AVG
+        cells = runs.setdefault(Run(row.model, row.recipe, row.mode), {})
+        if col not in cells:  # headline tables win over the ablation rows
+            cells[col] = Cell(value=float(row.value), note=row.note)
+    return SuiteScores(suite=PAPER_SUITE, runs=runs, metrics_used={}, notes={})
+
+
+def headline_runs(book: SuiteScores) -> list[Run]:
+    """One run per (model, recipe): its best IA mode (generic average where no IA); encoders per mode."""
+
+    def score(run: Run) -> float:
+        cells = book.runs[run]
+        if cells.get(IA_AVG, Cell()).ok:
+            return cells[IA_AVG].value
+        if cells.get(GEN_AVG, Cell()).ok:
+            return cells[GEN_AVG].value - 1000.0
+        return -1e9
+
+    best: dict[tuple[str, str], Run] = {}
+    for run in book.runs:
+        key = (run.model, run.recipe + run.mode if run.encoder else run.recipe)
+        if key not in best or score(run) > score(best[key]):
+            best[key] = run
+    return sorted(best.values(), key=lambda r: r.sort_key)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-task views: robustness groups, cross-view diagnostics, every score
+# ----------------------------------------------------------------------------------------------------------
+
+
+def robustness_group(subset: str) -> str | None:
+    """The instruction group of a robustness subset (`correct/03`, `implicit`, ...), or None."""
+    s = subset.lower()
+    for g in ("incorrect", "implicit", "correct"):  # "incorrect" before "correct"
+        if s == g or s.startswith(tuple(g + sep for sep in ":_-/")):
+            return g
+    return None
+
+
+def robustness_rows(scores: pd.DataFrame) -> list[dict]:
+    """Per robustness task and run: mean (sd) V-measure per instruction group, and dci / dii.
+
+    Groups come from the per-instruction rows (metric `v_measure`, subset `correct/03`, ...) when present,
+    else from the per-group means (metric `v_measure_mean`, subset `correct`, ...).
+    """
+    groups = scores["subset"].map(robustness_group)
+    d = scores[groups.notna() & scores["value"].notna() & ~scores["metric"].isin(("dci", "dii"))].copy()
+    d["group"] = groups[groups.notna()]
+    d["is_mean"] = d["metric"].str.startswith("mean_") | d["metric"].str.endswith("_mean")
+    deltas = scores[scores["metric"].isin(("dci", "dii")) & scores["value"].notna()]
+    key_cols = ["task", "model", "recipe", "mode"]
+    keys = {tuple(k) for frame in (d, deltas) for k in frame[key_cols].itertuples(index=False)}
+    by_key = dict(list(d.groupby(key_cols)))
+    delta_of = deltas.groupby(key_cols + ["metric"])["value"].mean()
+    out = []
+    for task, model, recipe, mode in sorted(keys, key=lambda k: (k[0], Run(*k[1:]).sort_key)):
+        run = Run(model, recipe, mode)
+        rd = by_key.get((task, model, recipe, mode), d.iloc[:0])
+        row = {"task": task, "run": run, "label": run.label, "groups": {}}
+        for g in ROBUSTNESS_GROUPS:
+            gd = rd[rd["group"] == g]
+            vals = gd.loc[~gd["is_mean"], "value"].to_numpy(dtype=float) * SCALE
+            if vals.size == 0:
+                vals = gd.loc[gd["is_mean"], "value"].to_numpy(dtype=float) * SCALE
+            if vals.size:
+                row["groups"][g] = (*mean_sd(vals), int(vals.size))
+        for metric in ("dci", "dii"):
+            v = delta_of.get((task, model, recipe, mode, metric))
+            row[metric] = float(v) * SCALE if v is not None else None
+        out.append(row)
+    return out
+
+
+def crossview_table(scores: pd.DataFrame) -> list[dict]:
+    """Two-view diagnostics, one row per task and run: per view, the score on its own labels and on the other's."""
+    cross = scores[scores["metric"].str.endswith("_crossview") & scores["value"].notna()]
+    means = scores.groupby(["task", "model", "recipe", "mode", "metric", "subset"])["value"].mean()
+    out = []
+    for (task, model, recipe, mode), grp in cross.groupby(["task", "model", "recipe", "mode"], sort=True):
+        base_metric = grp["metric"].iloc[0][: -len("_crossview")]
+        views = []
+        for subset, sgrp in grp.groupby("subset", sort=True):
+            own = means.get((task, model, recipe, mode, base_metric, subset))
+            own_v = float(own) * SCALE if own is not None and not np.isnan(own) else None
+            cross_v = float(sgrp["value"].mean()) * SCALE
+            views.append({"view": subset, "own": own_v, "cross": cross_v,
+                          "gap": own_v - cross_v if own_v is not None else None})
+        run = Run(model, recipe, mode)
+        out.append({"task": task, "run": run, "label": run.label, "metric": base_metric, "views": views})
+    out.sort(key=lambda r: (r["task"], r["run"].sort_key))
+    return out
+
+
+def long_table(scores: pd.DataFrame) -> list[dict]:
+    """Every score, seeds averaged: the appendix table."""
+    keys = ["task", "model", "recipe", "mode", "layer", "subset", "metric"]
+    out = []
+    for key, grp in scores.groupby(keys, sort=True):
+        vals = grp["value"].dropna().to_numpy(dtype=float) * SCALE
+        if vals.size == 0:
+            continue
+        n = grp["n"].dropna()
+        out.append(dict(zip(keys, key, strict=True)) | {
+            "mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if vals.size > 1 else None,
+            "n_seeds": int((grp["seed"] != NO_SEED).sum()), "n": int(n.iloc[0]) if len(n) else None})
+    return out
+
+
+def clustering_tasks(scores: pd.DataFrame) -> list[str]:
+    """Tasks scored by V-measure (not the cross-view diagnostics, not robustness groups)."""
+    v = scores[(scores["metric"] == "v_measure") & scores["value"].notna()]
+    v = v[~v["subset"].map(robustness_group).notna()]
+    return sorted(set(v["task"]))

@@ -1,0 +1,320 @@
+"""Rendering: the declared inputs -> one self-contained HTML page (jinja2) and its figures as PNG files."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from inbedder.files import atomic_path, sha256_file, write_text
+from inbedder.report import figures as fg
+from inbedder.report.aggregate import (
+    SuiteScores,
+    crossview_table,
+    headline_runs,
+    long_table,
+    paper_suite_scores,
+    robustness_rows,
+    suite_scores,
+)
+from inbedder.report.claims import CLAIMS, ClaimResult, evaluate_claims
+from inbedder.report.inputs import ReportInputs, run_inputs
+from inbedder.report.provenance import (
+    benchmark_summary,
+    git_state,
+    hardware,
+    load_benchmarks,
+    load_explanations,
+    load_manifests,
+    load_model_fingerprints,
+    load_projection,
+    load_training,
+    package_versions,
+    training_rows,
+)
+from inbedder.report.suites import (
+    ANALOG_MAPPING,
+    ANSWER_MODES,
+    GENERIC_MARGIN,
+    IA_AVG,
+    INBEDDER_RECIPES,
+    NO_INSTRUCTION_MODE,
+    OFFLINE_SUITE,
+    PAPER_SUITE,
+    PROJECTION_TASK,
+    PROMPT_MODE,
+    SUITES,
+    Run,
+    empty_scores,
+    headline_layer,
+    load_paper_numbers,
+    load_scores,
+    load_skipped,
+    num,
+)
+from inbedder.report.tables import MissingReasons, crossview_groups, offline_table, paper_table
+
+
+def fmt(v: Any, nd: int = 2) -> str:
+    """A number to `nd` decimals with a true minus sign; a dash when missing."""
+    x = num(v)
+    return "—" if x is None else f"{x:.{nd}f}".replace("-", "\u2212")
+
+
+def signed(v: Any, nd: int = 2) -> str:
+    """A difference with its sign; a dash when missing."""
+    x = num(v)
+    if x is None:
+        return "—"
+    return ("+" if x >= 0 else "\u2212") + f"{abs(x):.{nd}f}"
+
+
+def diff_style(v: Any, scale: float = 15.0) -> str:
+    """Background tint of a difference: green above the reference, red below, stronger with size."""
+    x = num(v)
+    if x is None:
+        return ""
+    a = 0.12 + 0.5 * min(abs(x) / scale, 1.0)
+    rgb = "27,127,59" if x >= 0 else "190,40,40"
+    return f"background-color: rgba({rgb},{a:.2f});"
+
+
+def hms(seconds: Any) -> str:
+    """Seconds as h:mm:ss."""
+    x = num(seconds)
+    if x is None:
+        return "—"
+    m, s = divmod(round(x), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def _jinja_env(template_dir: Path):
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(fmt=fmt, signed=signed, diffstyle=diff_style, hms=hms)
+    return env
+
+
+def conclusion(results: Sequence[ClaimResult]) -> list[dict]:
+    """Per tested scope: the verdict and the comparisons that decided it, in one line."""
+    out = []
+    for res in results:
+        if res.verdict == "not tested":
+            continue
+        shown = [e for e in res.evidence if e.holds is not None]
+        failed = [e for e in shown if e.holds is False]
+        ev = "; ".join(f"{'generic avg: ' if e.detail.startswith('generic') else ''}{e.label} {fmt(e.value)} vs "
+                       f"{e.reference_label} {fmt(e.reference)} ({signed(e.diff)})" for e in (failed or shown)[:2])
+        out.append({"scope": res.scope, "verdict": res.verdict, "text": ev})
+    return out
+
+
+def _unavailable_reasons(config: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, str]:
+    """Why each task (selected or not) cannot run under this config (hub-only data offline, ...)."""
+    from inbedder.config import unavailable_reason
+
+    out = {}
+    for task in tasks:
+        if task in (config.get("tasks") or {}):
+            reason = unavailable_reason(task, dict(config))
+            if reason:
+                out[task] = reason
+    return out
+
+
+def _projection_runs(book: SuiteScores) -> list[Run]:
+    """Runs for the projection: the best InBedder run, the untuned model in the same mode, one plain encoder."""
+    inb = [r for r in book.runs if r.recipe in INBEDDER_RECIPES and book.get(r, IA_AVG).ok]
+    out: list[Run] = []
+    if inb:
+        best = max(inb, key=lambda r: book.get(r, IA_AVG).value)
+        out.append(best)
+        if best.with_(recipe="none") in book.runs:
+            out.append(best.with_(recipe="none"))
+    plain = sorted(r for r in book.runs if r.mode == NO_INSTRUCTION_MODE)
+    if plain:
+        out.append(plain[0])
+    return out or headline_runs(book)[:2]
+
+
+def _paper_numbers_sha(path: Path | None) -> str:
+    if path is not None:
+        return sha256_file(path)
+    with importlib.resources.as_file(importlib.resources.files("inbedder").joinpath("paper_numbers.csv")) as p:
+        return sha256_file(p)
+
+
+def _display_path(path: str | os.PathLike, root: Path) -> str:
+    """A path relative to the repository (or the working folder) when it lies inside it."""
+    p = Path(path).resolve()
+    for base in (root.resolve(), Path.cwd()):
+        if p.is_relative_to(base):
+            return p.relative_to(base).as_posix()
+    return str(path)
+
+
+def _plain(obj: Any) -> Any:
+    """A config as plain dicts/lists (Snakemake's config is a dict subclass; YAML dumps plain data only)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def render_report(
+    inputs: ReportInputs,
+    out_html: str | os.PathLike,
+    *,
+    config: Mapping[str, Any],
+    figures_dir: str | os.PathLike | None = None,
+    repo_root: str | os.PathLike = ".",
+    configfiles: Sequence[str] = (),
+    margin: float = GENERIC_MARGIN,
+) -> dict[str, Any]:
+    """Render results/<run>/report/index.html (self-contained) and its figures; return the verdicts."""
+    import yaml
+
+    started = datetime.now(timezone.utc)
+    out_html, repo_root = Path(out_html), Path(repo_root)
+    notes: list[str] = []  # warnings: a missing input
+    infos: list[str] = []  # remarks on what is shown
+    if inputs.scores.is_file():
+        raw = load_scores(inputs.scores)
+    else:
+        raw = empty_scores()
+        notes.append(f"{inputs.scores} does not exist: no scores in this report.")
+    skipped = load_skipped(inputs.skipped)
+    scores = headline_layer(raw)
+    layers = {Run(m, r, mo): lay for m, r, mo, lay in
+              zip(scores["model"], scores["recipe"], scores["mode"], scores["layer"], strict=True)}
+    other_layers = sorted(set(raw["layer"]) - set(scores["layer"]))
+    if other_layers:
+        infos.append(f"scores.csv also holds layer(s) {', '.join(other_layers)}; the tables show the last layer "
+                     "(all layers are in Appendix A).")
+    select = config.get("select") or {}
+    unavailable = _unavailable_reasons(config, sorted({t for s in SUITES for t in s.tasks}))
+    reasons = MissingReasons(scores, {**unavailable, **skipped}, select.get("tasks"), select.get("models"))
+    paper = load_paper_numbers(inputs.paper)
+    books = {s.name: suite_scores(scores, s) for s in SUITES}
+    data_notes = {}
+    tw = (config.get("tasks") or {}).get("TwentyNewsgroupsClustering") or {}
+    if tw.get("dataset"):
+        data_notes["TwentyNewsgroupsClustering"] = (f"our data: the offline mirror (dataset {tw['dataset']}), "
+                                                    "not mteb's hub copy")
+
+    scopes = (("paper tasks", books["paper"]), ("offline analogs", books["offline"]),
+              ("the paper's own numbers (rule check)", paper_suite_scores(paper)))
+    claim_results = [evaluate_claims(book, title, margin) for title, book in scopes]
+    claims = []
+    for n in range(1, 5):
+        results = [per_scope[n - 1] for per_scope in claim_results]
+        claims.append({"number": n, "title": CLAIMS[n][0], "statement": CLAIMS[n][1], "rule": results[0].rule,
+                       "results": results, "conclusion": conclusion(results[:2])})
+    tables = {
+        "paper_ia": paper_table(paper, "instruction_awareness", books["paper"], reasons, data_notes),
+        "paper_generic": paper_table(paper, "generic", books["paper"], reasons, data_notes),
+        "offline_ia": offline_table(books["offline"], "ia", reasons, data_notes),
+        "offline_generic": offline_table(books["offline"], "generic", reasons, data_notes),
+    }
+
+    training = load_training(list(zip(inputs.training, inputs.train_logs, strict=True)))
+    headline = {name: headline_runs(books[name]) for name in ("paper", "offline")}
+    all_headline = list(dict.fromkeys(headline["offline"] + headline["paper"]))
+    robust = robustness_rows(scores)
+    figures: list[fg.Figure] = []
+    paper_only = [c.label for c in PAPER_SUITE.ia + PAPER_SUITE.generic if c.task not in OFFLINE_SUITE.tasks]
+    if any(books["paper"].get(r, lab).ok for r in books["paper"].runs for lab in paper_only):
+        figures.append(fg.figure_scores(books["paper"]))
+    figures.append(fg.figure_scores(books["offline"]))
+    mode_book = books["offline"] if books["offline"].runs or not books["paper"].runs else books["paper"]
+    figures.append(fg.figure_modes(mode_book, paper))
+    figures.append(fg.figure_filtering(mode_book, paper))
+    figures.append(fg.figure_loss(training))
+    figures.append(fg.figure_clustering(scores, all_headline))
+    figures.append(fg.figure_robustness(robust))
+    views, labels, why = load_projection(inputs.projection_table, inputs.projection_caches,
+                                         _projection_runs(books["offline"]), layers)
+    proj = fg.figure_projection(views, labels, f" ({PROJECTION_TASK})")
+    if not proj.png:
+        proj.reason = why or proj.reason
+    figures.append(proj)
+    for i, fig in enumerate(figures, 1):
+        fig.title = f"Figure {i}. {fig.title}"
+
+    benches = load_benchmarks(inputs.benchmarks)
+    provenance = {
+        "git": git_state(repo_root),
+        "run": config.get("run", inputs.scores.parent.name),
+        "configfiles": list(dict.fromkeys(_display_path(p, repo_root) for p in configfiles)),
+        "offline": config.get("offline"),
+        "data_mirror": config.get("data_mirror"),
+        "versions": package_versions(),
+        "hardware": hardware(),
+        "train_devices": sorted({f"{t['name']}: {t['summary'].get('device')} / {t['summary'].get('dtype')}"
+                                 for t in training if t["summary"].get("device")}),
+        "manifests": load_manifests(inputs.manifests),
+        "fingerprints": load_model_fingerprints(inputs.fingerprints),
+        "paper_numbers_sha256": _paper_numbers_sha(inputs.paper),
+        "scores_sha256": sha256_file(inputs.scores) if inputs.scores.is_file() else "",
+        "bench_rows": benches,
+        "bench_stages": benchmark_summary(benches),
+        "bench_total": sum(r["s"] for r in benches),
+        "config_yaml": yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True, width=110),
+    }
+    ctx = {
+        "run": provenance["run"], "generated": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "claims": claims, "tables": tables, "mapping": ANALOG_MAPPING, "figures": figures,
+        "crossview": crossview_groups(crossview_table(scores), all_headline),
+        "training": training_rows(training),
+        "robustness": [r for r in robust if r["groups"] or r.get("dci") is not None],
+        "explanations": load_explanations(inputs.explanations, all_headline),
+        "skipped": dict(sorted(skipped.items())), "provenance": provenance, "long": long_table(raw),
+        "margin": margin, "notes": notes, "infos": infos, "n_scores": len(raw),
+        "css": inputs.css.read_text(encoding="utf-8"), "answer_modes": ANSWER_MODES, "prompt_mode": PROMPT_MODE,
+    }
+    html = _jinja_env(inputs.template.parent).get_template(inputs.template.name).render(**ctx)
+    write_text(out_html, html)
+    if figures_dir is not None:
+        fdir = Path(figures_dir)
+        fdir.mkdir(parents=True, exist_ok=True)
+        for fig in figures:
+            if fig.png:
+                with atomic_path(fdir / f"{fig.name}.png") as tmp:
+                    tmp.write_bytes(fig.png)
+    return {
+        "html": str(out_html),
+        "verdicts": {f"Claim {c['number']}": {r.scope: r.verdict for r in c["results"]} for c in claims},
+        "figures": {f.name: bool(f.png) for f in figures},
+        "seconds": (datetime.now(timezone.utc) - started).total_seconds(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m inbedder.report RESULTS_DIR CONFIG...`: re-render a finished run's report."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("results_dir", help="results/<run> folder holding scores.csv")
+    parser.add_argument("configs", nargs="+", help="config files, layered in order (config.yaml, profile run.yaml)")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--out", default=None, help="output HTML (default RESULTS_DIR/report/index.html)")
+    args = parser.parse_args(argv)
+    from inbedder.config import load_config
+
+    config = load_config(*args.configs)
+    res = Path(args.results_dir)
+    out = Path(args.out) if args.out else res / "report" / "index.html"
+    summary = render_report(run_inputs(res, config, args.data_dir), out, config=config,
+                            figures_dir=out.parent / "figures", repo_root=Path(__file__).resolve().parents[3],
+                            configfiles=args.configs)
+    print(json.dumps(summary["verdicts"], indent=1), file=sys.stderr)
+    return 0

@@ -1,0 +1,272 @@
+"""What the report compares: the paper's columns and their offline analogs, the run key, and the score files.
+
+Scores are stored as fractions (docs/contracts.md: V-measure, success rate, Spearman); the report shows
+them x100 like the paper.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+SCORE_COLUMNS = ("model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "n")
+PAPER_NUMBER_COLUMNS = ("table", "row", "model", "recipe", "mode", "column", "value", "source", "run", "note")
+SCALE = 100.0  # fractions -> the paper's points
+NO_SEED = -1
+OVERALL_SUBSETS = ("all", "overall", "default", "test", "", "en", "none")
+ROBUSTNESS_GROUPS = ("correct", "implicit", "incorrect")
+
+# Decision rules of the claims (stated in the report next to each verdict).
+ANSWER_MODES = ("1st-gen", "avg-gen")  # hidden states of the (expected) answer
+PROMPT_MODE = "avg-ppt"  # hidden states of the prompt
+INBEDDER_RECIPES = ("inbedder", "released")
+BASELINE_RECIPES = ("alpaca", "none")
+NO_INSTRUCTION_MODE = "plain"  # a sentence encoder fed the text alone
+GENERIC_MARGIN = 5.0  # points: "competitive" = generic average at most this far below a baseline's
+# The modes only a sentence encoder has: the encode stage stores `plain` and `prefixed` for sentence
+# encoders and for no other kind, so a run's mode says whether its model is one.
+ENCODER_MODES = ("plain", "prefixed")
+
+RECIPE_NAMES = {"inbedder": "InBedder", "released": "InBedder[released]", "alpaca": "alpaca", "none": "untuned"}
+RECIPE_ORDER = {"inbedder": 0, "released": 1, "alpaca": 2, "none": 3}
+MODE_ORDER = ["1st-gen", "avg-gen", "last-gen", "avg-ppt", "avg-all", "re-encode", "1st-gen+filter",
+              "avg-gen+filter", "last-gen+filter", "avg-all+filter", "re-encode+filter", "plain", "prefixed"]
+
+
+def mode_rank(mode: str) -> int:
+    """Position of a mode in the paper's order (unknown modes last)."""
+    return MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
+
+
+class Run(NamedTuple):
+    """One embedder as the report's rows name it: model, recipe and embedding mode."""
+
+    model: str
+    recipe: str
+    mode: str
+
+    @property
+    def encoder(self) -> bool:
+        """Whether the run is a sentence encoder's (its mode is one only sentence encoders have)."""
+        return self.mode in ENCODER_MODES
+
+    @property
+    def label(self) -> str:
+        """A row label in the paper's style: `opt-350m-InBedder (1st-gen)`, `e5-large-v2 (plain)`."""
+        if self.recipe == "none" and self.encoder:
+            return f"{self.model} ({self.mode})"
+        return f"{self.model}-{RECIPE_NAMES.get(self.recipe, self.recipe)} ({self.mode})"
+
+    @property
+    def sort_key(self) -> tuple:
+        """Language models first, then sentence encoders; InBedder, released, alpaca, untuned; modes in paper order."""
+        return (self.encoder, self.model, RECIPE_ORDER.get(self.recipe, 9), mode_rank(self.mode), self.mode)
+
+    def with_(self, recipe: str | None = None, mode: str | None = None) -> Run:
+        """The same model with another recipe and/or mode."""
+        return Run(self.model, self.recipe if recipe is None else recipe, self.mode if mode is None else mode)
+
+
+def runs_of(frame: pd.DataFrame) -> list[Run]:
+    """The run of each row of a score table."""
+    return [Run(*key) for key in zip(frame["model"], frame["recipe"], frame["mode"], strict=True)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Table layout: the paper's columns and the offline analogs that stand in for them
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a results table: which task, which metric(s), how subsets combine."""
+
+    label: str
+    task: str
+    metrics: tuple[str, ...]
+    combine: str  # "hmean" (harmonic mean over subsets) | "overall"
+    analog_of: str = ""  # the paper task this offline task stands in for
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A set of instruction-awareness and generic columns (the paper's tasks or their offline analogs)."""
+
+    name: str
+    title: str
+    ia: tuple[Column, ...]
+    generic: tuple[Column, ...]
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Every task the suite reads."""
+        return tuple(c.task for c in self.ia + self.generic)
+
+
+_PAIRS = ("spearman", "cosine_spearman", "main_score")
+_RERANK = ("map", "map_at_1000", "main_score")
+_CLUSTER = ("v_measure", "main_score")
+
+PAPER_SUITE = Suite(
+    name="paper",
+    title="paper tasks",
+    ia=(
+        Column("I.STSB", "InstructSTSB", _PAIRS, "overall"),
+        Column("IntEmo", "IntentEmotion", ("success_rate",), "hmean"),
+        Column("NYT", "NYTClustering", ("v_measure",), "hmean"),
+    ),
+    generic=(
+        Column("AskU", "AskUbuntuDupQuestions", _RERANK, "overall"),
+        Column("SciD", "SciDocsRR", _RERANK, "overall"),
+        Column("StackO", "StackOverflowDupQuestions", _RERANK, "overall"),
+        Column("20News", "TwentyNewsgroupsClustering", _CLUSTER, "overall"),
+    ),
+)
+
+OFFLINE_SUITE = Suite(
+    name="offline",
+    title="offline analogs",
+    ia=(
+        Column("I.STSB", "NLUPPInstructedPairs", _PAIRS, "overall", analog_of="InstructSTSB"),
+        Column("IntEmo", "NLUPPTwoViewTriplets", ("success_rate",), "hmean", analog_of="IntentEmotion"),
+        Column("NYT", "NLUPPTwoViewClustering", ("v_measure",), "hmean", analog_of="NYTClustering"),
+    ),
+    generic=(
+        Column("20News", "TwentyNewsgroupsClustering", _CLUSTER, "overall",
+               analog_of="TwentyNewsgroupsClustering"),
+        Column("STS-B", "STSBenchmark", ("cosine_spearman", "spearman", "main_score"), "overall"),
+        Column("B77", "Banking77Clustering", _CLUSTER, "overall"),
+    ),
+)
+SUITES = (PAPER_SUITE, OFFLINE_SUITE)
+IA_AVG, GEN_AVG = "IA", "GEN"
+# The two-view task whose embeddings the projection figure draws.
+PROJECTION_TASK = "NLUPPTwoViewClustering"
+
+ANALOG_MAPPING = (
+    ("I.STSB", "InstructSTSB", "NLUPPInstructedPairs",
+     ("pairs of NLU++ banking utterances sharing one label (action or object) but not the other: similar under "
+      "the instruction that asks about the shared label, dissimilar under the other; Spearman of cosine vs score")),
+    ("IntEmo", "IntentEmotion", "NLUPPTwoViewTriplets",
+     ("anchor and positive share the instructed label and differ in the other, the negative shares the other "
+      "label; success rate per view (action, object) and their harmonic mean")),
+    ("NYT", "NYTClustering", "NLUPPTwoViewClustering",
+     ("the NLU++ utterances with exactly one action and one object label, clustered under each view's "
+      "instruction; V-measure per view and their harmonic mean")),
+    ("20News", "TwentyNewsgroupsClustering", "TwentyNewsgroupsClustering",
+     "the same task on the mirrored 20 Newsgroups 'bydate' archive (subject lines, as MTEB builds it)"),
+    ("STS-B", "—", "STSBenchmark", "generic semantic similarity (no paper column; reported as an extra)"),
+    ("B77", "—", "Banking77Clustering", "generic intent clustering (no paper column; reported as an extra)"),
+)
+
+
+@dataclass
+class Cell:
+    """One aggregated score (x100): mean over seeds, its sd, and why it is missing when it is."""
+
+    value: float | None = None
+    sd: float = 0.0
+    n_seeds: int = 0
+    metric: str = ""
+    note: str = ""
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether a number exists."""
+        return self.value is not None and math.isfinite(self.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def empty_scores() -> pd.DataFrame:
+    """A score table with no rows, typed as load_scores types it."""
+    df = pd.DataFrame({c: pd.Series(dtype=float if c in ("value", "n") else str) for c in SCORE_COLUMNS})
+    df["seed"] = df["seed"].astype(int)
+    return df
+
+
+def load_scores(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a tidy scores.csv, check its columns, and type value/seed/n (empty seed -> -1)."""
+    path = Path(path)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in SCORE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(SCORE_COLUMNS)}")
+    df = df[list(SCORE_COLUMNS)].copy()
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    seed = pd.to_numeric(df["seed"], errors="coerce").fillna(NO_SEED)
+    df["seed"] = seed.where(seed >= 0, NO_SEED).astype(int)
+    df["n"] = pd.to_numeric(df["n"], errors="coerce")
+    for col in ("model", "recipe", "mode", "layer", "task", "subset", "metric"):
+        df[col] = df[col].astype(str).str.strip()
+    return df
+
+
+def load_skipped(path: str | os.PathLike | None) -> dict[str, str]:
+    """Tasks that could not run and why: skipped.csv (task, reason), written by collect_scores."""
+    if path is None or not Path(path).is_file():
+        return {}
+    sk = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in ("task", "reason"):
+        if col not in sk.columns:
+            raise ValueError(f"{path}: missing column {col!r}; expected task, reason")
+    return {task: reason or "could not run" for task, reason in zip(sk["task"], sk["reason"], strict=True)}
+
+
+def load_paper_numbers(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The paper's numbers the report compares against (package data unless a path is given)."""
+    if path is None:
+        text = importlib.resources.files("inbedder").joinpath("paper_numbers.csv").read_text(encoding="utf-8")
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        where = "inbedder/paper_numbers.csv"
+    else:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        where = str(path)
+    missing = [c for c in PAPER_NUMBER_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}")
+    df["value"] = pd.to_numeric(df["value"], errors="raise")
+    return df
+
+
+def num(x: object) -> float | None:
+    """A finite float, or None (for missing, empty or non-numeric values)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def as_int(text: str) -> int | None:
+    """A layer (or other) number written as text, or None."""
+    try:
+        return int(float(text))
+    except (TypeError, ValueError):
+        return None
+
+
+def headline_layer(scores: pd.DataFrame) -> pd.DataFrame:
+    """Keep one layer per (model, recipe, mode): the last one ("-1" or the largest index)."""
+    if scores.empty:
+        return scores
+    keep = []
+    for _, grp in scores.groupby(["model", "recipe", "mode"], sort=False):
+        layers = list(dict.fromkeys(grp["layer"]))
+        if len(layers) > 1:
+            chosen = "-1" if "-1" in layers else max(layers, key=lambda lay: (as_int(lay) is not None,
+                                                                              as_int(lay) or 0))
+            grp = grp[grp["layer"] == chosen]
+        keep.append(grp)
+    return pd.concat(keep, ignore_index=True)

@@ -1,0 +1,217 @@
+"""Tables of the page: the paper's tables with our numbers beside them, the offline-analog tables, the
+cross-view groups, and why an empty cell is empty."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from inbedder.report.aggregate import SuiteScores
+from inbedder.report.suites import GEN_AVG, IA_AVG, OFFLINE_SUITE, PAPER_SUITE, Cell, Column, Run
+
+
+@dataclass
+class CompareCell:
+    """Our number beside the paper's, and the difference."""
+
+    ours: Cell
+    paper: float | None
+
+    @property
+    def diff(self) -> float | None:
+        """ours - paper where both exist."""
+        if not self.ours.ok or self.paper is None:
+            return None
+        return self.ours.value - self.paper
+
+
+@dataclass
+class TableRow:
+    """One row of a results table."""
+
+    label: str
+    cells: list[CompareCell]
+    note: str = ""
+    paper_label: str = ""
+    group: str = ""
+    delta: float | None = None  # offline tables: IA average minus that of the untuned model, same mode
+    delta_ref: str = ""
+
+
+@dataclass
+class TableView:
+    """A results table ready for the template."""
+
+    key: str
+    title: str
+    columns: list[str]
+    headers: list[str]
+    rows: list[TableRow]
+    footnotes: list[str]
+    with_paper: bool
+    best: dict[str, float] = field(default_factory=dict)
+    missing_columns: list[tuple[str, str]] = field(default_factory=list)  # (column, reason) of empty columns
+
+
+class MissingReasons:
+    """Why a run has no number for a task: skipped task, task or model not selected, mode not run."""
+
+    def __init__(self, scores: pd.DataFrame, skipped: Mapping[str, str], selected_tasks: Sequence[str] | None,
+                 selected_models: Sequence[str] | None):
+        self.skipped = dict(skipped)
+        self.selected_tasks = set(selected_tasks) if selected_tasks else None
+        self.selected_models = set(selected_models) if selected_models else None
+        self.models = set(scores["model"])
+        self.runs = set(zip(scores["model"], scores["recipe"], scores["mode"], strict=True))
+        self.tasks = set(scores["task"])
+
+    def task_reason(self, task: str) -> str | None:
+        """Why no run at all has the task (skipped, unavailable, not selected), or None when some run has it."""
+        if task in self.tasks:
+            return None
+        if task in self.skipped:
+            return self.skipped[task]
+        if self.selected_tasks is not None and task not in self.selected_tasks:
+            return "task not selected in this run"
+        return "task not scored in this run"
+
+    def reason(self, run: Run, task: str) -> str:
+        """The reason a (run, task) cell is empty."""
+        model, recipe, mode = run
+        task_level = self.task_reason(task)
+        if task_level:
+            return task_level
+        if model not in self.models:
+            return "model not selected in this run" if (self.selected_models is None or model not in
+                                                        self.selected_models) else "model has no scores"
+        if run not in self.runs:
+            return f"{recipe} / {mode} not run"
+        if task in self.skipped:  # skipped for some models only (e.g. no mode of theirs is scored)
+            return self.skipped[task]
+        return "no score for this run"
+
+
+def _row_cells(book: SuiteScores, run: Run, cols: Sequence[Column], avg_key: str, reasons: MissingReasons,
+               paper: Mapping[str, float] | None = None) -> list[CompareCell]:
+    """The run's cells of `cols` and the average, each empty one saying why, beside the paper's values."""
+    paper = paper or {}
+    cells = []
+    for c in cols:
+        cell = book.get(run, c.label)
+        cells.append(CompareCell(cell if cell.ok else Cell(reason=reasons.reason(run, c.task)), paper.get(c.label)))
+    avg = book.get(run, avg_key)
+    cells.append(CompareCell(avg if avg.ok else Cell(reason=avg.reason), paper.get("Avg")))
+    return cells
+
+
+def _run_level_reasons(cells: Sequence[CompareCell], cols: Sequence[Column], task_level: Mapping[str, str | None]
+                       ) -> list[str]:
+    """The reasons of a row's empty cells that are not the column's own (task-level) reason."""
+    return list(dict.fromkeys(c.ours.reason for c, col in zip(cells, cols, strict=False)
+                              if c.ours.reason and c.ours.reason != task_level[col.label]))
+
+
+def paper_table(paper: pd.DataFrame, table: str, ours: SuiteScores, reasons: MissingReasons,
+                data_notes: Mapping[str, str] | None = None) -> TableView:
+    """The paper's table (its rows and columns) with our number, the paper's and the difference per cell."""
+    if table == "instruction_awareness":
+        cols, avg_key, title = PAPER_SUITE.ia, IA_AVG, "Instruction awareness (paper tasks)"
+    elif table == "generic":
+        cols, avg_key, title = PAPER_SUITE.generic, GEN_AVG, "Generic embedding tasks (paper tasks)"
+    else:
+        raise ValueError(f"unknown paper table {table!r}; expected instruction_awareness or generic")
+    sub = paper[paper["table"] == table]
+    task_level = {col.label: reasons.task_reason(col.task) for col in cols}
+    rows: list[TableRow] = []
+    matched: set[Run] = set()
+    for paper_label, grp in sub.groupby("row", sort=False):
+        first = grp.iloc[0]
+        paper_vals = dict(zip(grp["column"], grp["value"], strict=True))
+        notes = [f"{c}: {n}" for c, n in zip(grp["column"], grp["note"], strict=True) if n]
+        candidates = [Run(first["model"], first["recipe"], first["mode"])]
+        if first["recipe"] == "inbedder":
+            candidates.append(candidates[0].with_(recipe="released"))
+        found = [r for r in candidates if r in ours.runs]
+        for run in found or candidates[:1]:
+            matched.add(run)
+            cells = _row_cells(ours, run, cols, avg_key, reasons, paper_vals)
+            label = paper_label if run == candidates[0] else run.label
+            rows.append(TableRow(label=label, cells=cells, paper_label=paper_label, group="paper",
+                                 note="; ".join(_run_level_reasons(cells, cols, task_level) + notes)))
+    # Runs of ours without a paper row: only those with a paper-only task (not the shared offline 20News).
+    shared = set(OFFLINE_SUITE.tasks)
+    extra = sorted((r for r in ours.runs if r not in matched
+                    and any(ours.get(r, c.label).ok for c in cols if c.task not in shared)),
+                   key=lambda r: r.sort_key)
+    for run in extra:
+        cells = _row_cells(ours, run, cols, avg_key, reasons)
+        rows.append(TableRow(label=run.label, cells=cells, group="this run only",
+                             note="; ".join(_run_level_reasons(cells, cols, task_level))))
+    footnotes = [f"Paper numbers: {sub['source'].iloc[0]}." if len(sub) else "No paper numbers."]
+    for col in cols:
+        used = ours.metrics_used.get(col.label) or []
+        if used:
+            footnotes.append(f"{col.label} ({col.task}): metric {', '.join(used)}"
+                             + (f"; {'; '.join(ours.notes[col.label])}" if ours.notes.get(col.label) else "")
+                             + (f"; {data_notes[col.task]}" if data_notes and col.task in data_notes else ""))
+    labels = [c.label for c in cols] + ["Avg"]
+    return TableView(key=table, title=title, columns=labels, headers=labels, rows=rows, footnotes=footnotes,
+                     with_paper=True,
+                     missing_columns=[(c.label, task_level[c.label]) for c in cols if task_level[c.label]])
+
+
+def offline_table(ours: SuiteScores, part: str, reasons: MissingReasons,
+                  data_notes: Mapping[str, str] | None = None) -> TableView:
+    """Our offline-analog numbers in the paper's layout (one row per model, recipe and mode)."""
+    suite = ours.suite
+    if part == "ia":
+        cols, avg_key, title = suite.ia, IA_AVG, "Instruction awareness (offline analogs)"
+    elif part == "generic":
+        cols, avg_key, title = suite.generic, GEN_AVG, "Generic embedding tasks (offline analogs)"
+    else:
+        raise ValueError(f"unknown table part {part!r}; expected ia or generic")
+    runs = sorted((r for r in ours.runs if any(ours.get(r, c.label).ok for c in cols)), key=lambda r: r.sort_key)
+    task_level = {col.label: reasons.task_reason(col.task) for col in cols}
+    rows: list[TableRow] = []
+    for run in runs:
+        cells = _row_cells(ours, run, cols, avg_key, reasons)
+        row = TableRow(label=run.label, cells=cells, note="; ".join(_run_level_reasons(cells, cols, task_level)),
+                       group=run.model)
+        avg, base = cells[-1].ours, run.with_(recipe="none")
+        if run.recipe != "none" and avg.ok and ours.get(base, avg_key).ok:
+            row.delta = avg.value - ours.get(base, avg_key).value
+            row.delta_ref = base.label
+        rows.append(row)
+    labels = [c.label for c in cols] + ["Avg"]
+    best = {}
+    for i, lab in enumerate(labels):
+        vals = [r.cells[i].ours.value for r in rows if r.cells[i].ours.ok]
+        if vals:
+            best[lab] = max(vals)
+    footnotes = []
+    for col in cols:
+        src = f" (stands in for {col.analog_of})" if col.analog_of and col.analog_of != col.task else ""
+        used = ", ".join(ours.metrics_used.get(col.label) or []) or "not run"
+        extra = f"; {'; '.join(ours.notes[col.label])}" if ours.notes.get(col.label) else ""
+        data = f"; {data_notes[col.task]}" if data_notes and col.task in data_notes else ""
+        footnotes.append(f"{col.label} ← {col.task}{src}: {used}{extra}{data}")
+    return TableView(key=f"offline_{part}", title=title, columns=labels, headers=labels, rows=rows,
+                     footnotes=footnotes, with_paper=False, best=best,
+                     missing_columns=[(c.label, task_level[c.label]) for c in cols if task_level[c.label]])
+
+
+def crossview_groups(rows: Sequence[dict], headline: Sequence[Run]) -> list[dict]:
+    """Cross-view rows per task: headline runs shown, the other modes folded away."""
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        trows = [r for r in rows if r["task"] == task]
+        views = sorted({v["view"] for r in trows for v in r["views"]})
+        for r in trows:
+            by_view = {v["view"]: v for v in r["views"]}
+            r["cells"] = [by_view.get(v) for v in views]
+        out.append({"task": task, "views": views, "metric": trows[0]["metric"],
+                    "main": [r for r in trows if r["run"] in headline],
+                    "more": [r for r in trows if r["run"] not in headline]})
+    return out
