@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inbedder.report.suites import PROJECTION_TASK
+
 REPORT_DIR = Path(__file__).resolve().parents[3] / "report"  # the project's templates, css and captions
 UNTRAINED_RECIPES = ("none", "released")  # recipes that read data/models/ rather than train
 
@@ -111,8 +113,6 @@ def data_manifests(config: Mapping[str, Any], tasks: Iterable[str], recipes: Ite
 
 def projection_of(config: Mapping[str, Any], tasks: Iterable[str]) -> tuple[str, str] | None:
     """(task, prepared dataset) of the projection figure when the run scores its task, else None."""
-    from inbedder.report.suites import PROJECTION_TASK
-
     spec = config["tasks"].get(PROJECTION_TASK) or {}
     return (PROJECTION_TASK, spec["dataset"]) if PROJECTION_TASK in tasks and "dataset" in spec else None
 
