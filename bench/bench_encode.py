@@ -30,6 +30,7 @@ import torch
 from inbedder import encode, pooling
 from inbedder.files import write_json
 from inbedder.models import load_lm
+from inbedder.sources import fetch, resolve_origin
 from inbedder.text import format_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,12 +39,17 @@ INSTRUCTION = "What does the customer need?"
 GOALS = {"first_gen_speedup": 3.0, "avg_gen_speedup": 1.5, "peak_fraction": 0.7, "cache_bytes_ratio": 1.1}
 
 
-def mirror() -> Path:
-    return Path(os.environ.get("INBEDDER_DATA_MIRROR", ROOT.parent / "shared" / "data"))
+def banking_test_csv() -> Path:
+    """Banking77's test.csv, fetched as the workflow fetches it (the mirror when found, else downloaded)."""
+    raw = ROOT / "data" / "raw" / "banking77"
+    if not (raw / "manifest.json").exists():
+        origin = resolve_origin("auto", "hub", cwd=ROOT)
+        fetch("banking77", raw, mirror=origin.mirror, offline="hub")
+    return raw / "test.csv"
 
 
 def banking_prompts(n: int) -> list[dict[str, str]]:
-    with open(mirror() / "banking77" / "test.csv", encoding="utf-8") as fh:
+    with open(banking_test_csv(), encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))[:n]
     return [{"text": r["text"], "instruction": INSTRUCTION} for r in rows]
 
