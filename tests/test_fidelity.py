@@ -1,0 +1,254 @@
+"""The fidelity registry, the authors' stopword list, and the reference implementation of the authors'
+causal-LM aggregation (tests/authors_reference.py) on the real packaged SmolLM2."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from authors_reference import MODES, authors_causal, authors_filter_words, filter_token_ids
+
+from inbedder import fidelity
+from inbedder.fidelity import AUTHORS_COMMIT, SWITCHES, Citation, Switch, authors_stopwords, switch
+
+ROOT = Path(__file__).resolve().parents[1]
+# A clone or bare mirror of zhang-yu-wei/InBedder holding commit e7747148.
+AUTHORS_REPO_CANDIDATES = [os.environ.get("INBEDDER_AUTHORS_REPO", ""),
+                           str(ROOT.parent / ".mirror" / "zhang-yu-wei+InBedder" / "repo")]
+QA = "### Input:\n{input}\n\n### Instruction:\n{instruction}\n\n### Response:"
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# ----------------------------------------------------------------------------------------------
+# the registry
+
+
+def test_switches_are_well_formed():
+    assert isinstance(SWITCHES, tuple) and len(SWITCHES) >= 10
+    keys = [s.key for s in SWITCHES]
+    assert len(keys) == len(set(keys)), keys
+    for s in SWITCHES:
+        assert isinstance(s, Switch) and dataclasses.is_dataclass(s)
+        assert s.authors in s.values and s.ours in s.values and s.authors != s.ours
+        assert s.follows and all(isinstance(c, Citation) for c in s.follows)
+        assert set(s.moves) <= set(fidelity.PAPER_TABLES)
+        assert s.description.endswith(".") and len(s.description) < 600
+        for c in s.follows:
+            text = str(c)
+            assert text.startswith(c.path + ":") and str(c.first) in text
+        assert s.citations.count(";") == len(s.follows) - 1
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            s.authors = s.ours  # type: ignore[misc]
+    # the issue's ten differences, by key
+    for key in ("truncation", "special_steps", "filter", "re_encoder", "recipes.alpaca.epochs", "train_answer_cut",
+                "models.<model>.decoding", "re_encode_multi_sampling", "train_target", "models.<model>.dtype",
+                "masked_prompt_modes", "reranking_map"):
+        assert switch(key).key == key
+
+
+def test_switch_lookup_and_validation_name_the_fault():
+    with pytest.raises(KeyError, match="no fidelity switch 'nope'.*truncation"):
+        switch("nope")
+    good = switch("filter")
+    with pytest.raises(ValueError, match="switch 'filter'.*must be among"):
+        dataclasses.replace(good, authors="nltk")
+    with pytest.raises(ValueError, match="switch 'filter'.*the same"):
+        dataclasses.replace(good, ours="authors")
+    with pytest.raises(ValueError, match="switch 'filter'.*cites none"):
+        dataclasses.replace(good, follows=())
+    with pytest.raises(ValueError, match="switch 'filter'.*moves"):
+        dataclasses.replace(good, moves=("figure 9",))
+    with pytest.raises(ValueError, match="first <= last"):
+        Citation("evaluation.py", 5, 4, "x")
+    with pytest.raises(ValueError, match="relative"):
+        Citation("/abs/evaluation.py", 1, 1, "x")
+
+
+def test_the_authors_stopword_list_is_nltks_179_words():
+    words = authors_stopwords()
+    assert len(words) == 179 == len(set(words))
+    assert words[:4] == ("i", "me", "my", "myself") and words[-1] == "wouldn't"
+    assert all(w == w.lower() and w == w.strip() for w in words)
+    assert {"the", "don't", "should've", "needn", "ma", "y"} <= set(words)
+    # content words scikit-learn's list holds and NLTK's does not
+    assert not {"top", "bill", "interest", "call", "back", "show"} & set(words)
+    header = (ROOT / "src" / "inbedder" / "data" / fidelity.STOPWORDS_FILE).read_text(encoding="utf-8")
+    assert "Apache License 2.0" in header and "NLTK" in header
+
+
+def _authors_repo() -> Path:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    for candidate in AUTHORS_REPO_CANDIDATES:
+        if not candidate:
+            continue
+        probe = subprocess.run(["git", "-C", candidate, "cat-file", "-e", f"{AUTHORS_COMMIT}^{{commit}}"],
+                               check=False, capture_output=True)
+        if probe.returncode == 0:
+            return Path(candidate)
+    pytest.skip(f"no copy of zhang-yu-wei/InBedder holding commit {AUTHORS_COMMIT} "
+                f"(set INBEDDER_AUTHORS_REPO to a clone or mirror of it)")
+
+
+def test_every_citation_holds_its_text_in_the_authors_repository():
+    repo = _authors_repo()
+    files: dict[str, list[str]] = {}
+    for s in SWITCHES:
+        for c in s.follows:
+            if c.path not in files:
+                shown = subprocess.run(["git", "-C", str(repo), "show", f"{AUTHORS_COMMIT}:{c.path}"],
+                                       check=False, capture_output=True, text=True)
+                assert shown.returncode == 0, f"switch {s.key!r}: {c.path} is not in {AUTHORS_COMMIT}"
+                files[c.path] = shown.stdout.splitlines()
+            lines = files[c.path]
+            assert c.last <= len(lines), f"switch {s.key!r}: {c} past the end ({len(lines)} lines)"
+            cited = "\n".join(lines[c.first - 1 : c.last])
+            assert c.needle in cited, f"switch {s.key!r}: {c} does not hold {c.needle!r}:\n{cited}"
+
+
+# ----------------------------------------------------------------------------------------------
+# the authors' filter ids on a byte-level BPE tokenizer (SmolLM2's, the GPT-2 scheme OPT uses too)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2))
+
+
+def test_filter_ids_are_each_word_encoded_alone_and_case_sensitive(tokenizer):
+    the, space_the = tokenizer.convert_tokens_to_ids("the"), tokenizer.convert_tokens_to_ids("\u0120the")
+    stop_ids = filter_token_ids(tokenizer, authors_stopwords())
+    assert the in stop_ids and space_the not in stop_ids  # a word on its own has no leading space
+    task_ids = filter_token_ids(tokenizer, authors_filter_words(["How does the customer feel?",
+                                                                 "What does the customer need?"]))
+    assert space_the in task_ids  # ... the instruction sentence brings the mid-sentence form
+    assert tokenizer.convert_tokens_to_ids("\u0120") in task_ids  # "Based on " ends in a lone space token
+    how, cap_how = tokenizer.encode("how"), tokenizer.encode("How")
+    assert how != cap_how and set(cap_how) <= task_ids and set(how) <= stop_ids
+    assert len(authors_filter_words(["x"])) == 1 + 2 + 179
+
+
+# ----------------------------------------------------------------------------------------------
+# the reference aggregation on the real model
+
+
+PROMPTS = [
+    QA.format(input="I want to top up my card with cash.", instruction="What does the customer need?"),
+    QA.format(input="My card payment was declined twice today, I'm furious!", instruction="How does the customer feel?"),
+    QA.format(input="The Lakers won the championship after a close final game.", instruction="What is the topic of news?"),
+    QA.format(input="Where can I find the nearest ATM?", instruction="What does the customer need?"),
+    # a one-token answer, then EOS
+    ("<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\nHi<|im_end|>\n<|im_start|>user\nSay yes"
+     "<|im_end|>\n<|im_start|>assistant\n"),
+    # a two-token answer, then EOS
+    "Q: What is 2+2?\nA: 4<|im_end|>\nQ: What is 3+3?\nA:",
+]
+MAX_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def lm(smollm2, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # one thread: a 135M model on a handful of short prompts gains nothing from more, and on a busy
+    # machine two spinning threads were 10-20x slower here than one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2), dtype=torch.float32).eval()
+    yield model, tokenizer
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(lm):
+    model, tok = lm
+    return authors_causal(model, tok, PROMPTS, max_new_tokens=MAX_NEW, batch_size=len(PROMPTS))
+
+
+def _teacher_forced(model, tok, prompt: str, gen_ids: list[int]) -> tuple[np.ndarray, int]:
+    """Last-layer states of one plain forward pass over the prompt and the generated tokens fed back."""
+    import torch
+
+    ids = tok(prompt, return_tensors="pt").input_ids[0]
+    full = torch.cat([ids, torch.tensor(gen_ids[:-1], dtype=torch.long)])[None]
+    with torch.inference_mode():
+        states = model(input_ids=full, output_hidden_states=True).hidden_states[-1][0]
+    return states.float().numpy(), len(ids)
+
+
+@pytest.mark.slow
+def test_reference_shapes_and_first_gen_is_the_last_prompt_state(lm, reference):
+    import torch
+
+    model, tok = lm
+    hidden = model.config.hidden_size
+    assert set(reference.vectors) == set(MODES)
+    for mode, v in reference.vectors.items():
+        assert v.shape == (len(PROMPTS), hidden) and v.dtype == np.float32 and np.isfinite(v).all(), mode
+    assert len(reference.gen_ids) == len(reference.kept) == len(reference.answers) == len(PROMPTS)
+    for i, prompt in enumerate(PROMPTS):
+        with torch.inference_mode():
+            states = model(**tok(prompt, return_tensors="pt"), output_hidden_states=True).hidden_states[-1][0]
+        assert _cos(reference.vectors["1st-gen"][i], states[-1].numpy()) > 0.9999
+        assert _cos(reference.vectors["avg-ppt"][i], states[:-1].mean(0).numpy()) > 0.9999
+
+
+@pytest.mark.slow
+def test_reference_drops_the_steps_that_predict_special_tokens(lm, reference):
+    model, tok = lm
+    special = set(tok.all_special_ids)
+    kinds = set()
+    for i, prompt in enumerate(PROMPTS):
+        ids = reference.gen_ids[i]
+        expected_kept = [t not in special for t in ids[1:]]
+        assert reference.kept[i] == expected_kept
+        answer = [t for t in ids if t not in special]
+        if not any(t in special for t in ids):
+            kinds.add("hit max_new_tokens")
+        elif len(answer) == 1:
+            kinds.add("1 token, then EOS")
+        else:
+            kinds.add(">= 2 tokens, then EOS")
+        states, n_prompt = _teacher_forced(model, tok, prompt, ids)
+        # step t >= 1 is the state at generated token t-1, i.e. position n_prompt - 1 + t
+        steps = [states[n_prompt - 1 + t] for t in range(1, len(ids)) if expected_kept[t - 1]]
+        assert reference.fell_back[i] == (not steps)
+        if not steps:
+            steps = [states[n_prompt]]
+        first = states[n_prompt - 1]
+        want = {"avg-gen": np.mean([first, *steps], axis=0), "last-gen": steps[-1],
+                "avg-all": np.mean([*states[:n_prompt], *steps], axis=0)}
+        for mode, vector in want.items():
+            assert _cos(reference.vectors[mode][i], vector) > 0.9999, (i, mode, reference.answers[i])
+    assert kinds == {"hit max_new_tokens", "1 token, then EOS", ">= 2 tokens, then EOS"}, kinds
+
+
+@pytest.mark.slow
+def test_reference_falls_back_to_the_first_generated_token(lm):
+    model, tok = lm
+    prompts = PROMPTS[:2]
+    every_id = range(len(tok))
+    filtered = authors_causal(model, tok, prompts, max_new_tokens=3, filter_ids=every_id)
+    assert filtered.answers_filtered == ["", ""] and all(len(row) == 3 for row in filtered.gen_ids)
+    single = authors_causal(model, tok, prompts, max_new_tokens=1)  # their code has no step 1 there
+    assert all(len(row) == 1 for row in single.gen_ids)
+    for ref in (filtered, single):
+        assert ref.fell_back == [True, True]
+        for i, prompt in enumerate(prompts):
+            states, n_prompt = _teacher_forced(model, tok, prompt, ref.gen_ids[i] + [0])
+            at_first_token = states[n_prompt]
+            assert _cos(ref.vectors["last-gen"][i], at_first_token) > 0.9999
+            assert _cos(ref.vectors["avg-gen"][i], (states[n_prompt - 1] + at_first_token) / 2) > 0.9999
+            assert _cos(ref.vectors["avg-all"][i], states[: n_prompt + 1].mean(0)) > 0.9999
