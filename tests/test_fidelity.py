@@ -18,8 +18,7 @@ from inbedder.fidelity import AUTHORS_COMMIT, SWITCHES, Citation, Switch, author
 
 ROOT = Path(__file__).resolve().parents[1]
 # A clone or bare mirror of zhang-yu-wei/InBedder holding commit e7747148.
-AUTHORS_REPO_CANDIDATES = [os.environ.get("INBEDDER_AUTHORS_REPO", ""),
-                           str(ROOT.parent / ".mirror" / "zhang-yu-wei+InBedder" / "repo")]
+AUTHORS_REPO_CANDIDATES = [os.environ.get("INBEDDER_AUTHORS_REPO", ""), str(ROOT.parent / "InBedder")]
 QA = "### Input:\n{input}\n\n### Instruction:\n{instruction}\n\n### Response:"
 
 
