@@ -78,6 +78,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(int(fault))
             return
         body = file.read_bytes()
+        if fault == "changed":  # the same length, other bytes: what a moved pin would serve
+            body = bytes([body[0] ^ 1]) + body[1:]
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))
@@ -201,6 +203,22 @@ def test_a_body_cut_short_is_a_checksum_error_then_succeeds_when_the_server_heal
     assert sha256_file(dest / "sts-test.csv") == STSB_TEST_SHA
     assert hosts.hits[STSB_TEST] == hits[STSB_TEST] + 2
     assert all(hosts.hits[p] == hits[p] for p in hits if p != STSB_TEST)
+
+
+def test_a_complete_body_with_another_checksum_is_not_retried(hosts, mirror, tmp_path):
+    body = (mirror / "stsb" / "sts-test.csv").read_bytes()
+    changed = hashlib.sha256(bytes([body[0] ^ 1]) + body[1:]).hexdigest()
+    hosts.faults[STSB_TEST] = ["changed"]
+    dest = tmp_path / "stsb"
+    with pytest.raises(ChecksumError) as err:
+        fetch("stsb", dest, mirror=None, offline="hub", policy=FAST)
+    url = f"http://127.0.0.1:{hosts.server_address[1]}/{STSB_TEST}"
+    assert str(err.value) == (
+        f"source 'stsb': checksum mismatch for sts-test.csv downloaded from {url}: expected sha256 "
+        f"{STSB_TEST_SHA}, got {changed} ({len(body)} bytes as announced; not retried)"
+    )
+    assert hosts.hits[STSB_TEST] == 1
+    assert not (dest / "sts-test.csv").exists() and not list(dest.rglob(".*.tmp"))
 
 
 def test_a_stalled_server_times_out_with_a_clear_error(hosts, tmp_path):

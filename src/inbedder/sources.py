@@ -357,7 +357,7 @@ def _download(
                 try:
                     received, announced = _stream(url, tmp, policy.timeout)
                 except urllib.error.HTTPError as err:
-                    if err.code < 500:
+                    if err.code < 500 and err.code not in (408, 429):
                         tries = "1 try" if attempt == 1 else f"{attempt} tries"
                         raise DownloadError(
                             f"source {source!r}: {url} answered HTTP {err.code} {err.reason} "
@@ -371,10 +371,16 @@ def _download(
                     raise _Retryable(f"connection error ({reason})") from None
                 actual = sha256_file(tmp)
                 if actual not in accepted:
-                    if announced is not None and announced != received:
+                    if announced == received:  # complete as announced: other bytes, not a transient fault
+                        raise ChecksumError(
+                            f"source {source!r}: checksum mismatch for {target.name} downloaded from {url}: "
+                            f"expected sha256 {' or '.join(accepted)}, got {actual} ({received} bytes as "
+                            f"announced; not retried)"
+                        )
+                    if announced is not None:
                         detail = f"{received} of {announced} bytes: the body was cut short"
                     else:
-                        detail = f"{received} bytes"
+                        detail = f"{received} bytes, no length announced"
                     raise _Retryable(f"checksum mismatch ({detail})", actual=actual, detail=detail)
             return actual, target.stat().st_size
         except _Retryable as err:
