@@ -17,16 +17,9 @@ import torch
 from conftest import MIRROR
 
 from inbedder import encode, pooling
-from inbedder.encode import (
-    CacheError,
-    Settings,
-    encode_prompts,
-    load_model,
-    plan_batches,
-    run_causal,
-    run_lm,
-    validate_cache,
-)
+from inbedder.cache import Cache, CacheError, Settings, load_cache, read_prompts, validate_cache
+from inbedder.decoding import plan_batches, run_causal
+from inbedder.encode import encode_prompts, load_model, run_lm
 from inbedder.text import format_prompt
 
 NEED = "What does the customer need?"
@@ -281,7 +274,7 @@ def test_cache_files_keys_and_reuse(tiny_llama, tmp_path, monkeypatch):
     assert meta["prompts"]["n"] == 6 and meta["layers"] == [-1] and meta["compute"]["dtype"] == "float32"
     assert meta["generation"]["max_new_tokens"] == 3 and meta["template"] == "inbedder"
     assert set(meta["files"]) == {"prompts.jsonl", "answers.jsonl", "hidden.safetensors"}
-    cache = pooling.load_cache(tmp_path, meta["cache_key"])
+    cache = load_cache(tmp_path, meta["cache_key"])
     assert set(cache.tensors) == {
         "first_gen@-1",
         "prompt_mean@-1",
@@ -333,7 +326,7 @@ def test_cache_files_keys_and_reuse(tiny_llama, tmp_path, monkeypatch):
 
 
 def test_cache_key_changes_with_prompts_and_settings(tiny_llama, tmp_path):
-    from inbedder.encode import cache_key, key_fields, model_fingerprint
+    from inbedder.cache import cache_key, key_fields, model_fingerprint
 
     fp = model_fingerprint(tiny_llama)
     prompts = banking_prompts(5)
@@ -379,7 +372,7 @@ def test_cache_key_changes_with_prompts_and_settings(tiny_llama, tmp_path):
     )
     assert new["cache_key"] != meta["cache_key"]
     assert "stale" in validate_cache(tmp_path, meta["cache_key"])
-    assert len(pooling.load_cache(tmp_path).prompts) == 4
+    assert len(load_cache(tmp_path).prompts) == 4
 
 
 def test_truncated_corrupt_or_stale_caches_are_detected_and_recomputed(tiny_llama, tmp_path):
@@ -394,7 +387,7 @@ def test_truncated_corrupt_or_stale_caches_are_detected_and_recomputed(tiny_llam
     hidden.write_bytes(good[:-100])  # truncated
     assert "hidden.safetensors" in validate_cache(tmp_path, key)
     with pytest.raises(CacheError):
-        pooling.load_cache(tmp_path)
+        load_cache(tmp_path)
     assert encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path, **kw)["cache_key"] == key
     assert validate_cache(tmp_path, key) is None  # recomputed
     from safetensors.numpy import load_file
@@ -439,7 +432,7 @@ def test_eos_ends_the_answer_and_masks_later_steps(tiny_llama):
         and rows[0]["answer"] == ""
         and rows[0]["tokens"] == [tok.decode([stop])]
     )
-    cache_like = pooling.Cache(
+    cache_like = Cache(
         None,
         {"first_gen_in_prompt": True, "layer_index": {"-1": 2}, "num_layers": 2},
         [{"text": "x", "instruction": NEED}] * 3,
@@ -470,7 +463,7 @@ def test_masked_lm_one_pass_with_masks(tiny_roberta, tmp_path):
         dtype="float32",
         progress=False,
     )
-    cache = pooling.load_cache(tmp_path)
+    cache = load_cache(tmp_path)
     assert meta["first_gen_in_prompt"] is False and cache.tensors["gen_mask"].all()
     model, tok = load_model(tiny_roberta, "masked", "cpu", "float32")
     for i, p in enumerate(prompts):
@@ -517,7 +510,7 @@ def test_seq2seq_encoder_for_prompt_decoder_for_answer(tiny_t5, tmp_path):
         dtype="float32",
         progress=False,
     )
-    cache = pooling.load_cache(tmp_path)
+    cache = load_cache(tmp_path)
     model, tok = load_model(tiny_t5, "seq2seq", "cpu", "float32")
     for i, p in enumerate(prompts):
         enc = tok(format_prompt("inbedder", p["instruction"], p["text"]), return_tensors="pt")
@@ -570,7 +563,7 @@ def test_sentence_encoder_plain_and_prefixed(minilm, minilm_model, tmp_path):
         progress=False,
     )
     assert meta["layers"] is None and "answers.jsonl" not in meta["files"]
-    cache = pooling.load_cache(tmp_path)
+    cache = load_cache(tmp_path)
     assert pooling.available_modes(cache) == ["plain", "prefixed"]
     texts = [p["text"] for p in prompts]
     np.testing.assert_allclose(pooling.embed(cache, "plain"), minilm_model.encode(texts), atol=1e-5)
@@ -599,7 +592,7 @@ def test_re_encode_embeds_the_answers(tiny_llama, minilm, minilm_model, tmp_path
         re_encoder_dir=minilm,
         progress=False,
     )
-    cache = pooling.load_cache(tmp_path)
+    cache = load_cache(tmp_path)
     answers = [a["answer"] for a in cache.answers]
     np.testing.assert_allclose(pooling.embed(cache, "re-encode"), minilm_model.encode(answers), atol=1e-5)
     filtered = [a["answer_filtered"] for a in cache.answers]
@@ -625,7 +618,7 @@ def test_re_encode_multi_averages_seeded_samples(tiny_llama, minilm, tmp_path):
     }
     encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path / "a", **kw)
     encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path / "b", **kw)
-    a, b = pooling.load_cache(tmp_path / "a"), pooling.load_cache(tmp_path / "b")
+    a, b = load_cache(tmp_path / "a"), load_cache(tmp_path / "b")
     multi = pooling.embed(a, "re-encode-multi")
     assert multi.shape == (3, 384) and np.isfinite(multi).all()
     np.testing.assert_allclose(multi, pooling.embed(b, "re-encode-multi"), atol=1e-6)  # seeded
@@ -633,11 +626,12 @@ def test_re_encode_multi_averages_seeded_samples(tiny_llama, minilm, tmp_path):
     assert (np.linalg.norm(multi, axis=1) < 1 - 1e-4).all()
 
 
-def test_encode_task_uses_the_task_prompts(minilm, tmp_path):
+def test_encode_task_uses_the_task_table_prompts(minilm, tmp_path):
     import pandas as pd
 
     from inbedder.encode import encode_task
-    from inbedder.tasks import prepared_path, task_prompts
+    from inbedder.task_kinds import build_task_table, task_prompts
+    from inbedder.tasks import prepared_path
 
     data = tmp_path / "data"
     rows = banking_prompts(6)
@@ -653,22 +647,21 @@ def test_encode_task_uses_the_task_prompts(minilm, tmp_path):
     path.parent.mkdir(parents=True)
     table.to_parquet(path)
     spec = {"kind": "clustering", "dataset": "tiny_banking", "instructions": {"intent": NEED}}
+    task_table = build_task_table("TinyBanking", spec, tmp_path / "tasks" / "TinyBanking.parquet", data_dir=data,
+                                  limit=4)
     meta = encode_task(
-        "TinyBanking",
-        spec,
+        tmp_path / "tasks" / "TinyBanking.parquet",
         minilm,
         "sentence-encoder",
         tmp_path / "cache",
         template="inbedder",
         device="cpu",
         dtype="float32",
-        data_dir=data,
-        limit=4,
         progress=False,
     )
-    expected = task_prompts("TinyBanking", spec, data_dir=data, limit=4)
+    expected = task_prompts("TinyBanking", spec, task_table)
     assert meta["prompts"]["n"] == len(expected) == 4
-    assert [(p["text"], p["instruction"]) for p in encode.read_prompts(tmp_path / "cache")] == [
+    assert [(p["text"], p["instruction"]) for p in read_prompts(tmp_path / "cache")] == [
         (p["text"], p["instruction"]) for p in expected
     ]
 
@@ -682,8 +675,8 @@ def test_rule_params_hold_the_settings_that_change_a_cache(root):
     tuned = rule_params("smollm2-135m", "inbedder", task, config)
     assert tuned["kind"] == "causal" and tuned["template"] == config["recipes"]["inbedder"]["template"]
     assert tuned["max_new_tokens"] == config["models"]["smollm2-135m"]["max_new_tokens"]
-    assert tuned["layers"] == config.get("layers", [-1]) and tuned["task_spec"] == config["tasks"][task]
-    assert tuned["limit"] == config["limits"]["task_rows"] and tuned["re_encode_multi"] is False
+    assert tuned["layers"] == config.get("layers", [-1]) and tuned["re_encode_multi"] is False
+    assert not {"task_spec", "limit"} & set(tuned)  # the rows come in as the task table (task_kinds.table_params)
     assert rule_params("smollm2-135m", "alpaca", task, config)["template"] == "alpaca"
     assert rule_params("smollm2-135m", "none", task, config)["template"] == "inbedder"
     encoder = rule_params("minilm-l6", "none", task, config)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inbedder import datasets, evaluate, metrics, sources, tasks
+from inbedder import datasets, evaluate, metrics, mteb_tasks, sources, task_kinds, tasks
 from inbedder.config import load_config
 from inbedder.text import format_prompt
 
@@ -74,8 +74,8 @@ def st(minilm) -> MiniLM:
 def run_task(
     task, spec, st, data_dir, out: Path, limit, modes=("plain", "prefixed"), seeds=(0, 1, 2), answers=None
 ):
-    prompts = tasks.task_prompts(task, spec, data_dir=data_dir, limit=limit)
-    tables = st.tables(prompts)
+    table = task_kinds.task_table(task, spec, data_dir=data_dir or "data", limit=limit)
+    tables = st.tables(task_kinds.task_prompts(task, spec, table))
     run = evaluate.Run(
         model="minilm-l6",
         recipe="none",
@@ -83,12 +83,10 @@ def run_task(
         spec=spec,
         modes=tuple(modes),
         seeds=tuple(seeds),
-        data_dir=str(data_dir),
-        limit=limit,
         cache_key="0123456789abcdef",
     )
     frame = evaluate.evaluate_task(
-        run, lambda mode, layer: tables[mode], out / f"{task}.csv", out / task, answers=answers
+        run, table, lambda mode, layer: tables[mode], out / f"{task}.csv", out / task, answers=answers
     )
     return frame, tables
 
@@ -138,7 +136,7 @@ def test_instruction_agnostic_embedder_sums_to_one_and_has_zero_pair_spearman(st
 
 def test_two_view_clustering_per_seed_hmean_crossview_and_explanations(st, data_dir, tmp_path):
     spec = TASKS["NLUPPTwoViewClustering"]
-    table = tasks.task_table("NLUPPTwoViewClustering", spec, data_dir=data_dir, limit=80)
+    table = task_kinds.task_table("NLUPPTwoViewClustering", spec, data_dir=data_dir, limit=80)
     # stand-in answers: the gold label of the view asked about, in words ("direct debit")
     answers = {
         (t, i): f"the {lab.replace('_', ' ')}"
@@ -210,7 +208,7 @@ def test_mteb_tasks_run_offline_on_prepared_tables(st, data_dir, tmp_path):
     )
     assert (res / "experiments" / "seed_1" / "Banking77Clustering.json").exists()
     # mteb's legacy clustering (one cluster set) is exactly our MiniBatchKMeans V-measure, seed for seed
-    table = tasks.task_table("Banking77Clustering", spec, data_dir=data_dir, limit=300)
+    table = task_kinds.task_table("Banking77Clustering", spec, data_dir=data_dir, limit=300)
     instruction = spec["instructions"]["default"]
     x = np.stack([tables["plain"][(t, instruction)] for t in table["text"]])
     for seed in (0, 1, 2):
@@ -222,17 +220,10 @@ def test_mteb_tasks_run_offline_on_prepared_tables(st, data_dir, tmp_path):
 
 def test_a_text_missing_from_the_cache_is_a_loud_error(data_dir, tmp_path):
     spec = TASKS["STSBenchmark"]
-    run = evaluate.Run(
-        model="m",
-        recipe="none",
-        task="STSBenchmark",
-        spec=spec,
-        modes=("plain",),
-        data_dir=str(data_dir),
-        limit=5,
-    )
+    run = evaluate.Run(model="m", recipe="none", task="STSBenchmark", spec=spec, modes=("plain",))
+    table = task_kinds.task_table("STSBenchmark", spec, data_dir=data_dir, limit=5)
     with pytest.raises(KeyError, match="not in the encode cache"):
-        evaluate.evaluate_task(run, lambda mode, layer: {}, tmp_path / "s.csv", tmp_path / "s")
+        evaluate.evaluate_task(run, table, lambda mode, layer: {}, tmp_path / "s.csv", tmp_path / "s")
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -240,7 +231,7 @@ def _toy_rerank_task(queries, corpus, top_ranked, qrels):
     from datasets import Dataset
     from mteb.abstasks.retrieval import AbsTaskRetrieval
 
-    base = tasks.mteb_task_class("SciDocsRR")
+    base = mteb_tasks.mteb_task_class("SciDocsRR")
 
     class ToyRerank(AbsTaskRetrieval):
         metadata = base.metadata.model_copy(
@@ -286,7 +277,7 @@ def test_mteb2_retrieval_map_equals_mteb1_reranking_map_on_candidate_lists(tmp_p
     instruction = "What is the paper about based on the title?"
     lookup = {(t, instruction): v for t, v in vectors.items()}
     run = evaluate.Run(model="toy", recipe="none", task="ToyRerank", spec={}, modes=("plain",))
-    encoder = evaluate.cached_encoder(lookup, instruction, run.model_meta("plain", -1))
+    encoder = mteb_tasks.cached_encoder(lookup, instruction, run.model_meta("plain", -1))
     result = mteb.evaluate(encoder, task, cache=None, co2_tracker=False, show_progress_bar=False)
     map2 = result.task_results[0].scores["test"][0]["map_at_1000"]
     q = np.stack([vectors[t] for t in queries.values()])
@@ -322,10 +313,9 @@ def test_robustness_groups_dci_dii(tmp_path):
         for t, lab in zip(texts, labels, strict=True):
             signal = centers[int(lab[1])] if noise[group] is not None else 0
             lookup[(t, instruction)] = signal + rng.normal(scale=noise[group] or 1.0, size=8)
-    run = evaluate.Run(
-        model="m", recipe="none", task="Toy", spec=spec, modes=("1st-gen",), data_dir=str(tmp_path)
-    )
-    frame = evaluate.evaluate_task(run, lambda mode, layer: lookup, tmp_path / "r.csv", tmp_path / "r")
+    run = evaluate.Run(model="m", recipe="none", task="Toy", spec=spec, modes=("1st-gen",))
+    table = task_kinds.task_table("Toy", spec, data_dir=tmp_path)
+    frame = evaluate.evaluate_task(run, table, lambda mode, layer: lookup, tmp_path / "r.csv", tmp_path / "r")
     per_instruction = frame[frame["subset"].str.contains("/")]
     assert len(per_instruction) == 30 * 3 and set(per_instruction["metric"]) == {"v_measure"}
     for seed in (0, 1, 2):
@@ -386,24 +376,25 @@ def test_collect_scores_concatenates_and_records_skipped_tasks(tmp_path):
 
 
 def test_evaluate_cache_scores_a_real_encode_cache(st, data_dir, tmp_path, minilm):
-    """The rule's path: inbedder.encode writes the cache, inbedder.pooling serves it, the scores match."""
+    """The rules' path: one task-table file, inbedder.encode writes the cache from it, inbedder.pooling serves
+    it, evaluate scores the same file; the scores match."""
     from inbedder import encode
 
     spec = TASKS["NLUPPTwoViewTriplets"]
+    table = tmp_path / "tasks" / "NLUPPTwoViewTriplets.parquet"
+    task_kinds.build_task_table("NLUPPTwoViewTriplets", spec, table, data_dir=data_dir, limit=30)
     encode.encode_task(
-        "NLUPPTwoViewTriplets",
-        spec,
+        table,
         minilm,
         "sentence-encoder",
         tmp_path / "cache",
         template="inbedder",
-        data_dir=data_dir,
-        limit=30,
         progress=False,
         device="cpu",
     )
     frame = evaluate.evaluate_cache(
         tmp_path / "cache",
+        table,
         tmp_path / "s.csv",
         tmp_path / "s",
         model="minilm-l6",
@@ -411,8 +402,6 @@ def test_evaluate_cache_scores_a_real_encode_cache(st, data_dir, tmp_path, minil
         task="NLUPPTwoViewTriplets",
         spec=spec,
         modes=["plain", "prefixed"],
-        data_dir=str(data_dir),
-        limit=30,
     )
     reference, _ = run_task("NLUPPTwoViewTriplets", spec, st, data_dir, tmp_path / "ref", limit=30)
     merged = frame.merge(reference, on=["mode", "subset", "metric"], suffixes=("", "_ref"))

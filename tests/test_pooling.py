@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from inbedder import pooling
-from inbedder.encode import CacheError, Settings, cache_key, key_fields, write_cache
-from inbedder.text import STOPWORDS
+from inbedder.cache import Cache, CacheError, Settings, cache_key, key_fields, load_cache, write_cache
+from inbedder.text import STOPWORDS, filter_vocabulary, keep_steps
 
 H = 4  # hidden size of the hand-made states
 PROMPTS = [
@@ -24,7 +24,7 @@ TOKENS = [
 FILLERS = ["Based", " on", "Sure", "!"]
 
 
-def make_cache(tmp_path, layers=(-1, 2), first_gen_in_prompt=True) -> pooling.Cache:
+def make_cache(tmp_path, layers=(-1, 2), first_gen_in_prompt=True) -> Cache:
     """A causal cache of a 4-layer model with random states: three prompts, three steps, two layers."""
     rng = np.random.default_rng(0)
     n, steps = len(PROMPTS), 3
@@ -69,7 +69,7 @@ def make_cache(tmp_path, layers=(-1, 2), first_gen_in_prompt=True) -> pooling.Ca
         "filter": {"filler_tokens": FILLERS},
     }
     write_cache(tmp_path, meta, PROMPTS, answers, tensors)
-    return pooling.load_cache(tmp_path)
+    return load_cache(tmp_path)
 
 
 def steps_of(cache, i, layer="-1"):
@@ -132,21 +132,21 @@ def test_filter_removes_exactly_the_listed_tokens():
         " NEED",
         "Ġof",
     ]
-    keep = pooling.keep_steps(tokens, [True] * len(tokens), instr, FILLERS)
+    keep = keep_steps(tokens, [True] * len(tokens), instr, FILLERS)
     kept = [t for t, k in zip(tokens, keep, strict=True) if k]
     # dropped: "the" (stopword + instruction), "customer", "?" (instruction), "Sure" "!" "Based"
     # (fillers), "on" (stopword + filler), "NEED" (instruction, case-insensitive), "Ġof" (stopword,
     # marker stripped); kept: the newline (not listed) and the content words
     assert kept == ["\n", " Card", " refund"]
-    assert pooling.filter_vocabulary(instr, FILLERS) >= {"customer", "?", "sure", "!", "based", "need"}
-    assert "card" not in pooling.filter_vocabulary(instr, FILLERS)
-    assert set(STOPWORDS) <= pooling.filter_vocabulary([], [])
+    assert filter_vocabulary(instr, FILLERS) >= {"customer", "?", "sure", "!", "based", "need"}
+    assert "card" not in filter_vocabulary(instr, FILLERS)
+    assert set(STOPWORDS) <= filter_vocabulary([], [])
 
 
 def test_filter_respects_validity_and_falls_back_to_first_step():
-    assert pooling.keep_steps([" card", " refund"], [True, False], [], []) == [True, False]
-    assert pooling.keep_steps([" the", " of"], [True, True], [], []) == [True, False]  # fallback: step 0
-    assert pooling.keep_steps([" the", " of"], [True, True], [], [], fallback=False) == [False, False]
+    assert keep_steps([" card", " refund"], [True, False], [], []) == [True, False]
+    assert keep_steps([" the", " of"], [True, True], [], []) == [True, False]  # fallback: step 0
+    assert keep_steps([" the", " of"], [True, True], [], [], fallback=False) == [False, False]
 
 
 def test_filtered_modes(tmp_path):
@@ -169,7 +169,7 @@ def test_filtered_modes(tmp_path):
 
 def test_cache_round_trip_lookup_and_modes(tmp_path):
     cache = make_cache(tmp_path)
-    again = pooling.load_cache(tmp_path / "meta.json")
+    again = load_cache(tmp_path / "meta.json")
     assert again.prompts == [{"id": i, **p} for i, p in enumerate(PROMPTS)]
     assert again.answers[1]["tokens"] == TOKENS[1]
     for name, array in cache.tensors.items():
@@ -206,4 +206,4 @@ def test_load_cache_refuses_an_edited_cache(tmp_path):
     path = tmp_path / "answers.jsonl"
     path.write_text(path.read_text().replace("Refund", "Refunf"))
     with pytest.raises(CacheError, match="answers.jsonl: sha256 differs"):
-        pooling.load_cache(tmp_path)
+        load_cache(tmp_path)

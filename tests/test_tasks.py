@@ -1,4 +1,5 @@
-"""Task tables, prompts, limits, own data and mteb task objects (offline: prepared tables; hub: mteb's loading)."""
+"""Task tables, prompts, limits, own data, the task-table file and mteb task objects (offline: prepared tables;
+hub: mteb's loading)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from inbedder import datasets, sources, tasks
+from inbedder import datasets, mteb_tasks, sources, task_kinds, tasks
 
 TWO_VIEWS = {"action": "What does the customer want to do?", "object": "Which product is this about?"}
+
+
+def prompts_of(name: str, spec: dict, data_dir: Path | str = "data", limit: int | None = None) -> list[dict]:
+    """The prompts of a task, through its task table (what the encode job reads)."""
+    return task_kinds.task_prompts(name, spec, task_kinds.task_table(name, spec, data_dir=data_dir, limit=limit))
 
 
 def write_table(data_dir: Path, name: str, rows: list[dict]) -> None:
@@ -69,20 +75,20 @@ def tiny(tmp_path: Path) -> Path:
 
 def test_clustering_prompts_use_config_instructions_and_include_the_cross_view(tiny):
     spec = {"kind": "clustering", "dataset": "two_view", "instructions": TWO_VIEWS}
-    prompts = tasks.task_prompts("Two", spec, data_dir=tiny)
+    prompts = prompts_of("Two", spec, data_dir=tiny)
     assert len(prompts) == 8  # 4 texts x 2 instructions, each once
     assert {p["instruction"] for p in prompts} == set(TWO_VIEWS.values())  # config wins over the table
-    assert prompts == tasks.task_prompts("Two", spec, data_dir=tiny)  # deterministic
+    assert prompts == prompts_of("Two", spec, data_dir=tiny)  # deterministic
     assert prompts[0] == {"text": "t1", "instruction": TWO_VIEWS["action"]}
 
 
 def test_triplet_and_pair_prompts(tiny):
     spec = {"kind": "triplets", "dataset": "triplets", "instructions": TWO_VIEWS}
-    prompts = tasks.task_prompts("Trip", spec, data_dir=tiny)
+    prompts = prompts_of("Trip", spec, data_dir=tiny)
     assert {(p["text"], p["instruction"]) for p in prompts} == {
         (t, i) for t in ("t1", "t2", "t3") for i in TWO_VIEWS.values()
     }
-    pairs = tasks.task_prompts("Pairs", {"kind": "pairs", "dataset": "pairs"}, data_dir=tiny)
+    pairs = prompts_of("Pairs", {"kind": "pairs", "dataset": "pairs"}, data_dir=tiny)
     assert pairs == [
         {"text": "t1", "instruction": TWO_VIEWS["action"]},
         {"text": "t2", "instruction": TWO_VIEWS["action"]},
@@ -93,18 +99,18 @@ def test_triplet_and_pair_prompts(tiny):
 
 def test_a_single_view_task_has_no_cross_view_prompts(tiny):
     spec = {"kind": "clustering", "dataset": "two_view", "instructions": TWO_VIEWS}
-    table = tasks.task_table("Two", spec, data_dir=tiny)
+    table = task_kinds.task_table("Two", spec, data_dir=tiny)
     write_table(tiny, "one_view", table[table["subset"] == "action"].to_dict("records"))
-    prompts = tasks.task_prompts("One", {"kind": "clustering", "dataset": "one_view"}, data_dir=tiny)
+    prompts = prompts_of("One", {"kind": "clustering", "dataset": "one_view"}, data_dir=tiny)
     assert {p["instruction"] for p in prompts} == {TWO_VIEWS["action"]}  # from the table: no config entry
 
 
 def test_limit_is_seeded_deterministic_and_keeps_the_same_texts_in_every_view(tiny):
     spec = {"kind": "clustering", "dataset": "two_view", "instructions": TWO_VIEWS}
-    table = tasks.task_table("Two", spec, data_dir=tiny, limit=2)
+    table = task_kinds.task_table("Two", spec, data_dir=tiny, limit=2)
     by_view = {v: set(g["text"]) for v, g in table.groupby("subset")}
     assert len(by_view["action"]) == 2 and by_view["action"] == by_view["object"]
-    assert table.equals(tasks.task_table("Two", spec, data_dir=tiny, limit=2))
+    assert table.equals(task_kinds.task_table("Two", spec, data_dir=tiny, limit=2))
     expected = sorted(["t1", "t2", "t3", "t4"], key=tasks.rank_key)[:2]
     assert by_view["action"] == set(expected)
 
@@ -116,12 +122,17 @@ def test_robustness_prompts_are_every_text_under_every_instruction(tiny):
         "subset": "object",
         "instructions": {g: [f"{g} question {i}?" for i in range(10)] for g in tasks.ROBUSTNESS_GROUPS},
     }
-    prompts = tasks.task_prompts("Rob", spec, data_dir=tiny)
+    prompts = prompts_of("Rob", spec, data_dir=tiny)
     assert len(prompts) == 4 * 30
-    assert tasks.task_table("Rob", spec, data_dir=tiny)["label"].tolist() == ["card", "loan", "card", "loan"]
-    assert len(tasks.task_prompts("Rob", spec, data_dir=tiny, limit=3)) == 3 * 30
+    table = task_kinds.task_table("Rob", spec, data_dir=tiny)
+    assert table.groupby("subset", sort=False)["label"].agg(list).tolist() == [["card", "loan", "card", "loan"]] * 30
+    assert table.groupby("subset", sort=False)["instruction"].first().tolist() == [
+        i for _, _, i in tasks.robustness_instructions("Rob", spec)
+    ]
+    assert table["subset"].iloc[0] == "correct/00" and table["subset"].iloc[-1] == "incorrect/09"
+    assert len(prompts_of("Rob", spec, data_dir=tiny, limit=3)) == 3 * 30
     with pytest.raises(tasks.TaskError, match="incorrect"):
-        tasks.task_prompts(
+        prompts_of(
             "Rob", {**spec, "instructions": {"correct": ["a"], "implicit": ["b"]}}, data_dir=tiny
         )
 
@@ -138,14 +149,14 @@ def test_modes_for_restricts_and_defaults_robustness_to_first_gen():
 
 def test_errors_name_the_file_column_and_key(tiny):
     with pytest.raises(tasks.TaskError, match=r"missing_table\.parquet"):
-        tasks.task_prompts("X", {"kind": "clustering", "dataset": "missing_table"}, data_dir=tiny)
+        prompts_of("X", {"kind": "clustering", "dataset": "missing_table"}, data_dir=tiny)
     write_table(tiny, "no_label", [{"subset": "a", "instruction": "i", "text": "t"}])
-    with pytest.raises(tasks.TaskError, match=r"\['label'\]"):
-        tasks.task_prompts("X", {"kind": "clustering", "dataset": "no_label"}, data_dir=tiny)
+    with pytest.raises(tasks.TaskError, match=r"column 'label' missing .*\(tasks\.X\)"):
+        prompts_of("X", {"kind": "clustering", "dataset": "no_label"}, data_dir=tiny)
     with pytest.raises(tasks.TaskError, match="tasks.X.kind"):
-        tasks.task_prompts("X", {"kind": "nonsense"}, data_dir=tiny)
+        prompts_of("X", {"kind": "nonsense"}, data_dir=tiny)
     with pytest.raises(tasks.TaskError, match="tasks.X.instructions.a"):
-        tasks.task_prompts(
+        prompts_of(
             "X", {"kind": "clustering", "dataset": "two_view", "instructions": {"a": ""}}, data_dir=tiny
         )
 
@@ -161,22 +172,23 @@ def test_own_data_csv_and_jsonl(tmp_path):
         "instructions": {"mood": "How does the writer feel?", "topic": "What is it about?"},
         "k": 2,
     }
-    table = tasks.task_table("Mine", spec)
-    assert table.to_dict("records") == [
-        {"text": "hello there", "label": "a"},
-        {"text": "bye now", "label": "b"},
+    table = task_kinds.task_table("Mine", spec)
+    assert table[table["subset"] == "mood"].drop(columns="subset").to_dict("records") == [
+        {"instruction": "How does the writer feel?", "text": "hello there", "label": "a"},
+        {"instruction": "How does the writer feel?", "text": "bye now", "label": "b"},
     ]
-    assert len(tasks.task_prompts("Mine", spec)) == 4
+    assert list(table["subset"]) == ["mood", "mood", "topic", "topic"]
+    assert len(prompts_of("Mine", spec)) == 4
     jsonl = tmp_path / "mine.jsonl"
     jsonl.write_text('{"message": "one"}\n{"message": "two"}\n', encoding="utf-8")
     spec_jsonl = {"kind": "own", "path": str(jsonl), "text_column": "message", "instructions": {"a": "q?"}}
-    assert [p["text"] for p in tasks.task_prompts("Mine", spec_jsonl)] == ["one", "two"]
+    assert [p["text"] for p in prompts_of("Mine", spec_jsonl)] == ["one", "two"]
     with pytest.raises(tasks.TaskError, match=r"\['nope'\]"):
-        tasks.task_table("Mine", {**spec, "text_column": "nope"})
+        task_kinds.task_table("Mine", {**spec, "text_column": "nope"})
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"text\n\xff\xfe broken\n")
     with pytest.raises(tasks.TaskError, match="UTF-8"):
-        tasks.task_table("Mine", {**spec, "path": str(bad), "text_column": "text", "label_column": None})
+        task_kinds.task_table("Mine", {**spec, "path": str(bad), "text_column": "text", "label_column": None})
 
 
 def test_example_own_data_file_in_config(root):
@@ -184,8 +196,8 @@ def test_example_own_data_file_in_config(root):
 
     spec = load_config(root / "config.yaml")["tasks"]["OwnDataExample"]
     spec = {**spec, "path": str(root / spec["path"])}
-    table = tasks.task_table("OwnDataExample", spec)
-    assert len(table) == 40 and table["label"].nunique() == spec["k"]
+    table = task_kinds.task_table("OwnDataExample", spec)
+    assert set(table.groupby("subset").size()) == {40} and table["label"].nunique() == spec["k"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,11 +206,13 @@ def test_example_own_data_file_in_config(root):
 
 def test_offline_mteb_tasks_list_exactly_what_mteb_encodes(tiny):
     sts = {"kind": "mteb", "mteb_task": "STSBenchmark", "dataset": "sts", "instructions": {"default": "q?"}}
-    task = tasks.mteb_task("MySTS", sts, data_dir=tiny)
+    table = task_kinds.task_table("MySTS", sts, data_dir=tiny)
+    task = mteb_tasks.mteb_task("MySTS", sts, table=table)
     assert task.metadata.name == "STSBenchmark"
     assert task.metadata.dataset["path"] == "inbedder:data/prepared/sts.parquet"
-    assert tasks.texts_of_loaded_task(task) == tasks.mteb_texts("MySTS", sts, data_dir=tiny)  # same order too
-    assert len(tasks.task_prompts("MySTS", sts, data_dir=tiny)) == 24
+    assert task.metadata.dataset["revision"] == tasks.table_revision(table)
+    assert mteb_tasks.texts_of_loaded_task(task) == task_kinds.Mteb.texts(table)  # same order too
+    assert len(prompts_of("MySTS", sts, data_dir=tiny)) == 24
 
     clu = {
         "kind": "mteb",
@@ -206,18 +220,19 @@ def test_offline_mteb_tasks_list_exactly_what_mteb_encodes(tiny):
         "dataset": "sets",
         "instructions": {"default": "t?"},
     }
-    task = tasks.mteb_task("My20", clu, data_dir=tiny, limit=4, seed=7)
+    table = task_kinds.task_table("My20", clu, data_dir=tiny, limit=4)
+    task = mteb_tasks.mteb_task("My20", clu, table=table, seed=7)
     assert task.seed == 7
     assert task.dataset["test"].num_rows == 2  # one row per cluster set
     assert [len(s) for s in task.dataset["test"]["sentences"]] == [4, 4]
-    assert sorted(tasks.texts_of_loaded_task(task)) == sorted(
-        tasks.mteb_texts("My20", clu, data_dir=tiny, limit=4)
-    )
+    assert sorted(mteb_tasks.texts_of_loaded_task(task)) == sorted(task_kinds.Mteb.texts(table))
 
-    b77 = tasks.mteb_task("Banking77Clustering", {"kind": "mteb", "dataset": "sets"}, data_dir=tiny)
+    b77_spec = {"kind": "mteb", "dataset": "sets", "instructions": {"default": "need?"}}
+    b77_table = task_kinds.task_table("Banking77Clustering", b77_spec, data_dir=tiny)
+    b77 = mteb_tasks.mteb_task("Banking77Clustering", b77_spec, table=b77_table)
     assert b77.metadata.main_score == "v_measure"
     with pytest.raises(tasks.TaskError, match="no task 'NoSuchTask'"):
-        tasks.mteb_task_class("NoSuchTask")
+        mteb_tasks.mteb_task_class("NoSuchTask")
 
 
 def _toy_retrieval_class():
@@ -225,7 +240,7 @@ def _toy_retrieval_class():
     from datasets import Dataset
     from mteb.abstasks.retrieval import AbsTaskRetrieval
 
-    base = tasks.mteb_task_class("AskUbuntuDupQuestions")
+    base = mteb_tasks.mteb_task_class("AskUbuntuDupQuestions")
 
     class ToyRerank(AbsTaskRetrieval):
         metadata = base.metadata.model_copy(
@@ -258,10 +273,10 @@ def _toy_retrieval_class():
 def test_retrieval_texts_include_titles_and_limit_keeps_the_reached_corpus():
     task = _toy_retrieval_class()()
     task.load_data()
-    texts = tasks.texts_of_loaded_task(task)
+    texts = mteb_tasks.texts_of_loaded_task(task)
     assert "T0 doc 0" in texts and "doc 1" in texts and "how to z" in texts
     assert len(texts) == 9
-    tasks._limit_retrieval(task.dataset, 1)
+    mteb_tasks.limit_retrieval(task.dataset, 1)
     split = task.dataset["default"]["test"]
     (kept,) = split["queries"]["id"]
     assert set(split["corpus"]["id"]) == set(split["top_ranked"][kept]) | set(split["relevant_docs"][kept])
@@ -282,14 +297,54 @@ def nlupp_dir(tmp_path_factory, mirror) -> Path:
 
 def test_nlupp_prompts_on_the_mirror(nlupp_dir):
     clustering = {"kind": "clustering", "dataset": "nlupp_clustering", "instructions": TWO_VIEWS}
-    prompts = tasks.task_prompts("C", clustering, data_dir=nlupp_dir)
+    prompts = prompts_of("C", clustering, data_dir=nlupp_dir)
     texts = {p["text"] for p in prompts}
     assert len(prompts) == 2 * len(texts) and len(texts) > 500
-    limited = tasks.task_table("C", clustering, data_dir=nlupp_dir, limit=50)
+    limited = task_kinds.task_table("C", clustering, data_dir=nlupp_dir, limit=50)
     assert limited.groupby("subset")["text"].nunique().to_dict() == {"action": 50, "object": 50}
     triplets = {"kind": "triplets", "dataset": "nlupp_triplets", "instructions": TWO_VIEWS}
-    t = tasks.task_table("T", triplets, data_dir=nlupp_dir, limit=20)
+    t = task_kinds.task_table("T", triplets, data_dir=nlupp_dir, limit=20)
     # the same anchors in both views: the mirrored triplets survive the limit together
     assert set(t[t.subset == "action"]["anchor"]) == set(t[t.subset == "object"]["anchor"])
-    pairs = tasks.task_table("P", {"kind": "pairs", "dataset": "nlupp_pairs"}, data_dir=nlupp_dir, limit=30)
+    pairs = task_kinds.task_table("P", {"kind": "pairs", "dataset": "nlupp_pairs"}, data_dir=nlupp_dir, limit=30)
     assert pairs.groupby("instruction").size().tolist() == [30, 30]
+
+
+# ----------------------------------------------------------------------------------------------
+# the task-table file: decided once, read by encode and evaluate
+
+
+def test_the_task_table_file_keeps_rows_kind_and_limit(tiny, tmp_path):
+    spec = {"kind": "triplets", "dataset": "triplets", "instructions": TWO_VIEWS}
+    path = tmp_path / "results" / "tasks" / "Trip.parquet"
+    built = task_kinds.build_task_table("Trip", spec, path, data_dir=tiny, limit=1)
+    back = tasks.read_task_table(path)
+    pd.testing.assert_frame_equal(back, built)
+    assert back.attrs == {"task": "Trip", "kind": "triplets", "limit": 1}
+    assert list(back.columns) == list(task_kinds.Triplets.columns)
+    assert set(back["instruction"]) == set(TWO_VIEWS.values())  # resolved from config, not the table's "x"
+    # the encode job needs nothing but the file to list the prompts
+    assert task_kinds.table_prompts(back) == prompts_of("Trip", spec, data_dir=tiny, limit=1)
+    assert tasks.table_revision(back).endswith("-limit1")
+    plain = tmp_path / "plain.parquet"
+    built.to_parquet(plain)
+    with pytest.raises(tasks.TaskError, match="not a task table"):
+        tasks.read_task_table(plain)
+    with pytest.raises(tasks.TaskError, match="task table not found"):
+        tasks.read_task_table(tmp_path / "nope.parquet")
+
+
+def test_pair_subsets_are_the_config_keys_naming_the_instruction(tiny):
+    spec = {"kind": "pairs", "dataset": "pairs", "instructions": {"act": TWO_VIEWS["action"]}}
+    table = task_kinds.task_table("Pairs", spec, data_dir=tiny)
+    assert table[["subset", "instruction"]].values.tolist() == [["act", TWO_VIEWS["action"]], ["", TWO_VIEWS["object"]]]
+
+
+def test_table_params_hold_what_changes_the_rows(root):
+    from inbedder.config import load_config
+
+    config = load_config(root / "config.yaml", root / "workflow" / "profiles" / "offline" / "run.yaml")
+    params = task_kinds.table_params("NLUPPTwoViewTriplets", config)
+    assert params == {"spec": config["tasks"]["NLUPPTwoViewTriplets"], "limit": config["limits"]["task_rows"]}
+    with pytest.raises(KeyError, match="task 'Nope'"):
+        task_kinds.table_params("Nope", config)

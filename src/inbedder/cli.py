@@ -76,7 +76,7 @@ def cluster(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Encode, cluster and explain the texts of `file` under each instruction; write the results into out_dir."""
-    from inbedder import encode, evaluate, tasks
+    from inbedder import encode, evaluate, task_kinds
 
     if not instructions:
         raise ValueError("cluster: give at least one --instruction")
@@ -86,10 +86,11 @@ def cluster(
     names = ["instruction"] if len(instructions) == 1 else [f"instruction{i + 1}" for i in range(len(instructions))]
     spec = {"kind": "own", "path": str(file), "text_column": text_column, "label_column": label_column,
             "instructions": dict(zip(names, instructions, strict=True)), "k": int(k)}
-    prompts = tasks.task_prompts("cluster", spec)
+    table = task_kinds.task_table("cluster", spec)
+    prompts = task_kinds.task_prompts("cluster", spec, table)
     encode.encode_prompts(model_dir, kind, prompts, template, out / "cache", max_new_tokens=max_new_tokens,
                           layers=[layer], batch_size=batch_size, device=device, dtype=dtype, progress=progress)
-    frame = evaluate.evaluate_cache(out / "cache", out / "scores.csv", out, model=Path(model_dir).name,
+    frame = evaluate.evaluate_cache(out / "cache", table, out / "scores.csv", out, model=Path(model_dir).name,
                                     recipe="cli", task="cluster", spec=spec, modes=[mode], layers=[layer],
                                     seeds=[seed])
     _write_answers(out)
@@ -98,10 +99,10 @@ def cluster(
 
 def _write_answers(out: Path) -> None:
     """answers.csv beside the assignments: each text's generated answer per instruction (language models)."""
-    from inbedder import pooling
+    from inbedder.cache import load_cache
     from inbedder.files import atomic_path
 
-    cache = pooling.load_cache(out / "cache")
+    cache = load_cache(out / "cache")
     if cache.answers is None:
         return
     by_id = {a["id"]: a.get("answer", "") for a in cache.answers}

@@ -1,4 +1,4 @@
-"""Embedding modes as pure functions of an encode cache (docs/contracts.md): no model runs here.
+"""Embedding modes as pure functions of an encode cache (`inbedder.cache`): no model runs here.
 
 Generation steps: step 0 is `first_gen` (the last prompt token's state; masked LMs: the first mask;
 seq2seq: the decoder start), step t >= 1 is `gen[:, t-1]` (the state AT generated token t). Step t
@@ -14,9 +14,9 @@ predicts token `gen_ids[:, t]`; `gen_mask` marks the steps up to and including t
 - `re-encode`, `re-encode+filter`, `re-encode-multi`, `plain`, `prefixed`: stored as computed;
 - `avg-gen+filter`, `last-gen+filter`, `avg-all+filter`: as above over the steps the filter keeps.
 
-The filter drops a step whose token (the token the step predicts, decoded on its own, the tokenizer's
-space marker stripped, lower-cased) is a stopword (inbedder.text.STOPWORDS), a token of the prompt's
-instruction, or a token of the filler phrases "Based on" / "Sure!" (inbedder.text.FILLER_PHRASES).
+The filter (`inbedder.text.keep_steps`, beside its word lists) drops a step whose token (the token the
+step predicts, decoded on its own, the tokenizer's space marker stripped, lower-cased) is a stopword, a
+token of the prompt's instruction, or a token of the filler phrases "Based on" / "Sure!".
 Step 0 can be dropped like any other; when every step is dropped, the filter keeps step 0 alone, so
 `avg-gen+filter` falls back to `1st-gen` (documented fallback, never an empty mean).
 """
@@ -25,59 +25,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from inbedder.text import STOPWORDS
+from inbedder.cache import Cache, load_cache
+from inbedder.text import keep_steps
 
 GENERATION_MODES = ("1st-gen", "avg-gen", "last-gen", "avg-ppt", "avg-all")
 FILTERED_MODES = ("avg-gen+filter", "last-gen+filter", "avg-all+filter")
 STORED_MODES = ("re-encode", "re-encode+filter", "re-encode-multi", "plain", "prefixed")
-SPACE_MARKERS = ("\u0120", "\u2581", "\u010a")  # byte-level BPE space, sentencepiece space, BPE newline
-
-
-@dataclass(frozen=True)
-class Cache:
-    """An encode cache read into memory: meta, prompts, answers (language models) and arrays."""
-
-    path: Path
-    meta: dict[str, Any]
-    prompts: list[dict[str, Any]]
-    answers: list[dict[str, Any]] | None
-    tensors: dict[str, np.ndarray]
-
-    @property
-    def n(self) -> int:
-        """Number of prompts."""
-        return len(self.prompts)
-
-
-def load_cache(cache_dir: str | os.PathLike, expected_key: str | None = None) -> Cache:
-    """Read a cache after checking it (meta.json, key, sizes, checksums); raise CacheError if it is not valid."""
-    from safetensors.numpy import load_file
-
-    from inbedder.encode import ANSWERS, HIDDEN, PROMPTS, check_cache
-    from inbedder.files import read_jsonl
-
-    path = Path(cache_dir)
-    if path.name == "meta.json":
-        path = path.parent
-    meta = check_cache(path, expected_key)
-    prompts = read_jsonl(path / PROMPTS)
-    answers = read_jsonl(path / ANSWERS) if ANSWERS in meta["files"] else None
-    tensors = load_file(str(path / HIDDEN))
-    n = meta["prompts"]["n"]
-    if len(prompts) != n or (answers is not None and len(answers) != n):
-        raise ValueError(f"{path}: {len(prompts)} prompts / {None if answers is None else len(answers)} answers, "
-                         f"meta.json says {n}")
-    for name, array in tensors.items():
-        if array.shape[0] != n:
-            raise ValueError(f"{path}/{HIDDEN}: {name} has {array.shape[0]} rows, expected {n}")
-    return Cache(path, meta, prompts, answers, tensors)
 
 
 def _as_cache(cache: Cache | str | os.PathLike) -> Cache:
@@ -86,30 +42,6 @@ def _as_cache(cache: Cache | str | os.PathLike) -> Cache:
 
 # ----------------------------------------------------------------------------------------------
 # the filter
-
-
-def normalize_token(token: str) -> str:
-    """A decoded token as the filter compares it: space markers and whitespace stripped, lower-cased."""
-    for marker in SPACE_MARKERS:
-        token = token.replace(marker, " ")
-    return token.strip().lower()
-
-
-def filter_vocabulary(instruction_tokens: Sequence[str], filler_tokens: Sequence[str]) -> frozenset[str]:
-    """Normalised tokens the filter drops: stopwords, the instruction's tokens and the filler phrases' tokens."""
-    words = {normalize_token(t) for t in (*instruction_tokens, *filler_tokens)}
-    return frozenset((words | set(STOPWORDS)) - {""})
-
-
-def keep_steps(tokens: Sequence[str], valid: Sequence[bool], instruction_tokens: Sequence[str],
-               filler_tokens: Sequence[str], fallback: bool = True) -> list[bool]:
-    """Which generation steps the filter keeps (step t predicts tokens[t]); with `fallback`, step 0 if none."""
-    vocab = filter_vocabulary(instruction_tokens, filler_tokens)
-    keep = [bool(v) and normalize_token(t) not in vocab for t, v in zip(tokens, valid, strict=False)]
-    keep += [False] * (len(valid) - len(keep))
-    if fallback and not any(keep) and keep:
-        keep[0] = True
-    return keep
 
 
 def step_mask(cache: Cache, filtered: bool) -> np.ndarray:

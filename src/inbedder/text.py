@@ -1,10 +1,19 @@
-"""Prompt templates, the stopword list and answer normalisation shared by every stage."""
+"""Words shared by every stage: prompt building, the step filter with its word lists, answer normalisation.
+
+Prompt building is `format_prompt` (a template filled with an instruction and a text) and
+`prompt_token_ids` (its token ids, an over-long text cut to fit). The step filter (which generation
+steps the `+filter` modes and `re-encode+filter` keep) is decided here from the word lists below
+and the tokens of the instruction: `keep_steps`, fed by `instruction_tokens` and `filler_tokens`.
+The filter drops a step whose token (decoded on its own, the tokenizer's space marker stripped,
+lower-cased) is a stopword, a token of the prompt's instruction, or a token of the filler phrases.
+"""
 
 from __future__ import annotations
 
 import re
 import string
 from collections import Counter
+from collections.abc import Sequence
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
@@ -23,8 +32,13 @@ STOPWORDS: frozenset[str] = frozenset(ENGLISH_STOP_WORDS)
 
 # Phrases the paper also filters: chat-style openers that carry no content.
 FILLER_PHRASES: tuple[str, ...] = ("Based on", "Sure!")
+SPACE_MARKERS = ("\u0120", "\u2581", "\u010a")  # byte-level BPE space, sentencepiece space, BPE newline
 
 _WORD = re.compile(r"\w+(?:'\w+)?")
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts
 
 
 def format_prompt(template: str, instruction: str, input: str) -> str:
@@ -33,6 +47,79 @@ def format_prompt(template: str, instruction: str, input: str) -> str:
     if "{input}" not in pattern:
         raise ValueError(f"template {template!r} is neither a known name ({sorted(TEMPLATES)}) nor has {{input}}")
     return pattern.format(instruction=instruction, input=input)
+
+
+def prompt_token_ids(tokenizer, template: str, text: str, instruction: str, budget: int,
+                     add_special_tokens: bool = True) -> list[int]:
+    """Token ids of the formatted prompt; an over-long input text is cut at its end until it fits `budget`."""
+    ids = tokenizer(format_prompt(template, instruction, text), add_special_tokens=add_special_tokens).input_ids
+    if len(ids) <= budget:
+        return list(ids)
+    text_ids = tokenizer(text, add_special_tokens=False).input_ids
+    keep = max(0, len(text_ids) - (len(ids) - budget) - 2)
+    while True:
+        short = tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
+        ids = tokenizer(format_prompt(template, instruction, short), add_special_tokens=add_special_tokens).input_ids
+        if len(ids) <= budget:
+            return list(ids)
+        if keep == 0:
+            raise ValueError(f"template {template!r}: the prompt does not fit max_length {budget} even with an "
+                             f"empty input (instruction {instruction[:60]!r})")
+        keep = max(0, keep - max(1, len(ids) - budget))
+
+
+# ----------------------------------------------------------------------------------------------
+# the step filter
+
+
+def decode_tokens(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Each token id decoded on its own (the filter decides per generation step from these)."""
+    return [tokenizer.decode([int(t)]) for t in ids]
+
+
+def filler_tokens(tokenizer) -> list[str]:
+    """Decoded tokens of the filler phrases ("Based on", "Sure!"), with and without a leading space."""
+    out: list[str] = []
+    for phrase in FILLER_PHRASES:
+        for variant in (phrase, " " + phrase):
+            out += decode_tokens(tokenizer, tokenizer(variant, add_special_tokens=False).input_ids)
+    return list(dict.fromkeys(out))
+
+
+def instruction_tokens(tokenizer, instruction: str) -> list[str]:
+    """The instruction's tokens, decoded one by one, as they appear inside a prompt and on their own."""
+    out: list[str] = []
+    for variant in (instruction, " " + instruction):
+        out += decode_tokens(tokenizer, tokenizer(variant, add_special_tokens=False).input_ids)
+    return list(dict.fromkeys(out))
+
+
+def normalize_token(token: str) -> str:
+    """A decoded token as the filter compares it: space markers and whitespace stripped, lower-cased."""
+    for marker in SPACE_MARKERS:
+        token = token.replace(marker, " ")
+    return token.strip().lower()
+
+
+def filter_vocabulary(instruction_tokens: Sequence[str], filler_tokens: Sequence[str]) -> frozenset[str]:
+    """Normalised tokens the filter drops: stopwords, the instruction's tokens and the filler phrases' tokens."""
+    words = {normalize_token(t) for t in (*instruction_tokens, *filler_tokens)}
+    return frozenset((words | set(STOPWORDS)) - {""})
+
+
+def keep_steps(tokens: Sequence[str], valid: Sequence[bool], instruction_tokens: Sequence[str],
+               filler_tokens: Sequence[str], fallback: bool = True) -> list[bool]:
+    """Which generation steps the filter keeps (step t predicts tokens[t]); with `fallback`, step 0 if none."""
+    vocab = filter_vocabulary(instruction_tokens, filler_tokens)
+    keep = [bool(v) and normalize_token(t) not in vocab for t, v in zip(tokens, valid, strict=False)]
+    keep += [False] * (len(valid) - len(keep))
+    if fallback and not any(keep) and keep:
+        keep[0] = True
+    return keep
+
+
+# ----------------------------------------------------------------------------------------------
+# answers
 
 
 def remove_stopwords(answer: str) -> str:

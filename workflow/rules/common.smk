@@ -111,7 +111,6 @@ def evaluate_params(wildcards):
         "modes": eval_modes(wildcards.model, wildcards.task),
         "layers": eval_layers(wildcards.model),
         "seeds": list(config.get("seeds", [0, 1, 2])),
-        "limit": config["limits"]["task_rows"],
     }
 
 

@@ -1,14 +1,15 @@
 # Encode stage: one pass of a model over every distinct (text, instruction) prompt of a task ->
 # results/<run>/cache/<model>-<recipe>/<task>/ (prompts, answers, hidden states, meta.json last).
-# Every embedding mode is pooled from that cache (inbedder.pooling). A cache whose key and checksums
-# still hold is reused, not recomputed. Library: inbedder.encode (params: encode.rule_params).
+# The prompts are those of the task table (rule task_table). Every embedding mode is pooled from that
+# cache (inbedder.pooling). A cache whose key and checksums still hold is reused, not recomputed.
+# Library: inbedder.encode (params: encode.rule_params); the cache format: inbedder.cache.
 from inbedder.encode import re_encoder_name, rule_params as encode_rule_params
 
 
 rule encode:
     input:
         model=lambda wildcards: model_ready(wildcards.model, wildcards.recipe),
-        data=task_data,
+        table=f"{R}/tasks/{{task}}.parquet",
         re_encoder=lambda wildcards: [
             model_ready(name, "none")
             for name in [re_encoder_name(wildcards.model, wildcards.task, config)]
@@ -24,7 +25,6 @@ rule encode:
         settings=lambda wildcards: encode_rule_params(
             wildcards.model, wildcards.recipe, wildcards.task, config
         ),
-        data_dir="data",
     threads: 2
     resources:
         gpu=1,

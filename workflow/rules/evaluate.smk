@@ -1,9 +1,10 @@
 # Evaluate stage: encode cache -> per-(model, recipe, task) tidy scores, mteb-layout JSON and cluster
-# explanations -> results/<run>/scores.csv (+ skipped.csv). Library: inbedder.evaluate, inbedder.tasks.
+# explanations -> results/<run>/scores.csv (+ skipped.csv). The rows scored are the task table's, the
+# same file the encode job read. Library: inbedder.evaluate, inbedder.task_kinds.
 rule evaluate_task:
     input:
         cache=f"{R}/cache/{{model}}-{{recipe}}/{{task}}/meta.json",
-        data=task_data,
+        table=f"{R}/tasks/{{task}}.parquet",
     output:
         scores=f"{R}/scores/{{model}}-{{recipe}}/{{task}}.csv",
         details=directory(f"{R}/scores/{{model}}-{{recipe}}/{{task}}"),
@@ -13,7 +14,6 @@ rule evaluate_task:
         f"{R}/benchmarks/evaluate/{{model}}-{{recipe}}/{{task}}.tsv"
     params:
         settings=evaluate_params,
-        data_dir="data",
     threads: 1
     conda:
         "../../envs/torch.yaml"

@@ -17,8 +17,7 @@ with rule_log(snakemake.log[0]) as log_file:
     re_encoder = list(snakemake.input.re_encoder)  # empty unless a re-encode mode is scored
     try:
         meta = encode_task(
-            s["task"],
-            s["task_spec"],
+            snakemake.input.table,
             Path(snakemake.input.model).parent,
             s["kind"],
             Path(snakemake.output[0]).parent,
@@ -30,10 +29,8 @@ with rule_log(snakemake.log[0]) as log_file:
             dtype=s["dtype"],
             re_encoder_dir=Path(re_encoder[0]).parent if re_encoder else None,
             re_encode_multi=s["re_encode_multi"],
-            data_dir=snakemake.params.data_dir,
-            limit=s["limit"],
         )
     except Exception:
-        log.exception("encoding %s on %s failed", snakemake.wildcards.model, s["task"])
+        log.exception("encoding %s on %s failed", snakemake.wildcards.model, snakemake.wildcards.task)
         raise
     log.info("cache %s: %d prompts, %s", meta["cache_key"][:12], meta["prompts"]["n"], meta.get("stats"))

@@ -15,6 +15,7 @@ with rule_log(snakemake.log[0]) as log_file:
     try:
         evaluate_cache(
             Path(snakemake.input.cache).parent,
+            snakemake.input.table,
             snakemake.output.scores,
             snakemake.output.details,
             model=w.model,
@@ -24,8 +25,6 @@ with rule_log(snakemake.log[0]) as log_file:
             modes=list(settings["modes"]),
             layers=list(settings["layers"]),
             seeds=list(settings["seeds"]),
-            limit=settings["limit"],
-            data_dir=snakemake.params.data_dir,
         )
     except Exception:
         log.exception("evaluating %s-%s on %s failed", w.model, w.recipe, w.task)

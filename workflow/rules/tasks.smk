@@ -1,0 +1,21 @@
+# Task tables: the rows each task scores, decided once -> results/<run>/tasks/<task>.parquet (the rows
+# after `limits.task_rows`, each with its subset and resolved instruction; for mteb tasks the texts mteb
+# will ask for). The encode and evaluate jobs of every model read this one file.
+# Library: inbedder.task_kinds (params: task_kinds.table_params).
+from inbedder.task_kinds import table_params
+
+
+rule task_table:
+    input:
+        task_data,
+    output:
+        f"{R}/tasks/{{task}}.parquet",
+    log:
+        f"{R}/logs/tasks/{{task}}.log",
+    params:
+        settings=lambda wildcards: table_params(wildcards.task, config),
+        data_dir="data",
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/task_table.py"
