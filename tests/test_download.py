@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
 import signal
 import subprocess
@@ -287,7 +288,10 @@ def test_smoke_profile_downloads_when_no_mirror_is_found_and_scores_equal_the_mi
     base = tmp_path_factory.mktemp("anywhere")  # base/../shared/data does not exist
     env = clean_env()
     downloaded = fresh_clone(base / "clone-online")
-    make_smoke(downloaded, "smoke-download", {**env, sources.REWRITE_VARIABLE: hosts.rewrite})
+    online = {**env, sources.REWRITE_VARIABLE: hosts.rewrite}
+    make_smoke(downloaded, "smoke-download", online)
+    result = make(downloaded, "data", env=online)  # the other three offline sources
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     mirrored = fresh_clone(base / "clone-mirror")
     make_smoke(mirrored, "smoke-mirror", {**env, sources.MIRROR_VARIABLE: str(mirror)})
 
@@ -297,8 +301,12 @@ def test_smoke_profile_downloads_when_no_mirror_is_found_and_scores_equal_the_mi
         assert f"{base / 'shared' / 'data'} does not exist" in log
         log = (mirrored / "data" / "logs" / "data" / "fetch_source" / f"{name}.log").read_text()
         assert f"origin mirror {mirror}: data_mirror: auto and INBEDDER_DATA_MIRROR={mirror}" in log
-    assert all(n.startswith(("raw.githubusercontent.com",)) for n in hosts.hits)
-    assert {p.name for p in (downloaded / "data" / "raw").iterdir()} == {"c3", "nlupp", "stsb"}
+    assert set(hosts.hits) == set(routes_for(mirror)) and all(n == 1 for n in hosts.hits.values())
+    for name in FILE_SOURCES:
+        manifest = json.loads((downloaded / "data" / "raw" / name / "manifest.json").read_text())
+        assert manifest["origin"] == "url", name
+        for f, record in zip(REGISTRY[name].files, manifest["files"]):
+            assert sha256_file(downloaded / "data" / "raw" / name / f.name) == record["sha256"]
     pd.testing.assert_frame_equal(
         read_scores(downloaded / "results" / "smoke-download" / "scores.csv"),
         read_scores(mirrored / "results" / "smoke-mirror" / "scores.csv"),
