@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import re
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from inbedder import report
+from inbedder.bootstrap import ItemData, item_frame
 from inbedder.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,17 +49,16 @@ def frame(rows: list[tuple]) -> pd.DataFrame:
 def ia_rows(
     model: str, recipe: str, mode: str, trip: float, clus: list[float], pairs: float, suite: str = "offline"
 ) -> list[tuple]:
-    """One run's three instruction-awareness tasks (hmean subsets given directly, clustering per seed)."""
+    """One run's three instruction-awareness tasks (both views at the same value, clustering per seed)."""
     t_trip, t_clus, t_pairs = (
         ("NLUPPTwoViewTriplets", "NLUPPTwoViewClustering", "NLUPPInstructedPairs")
         if suite == "offline"
         else ("IntentEmotion", "NYTClustering", "InstructSTSB")
     )
-    rows = [
-        (model, recipe, mode, t_trip, "hmean", "success_rate", trip, None),
-        (model, recipe, mode, t_pairs, "all", "spearman", pairs, None),
-    ]
-    rows += [(model, recipe, mode, t_clus, "hmean", "v_measure", v, s) for s, v in enumerate(clus)]
+    rows = [(model, recipe, mode, t_trip, view, "success_rate", trip, None) for view in ("action", "object")]
+    rows.append((model, recipe, mode, t_pairs, "all", "spearman", pairs, None))
+    rows += [(model, recipe, mode, t_clus, view, "v_measure", v, s) for s, v in enumerate(clus)
+             for view in ("action", "object")]
     return rows
 
 
@@ -197,11 +198,32 @@ def test_average_cell_needs_every_part():
 # ------------------------------------------------------------------------------------------------
 
 
-def book_of(rows: list[tuple]) -> report.SuiteScores:
-    return report.suite_scores(frame(rows), report.OFFLINE_SUITE)
+N_ITEMS = 400
 
 
-def test_claim_1_needs_a_lead_larger_than_the_seed_sd():
+def _seed(*key: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:4], "little")
+
+
+def items_of(rows: list[tuple], own_noise: float = 0.2, n_items: int = N_ITEMS) -> ItemData:
+    """Per-item data whose mean is each row's value: a latent per task and subset shared by every run (paired
+    items) plus a little run-specific noise, both centred so each row's mean is exact."""
+    out = []
+    for model, recipe, mode, task, subset, metric, value, seed in rows:
+        common = np.random.default_rng(_seed(task, subset)).normal(size=n_items)
+        own = np.random.default_rng(_seed(model, recipe, mode, task, subset, seed)).normal(size=n_items)
+        vals = value + 0.5 * (common - common.mean()) + own_noise * (own - own.mean())
+        out += [{"model": model, "recipe": recipe, "task": task, "mode": mode, "layer": -1, "subset": subset,
+                 "metric": metric, "seed": -1 if seed is None else seed, "item": i, "statistic": "mean",
+                 "value": v} for i, v in enumerate(vals)]
+    return ItemData(item_frame(out), n_boot=400)
+
+
+def book_of(rows: list[tuple], items: bool = True, own_noise: float = 0.2) -> report.SuiteScores:
+    return report.suite_scores(frame(rows), report.OFFLINE_SUITE, items_of(rows, own_noise) if items else None)
+
+
+def test_claim_1_paired_difference_of_the_ia_averages():
     rows = (
         ia_rows("lm", "inbedder", "1st-gen", 0.80, [0.40, 0.42, 0.44], 0.20)
         + ia_rows("lm", "alpaca", "1st-gen", 0.60, [0.20, 0.21, 0.22], 0.05)
@@ -213,16 +235,24 @@ def test_claim_1_needs_a_lead_larger_than_the_seed_sd():
     ev = res.evidence[0]
     assert ev.value == pytest.approx(100 * np.mean([0.80, 0.42, 0.20]))
     assert ev.reference == pytest.approx(100 * np.mean([0.60, 0.21, 0.05]))
-    assert ev.threshold == pytest.approx(2.0 / 3)  # sd of the clustering seeds (2 points) over 3 tasks
-    # a lead below the sd does not count
-    close = ia_rows("lm", "inbedder", "1st-gen", 0.60, [0.20, 0.25, 0.30], 0.05) + ia_rows(
-        "lm", "alpaca", "1st-gen", 0.60, [0.20, 0.21, 0.22], 0.05
-    )
-    res = report.claim_1(book_of(close), "offline")
-    assert res.verdict == "not supported"
-    assert res.evidence[0].diff == pytest.approx(100 * 0.04 / 3)
-    assert "no untuned run" in res.reason
-    # nothing to compare with
+    assert ev.threshold == 0.0 and ev.outcome == "supported"
+    assert ev.low > 0 and ev.low < ev.diff < ev.high and ev.detectable == pytest.approx((ev.high - ev.low) / 2)
+    assert ev.cells[0].has_ci and ev.cells[0].low < ev.value < ev.cells[0].high
+    # the reverse is contradicted
+    flipped = ia_rows("lm", "inbedder", "1st-gen", 0.60, [0.20, 0.21, 0.22], 0.05) + ia_rows(
+        "lm", "alpaca", "1st-gen", 0.80, [0.40, 0.42, 0.44], 0.20)
+    res = report.claim_1(book_of(flipped), "offline")
+    assert res.verdict == "contradicted" and "no untuned run" in res.reason
+    # a lead of a tenth of a point on 400 items is inconclusive, with the items that would decide it
+    close = ia_rows("lm", "inbedder", "1st-gen", 0.601, [0.20, 0.25, 0.30], 0.05) + ia_rows(
+        "lm", "alpaca", "1st-gen", 0.60, [0.20, 0.25, 0.30], 0.05)
+    ev = report.claim_1(book_of(close), "offline").evidence[0]
+    assert ev.outcome == "inconclusive" and ev.low < 0 < ev.high
+    assert ev.comparison.items_needed > N_ITEMS and "the items" in ev.power_note
+    # without per-item data a difference decides nothing
+    res = report.claim_1(book_of(rows, items=False), "offline")
+    assert res.verdict == "inconclusive" and res.evidence[0].comparison is None
+    assert "no per-item data" in res.evidence[0].no_ci
     alone = report.claim_1(book_of(ia_rows("lm", "inbedder", "1st-gen", 0.6, [0.2], 0.1)), "offline")
     assert alone.verdict == "not tested"
 
@@ -239,7 +269,7 @@ def test_claim_2_answer_modes_against_the_prompt_mode():
         "(avg-ppt)"
     )
     flipped = [r if r[2] != "avg-ppt" else (*r[:6], r[6] + 0.3, r[7]) for r in rows]
-    assert report.claim_2(book_of(flipped), "offline").verdict == "not supported"
+    assert report.claim_2(book_of(flipped), "offline").verdict == "contradicted"
     no_prompt = [r for r in rows if r[2] != "avg-ppt"]
     assert report.claim_2(book_of(no_prompt), "offline").verdict == "not tested"
 
@@ -247,18 +277,20 @@ def test_claim_2_answer_modes_against_the_prompt_mode():
 def test_claim_3_mean_gain_of_filtering():
     rows = (
         ia_rows("lm", "inbedder", "avg-gen", 0.70, [0.35, 0.35, 0.35], 0.15)
-        + ia_rows("lm", "inbedder", "avg-gen+filter", 0.73, [0.36, 0.36, 0.36], 0.16)
+        + ia_rows("lm", "inbedder", "avg-gen+filter", 0.76, [0.38, 0.38, 0.38], 0.19)
         + ia_rows("lm", "none", "avg-gen", 0.60, [0.30, 0.30, 0.30], 0.10)
-        + ia_rows("lm", "none", "avg-gen+filter", 0.59, [0.30, 0.30, 0.30], 0.10)
+        + ia_rows("lm", "none", "avg-gen+filter", 0.61, [0.31, 0.31, 0.31], 0.11)
     )
     res = report.claim_3(book_of(rows), "offline")
-    gains = [100 * (0.73 + 0.36 + 0.16 - 0.70 - 0.35 - 0.15) / 3, -100 * 0.01 / 3]
-    assert res.evidence[-1].value == pytest.approx(np.mean(gains))
+    gains = [100 * (0.76 + 0.38 + 0.19 - 0.70 - 0.35 - 0.15) / 3, 100 * 0.03 / 3]
+    summary = res.evidence[-1]
+    assert summary.value == pytest.approx(np.mean(gains)) and summary.comparison is not None
+    assert not res.evidence[0].decisive and summary.decisive
     assert res.verdict == "supported"
     worse = [
-        r if r[2] != "avg-gen+filter" or r[1] != "inbedder" else (*r[:6], r[6] - 0.1, r[7]) for r in rows
+        r if r[2] != "avg-gen+filter" or r[1] != "inbedder" else (*r[:6], r[6] - 0.2, r[7]) for r in rows
     ]
-    assert report.claim_3(book_of(worse), "offline").verdict == "not supported"
+    assert report.claim_3(book_of(worse), "offline").verdict == "contradicted"
     unfiltered = [r for r in rows if not r[2].endswith("+filter")]
     assert report.claim_3(book_of(unfiltered), "offline").verdict == "not tested"
 
@@ -277,13 +309,23 @@ def test_claim_4_instruction_awareness_and_generic_margin():
         + ia_rows("enc", "none", "plain", 0.50, [0.25], 0.00)
         + generic
     )
-    res = report.claim_4(book_of(rows), "offline")
-    assert res.verdict == "supported"  # generic gap 4 points <= 5
-    assert res.evidence[1].diff == pytest.approx(-4.0)
-    strict = report.claim_4(book_of(rows), "offline", margin=3.0)
-    assert strict.verdict == "not supported"
+    book = book_of(rows, own_noise=0.05)
+    res = report.claim_4(book, "offline")
+    assert res.verdict == "supported"  # generic gap 4 points, its CI above -5
+    gen = res.evidence[1]
+    assert gen.diff == pytest.approx(-4.0) and gen.threshold == -5.0 and gen.low > -5.0
+    strict = report.claim_4(book, "offline", margin=3.0)
+    assert strict.verdict == "contradicted"
     no_generic = report.claim_4(book_of(rows[:-6]), "offline")
     assert no_generic.verdict == "not tested"
+
+
+def test_a_ci_from_fewer_than_20_items_is_flagged_in_the_page_cells():
+    rows = ia_rows("lm", "inbedder", "1st-gen", 0.80, [0.40], 0.20)
+    book = report.suite_scores(frame(rows), report.OFFLINE_SUITE, items_of(rows, n_items=12))
+    cell = book.get(report.Run("lm", "inbedder", "1st-gen"), report.suites.IA_AVG)
+    assert cell.has_ci and cell.few_items and cell.est.n_items == 12
+    assert not book_of(rows).get(report.Run("lm", "inbedder", "1st-gen"), report.suites.IA_AVG).few_items
 
 
 def test_the_rules_applied_to_the_papers_own_numbers_support_every_claim():
@@ -343,10 +385,10 @@ def test_render_fixture_tables_claims_and_paper_numbers(rendered):
     assert verdicts["Claim 2"]["offline analogs"] == "supported"
     assert verdicts["Claim 3"]["offline analogs"] == "supported"
     assert (
-        verdicts["Claim 4"]["offline analogs"] == "not supported"
+        verdicts["Claim 4"]["offline analogs"] == "contradicted"
     )  # the fixture's generic gap is ~20 points
     assert all(v["paper tasks"] == "not tested" for v in verdicts.values())
-    assert all(v["the paper's own numbers (rule check)"] == "supported" for v in verdicts.values())
+    assert all(v["the paper's own numbers (no CI)"] == "supported" for v in verdicts.values())
     # the paper's numbers are shown even though no paper task ran, with the reason
     for number in ("58.80", "26.77", "52.36", "47.72", "59.51", "60.35", "\u221215.02"):
         assert number in html, number
@@ -359,7 +401,7 @@ def test_render_fixture_tables_claims_and_paper_numbers(rendered):
     assert row is not None and f"{ia:.2f}" in row.group(1)
     # every verdict word used is one of the three
     found = set(re.findall(r'class="verdict v-([a-z-]+)"', html))
-    assert found <= {"supported", "not-supported", "not-tested"} and "supported" in found
+    assert found <= {"supported", "contradicted", "inconclusive", "not-tested"} and "supported" in found
     assert "nan" not in re.sub(r"<[^>]+>", " ", html).split()
 
 
@@ -418,7 +460,7 @@ def test_render_with_nothing_run(tmp_path):
         v == "not tested"
         for per in summary["verdicts"].values()
         for k, v in per.items()
-        if k != "the paper's own numbers (rule check)"
+        if k != "the paper's own numbers (no CI)"
     )
     assert "does not exist: no scores in this report" in html
     assert "58.80" in html and "Not run here" in html
@@ -555,7 +597,7 @@ def test_report_in_headless_chromium(rendered, tmp_path):
     assert pixels.std() > 20  # text, tables and tints, not a blank page
     dark = (pixels < 100).mean()
     assert 0.005 < dark < 0.5  # some ink, not a black screen
-    # the verdict pills are coloured (green supported / red not supported)
+    # the verdict pills are coloured (green supported / red contradicted)
     rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
     greenish = ((rgb[..., 1] - rgb[..., 0] > 25) & (rgb[..., 1] - rgb[..., 2] > 10)).sum()
     reddish = ((rgb[..., 0] - rgb[..., 1] > 40) & (rgb[..., 0] - rgb[..., 2] > 40)).sum()

@@ -513,3 +513,44 @@ def score_intervals(scores: pd.DataFrame, items: pd.DataFrame, n_boot: int = N_B
             out.iloc[i, out.columns.get_loc("ci_low")], out.iloc[i, out.columns.get_loc("ci_high")] = (
                 percentile_ci(reps, level))
     return out
+
+
+class ItemData:
+    """A run's per-item data by score key (SCORE_KEYS); each score's item replicates are computed once."""
+
+    def __init__(self, items: pd.DataFrame | None = None, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> None:
+        self.series = series_of(items) if items is not None and not items.empty else {}
+        self.n_boot, self.seed = n_boot, seed
+        self._unit: dict[tuple, np.ndarray] = {}
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self.series
+
+    def __bool__(self) -> bool:
+        return bool(self.series)
+
+    def unit_replicates(self, key: tuple) -> np.ndarray:
+        """[B, U] item replicates of one score, per seed unit."""
+        if key not in self.series:
+            raise BootstrapError(f"no per-item data for {'/'.join(str(k) for k in key)}")
+        if key not in self._unit:
+            self._unit[key] = self.series[key].item_replicates(self.n_boot, self.seed)
+        return self._unit[key]
+
+    def combine(self, keys: Sequence[tuple], how: str = "one") -> tuple[np.ndarray, int, int]:
+        """[B] replicates of one score (`one`), or of the harmonic mean (`hmean`) or mean (`mean`) of several
+        subsets of one task, combined per seed unit before the seeds are resampled; with the item and seed counts."""
+        if not keys or (how == "one" and len(keys) != 1):
+            raise BootstrapError(f"combine({how!r}): got {len(keys)} score(s)")
+        parts = [self.unit_replicates(k) for k in keys]
+        units = self.series[keys[0]].units
+        if any(self.series[k].units != units for k in keys[1:]):
+            raise BootstrapError(f"{keys[0][2]}: the subsets were scored under different seeds")
+        if how == "hmean":
+            per_unit = hmean_replicates(parts)
+        elif how in ("mean", "one"):
+            per_unit = np.mean(parts, axis=0)
+        else:
+            raise BootstrapError(f"combine: unknown way {how!r}; expected one, hmean or mean")
+        weights = seed_weights(self.series[keys[0]].key, units, self.n_boot, self.seed)
+        return (per_unit * weights).sum(axis=1), min(self.series[k].n for k in keys), len(units)

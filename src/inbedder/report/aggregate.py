@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from inbedder.bootstrap import BootstrapError, Estimate, ItemData, combine_mean, estimate
 from inbedder.report.suites import (
     GEN_AVG,
     IA_AVG,
@@ -22,6 +23,7 @@ from inbedder.report.suites import (
     Column,
     Run,
     Suite,
+    as_int,
 )
 
 
@@ -41,20 +43,24 @@ def mean_sd(values: np.ndarray) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
-def column_cells(scores: pd.DataFrame, column: Column) -> dict[Run, Cell]:
-    """Aggregate one column for every run that has it: metric by preference, subsets combined, seeds averaged."""
+def column_cells(scores: pd.DataFrame, column: Column, items: ItemData | None = None) -> dict[Run, Cell]:
+    """Aggregate one column for every run that has it: metric by preference, subsets combined, seeds averaged,
+    and the bootstrap CI (items and seeds resampled) where per-item data exists."""
     task_rows = scores[(scores["task"] == column.task) & scores["value"].notna()]
     out: dict[Run, Cell] = {}
     for run, grp in task_rows.groupby(["model", "recipe", "mode"], sort=False):
         metric = next((m for m in column.metrics if (grp["metric"] == m).any()), None)
         if metric is None:
             continue
-        per_seed, note = per_seed_values(grp[grp["metric"] == metric], column.combine)
+        rows = grp[grp["metric"] == metric]
+        per_seed, note = per_seed_values(rows, column.combine)
         if per_seed.empty:
             continue
         mean, sd = mean_sd(per_seed.to_numpy(dtype=float) * SCALE)
         n_seeds = int((per_seed.index != NO_SEED).sum())
-        out[Run(*run)] = Cell(value=mean, sd=sd, n_seeds=n_seeds, metric=metric, note=note)
+        cell = Cell(value=mean, sd=sd, n_seeds=n_seeds, metric=metric, note=note)
+        cell.est, cell.ci_reason = cell_estimate(items, Run(*run), column, rows, mean)
+        out[Run(*run)] = cell
     return out
 
 
@@ -79,14 +85,52 @@ def per_seed_values(rows: pd.DataFrame, combine: str) -> tuple[pd.Series, str]:
     return by_subset.groupby(level="seed").mean(), "mean over subsets " + ", ".join(sorted(subsets))
 
 
+def combine_plan(rows: pd.DataFrame, combine: str) -> tuple[str, list[str]]:
+    """How a column's subsets make its number (as per_seed_values does): (`hmean` | `one` | `mean`, subsets)."""
+    subsets = list(dict.fromkeys(rows["subset"]))
+    if combine == "hmean":
+        return "hmean", [s for s in subsets if s != "hmean"]
+    chosen = next((s for s in OVERALL_SUBSETS if s in subsets), None)
+    if chosen is None and len(subsets) == 1:
+        chosen = subsets[0]
+    return ("one", [chosen]) if chosen is not None else ("mean", subsets)
+
+
+def cell_estimate(items: ItemData | None, run: Run, column: Column, rows: pd.DataFrame, value: float,
+                  ) -> tuple[Estimate | None, str]:
+    """The bootstrap estimate (x100) of a cell whose point value is `value`, or None and why not."""
+    if not items:
+        return None, "no per-item data in this run"
+    layers = {as_int(x) for x in rows["layer"]}
+    if len(layers) != 1 or None in layers:
+        return None, f"more than one layer: {sorted(set(rows['layer']))}"
+    how, subsets = combine_plan(rows, column.combine)
+    metric = rows["metric"].iloc[0]
+    layer = layers.pop()
+    keys = [(run.model, run.recipe, column.task, run.mode, layer, s, metric) for s in subsets]
+    try:
+        reps, n_items, n_seeds = items.combine(keys, how)
+    except BootstrapError as err:
+        return None, str(err)
+    return estimate(value / SCALE, reps, n_items, n_seeds).scaled(SCALE), ""
+
+
 def average_cell(cells: Sequence[Cell], labels: Sequence[str]) -> Cell:
-    """Mean of cells (sd combined as independent errors); missing when any part is missing."""
+    """Mean of cells (sd combined as independent errors; CI from the mean of their replicates); missing when any
+    part is missing."""
     missing = [lab for lab, c in zip(labels, cells, strict=True) if not c.ok]
     if missing:
         return Cell(reason="missing " + ", ".join(missing))
     vals = [c.value for c in cells]
     sd = math.sqrt(sum(c.sd**2 for c in cells)) / len(cells)
-    return Cell(value=float(np.mean(vals)), sd=sd, n_seeds=max(c.n_seeds for c in cells))
+    cell = Cell(value=float(np.mean(vals)), sd=sd, n_seeds=max(c.n_seeds for c in cells))
+    no_ci = [lab for lab, c in zip(labels, cells, strict=True) if c.est is None]
+    if no_ci:
+        why = next(c.ci_reason for c in cells if c.est is None)
+        cell.ci_reason = f"no CI for {', '.join(no_ci)}" + (f" ({why})" if why else "")
+    else:
+        cell.est = combine_mean([c.est for c in cells])
+    return cell
 
 
 @dataclass
@@ -97,15 +141,17 @@ class SuiteScores:
     runs: dict[Run, dict[str, Cell]]
     metrics_used: dict[str, list[str]]
     notes: dict[str, list[str]]
+    point_only: bool = False  # numbers without CIs (the paper's own)
 
     def get(self, run: Run, label: str) -> Cell:
         """The cell of a run and column (an empty cell when absent)."""
         return self.runs.get(run, {}).get(label, Cell())
 
 
-def suite_scores(scores: pd.DataFrame, suite: Suite) -> SuiteScores:
-    """Cells of every run with at least one score in the suite, and the IA / generic averages."""
-    per_col = {c.label: column_cells(scores, c) for c in suite.ia + suite.generic}
+def suite_scores(scores: pd.DataFrame, suite: Suite, items: ItemData | None = None) -> SuiteScores:
+    """Cells of every run with at least one score in the suite, and the IA / generic averages, with CIs where
+    `items` holds the per-item data."""
+    per_col = {c.label: column_cells(scores, c, items) for c in suite.ia + suite.generic}
     runs: dict[Run, dict[str, Cell]] = {}
     for label, cells in per_col.items():
         for run, cell in cells.items():
@@ -131,7 +177,7 @@ def paper_suite_scores(paper: pd.DataFrame) -> SuiteScores:
         cells = runs.setdefault(Run(row.model, row.recipe, row.mode), {})
         if col not in cells:  # headline tables win over the ablation rows
             cells[col] = Cell(value=float(row.value), note=row.note)
-    return SuiteScores(suite=PAPER_SUITE, runs=runs, metrics_used={}, notes={})
+    return SuiteScores(suite=PAPER_SUITE, runs=runs, metrics_used={}, notes={}, point_only=True)
 
 
 def headline_runs(book: SuiteScores) -> list[Run]:
@@ -221,18 +267,37 @@ def crossview_table(scores: pd.DataFrame) -> list[dict]:
     return out
 
 
-def long_table(scores: pd.DataFrame) -> list[dict]:
-    """Every score, seeds averaged: the appendix table."""
+def long_table(scores: pd.DataFrame, items: ItemData | None = None) -> list[dict]:
+    """Every score, seeds averaged, with its CI (items and seeds resampled; scores.csv's own bounds for a
+    single-seed row without per-item data): the appendix table."""
     keys = ["task", "model", "recipe", "mode", "layer", "subset", "metric"]
+    subsets_of = scores.groupby(["task", "model", "recipe", "mode", "layer", "metric"])["subset"].unique()
     out = []
     for key, grp in scores.groupby(keys, sort=True):
         vals = grp["value"].dropna().to_numpy(dtype=float) * SCALE
         if vals.size == 0:
             continue
         n = grp["n"].dropna()
-        out.append(dict(zip(keys, key, strict=True)) | {
+        row = dict(zip(keys, key, strict=True)) | {
             "mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if vals.size > 1 else None,
-            "n_seeds": int((grp["seed"] != NO_SEED).sum()), "n": int(n.iloc[0]) if len(n) else None})
+            "n_seeds": int((grp["seed"] != NO_SEED).sum()), "n": int(n.iloc[0]) if len(n) else None,
+            "low": None, "high": None, "few": False}
+        task, model, recipe, mode, layer, subset, metric = key
+        item_key = (model, recipe, task, mode, as_int(layer), subset, metric)
+        parts, how = [item_key], "one"
+        if subset == "hmean":
+            others = [s for s in subsets_of[(task, model, recipe, mode, layer, metric)] if s != "hmean"]
+            parts, how = [(model, recipe, task, mode, as_int(layer), s, metric) for s in others], "hmean"
+        if items and all(p in items for p in parts):
+            try:
+                reps, n_items, _ = items.combine(parts, how)
+                est = estimate(row["mean"] / SCALE, reps, n_items).scaled(SCALE)
+                row.update(low=est.low, high=est.high, few=est.few_items)
+            except BootstrapError:
+                pass
+        elif len(grp) == 1 and "ci_low" in grp.columns and grp["ci_low"].notna().all():
+            row.update(low=float(grp["ci_low"].iloc[0]) * SCALE, high=float(grp["ci_high"].iloc[0]) * SCALE)
+        out.append(row)
     return out
 
 

@@ -1,12 +1,19 @@
-"""The paper's four claims: the rule that decides each, applied to one set of numbers (a SuiteScores)."""
+"""The paper's four claims: the rule that decides each, applied to one set of numbers (a SuiteScores).
+
+Every comparison is a paired bootstrap difference (inbedder.bootstrap): supported / contradicted /
+inconclusive against 0 (or minus the margin of claim 4's "competitive"), with the smallest difference the
+run could detect and, when inconclusive, how many more items would decide it.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from inbedder.bootstrap import BootstrapError, Comparison, mean_difference, outcome, paired_difference
 from inbedder.report.aggregate import SuiteScores
 from inbedder.report.suites import (
     ANSWER_MODES,
@@ -24,15 +31,19 @@ from inbedder.report.suites import (
 
 @dataclass
 class Evidence:
-    """One comparison that fed a verdict."""
+    """One comparison that fed a verdict: run a against run b on the same items, the paired difference and its CI."""
 
     label: str
     value: float | None
     reference_label: str
     reference: float | None
     threshold: float
-    holds: bool | None
     detail: str = ""
+    comparison: Comparison | None = None  # None: no CI (per-item data missing, or the paper's numbers)
+    point_only: bool = False  # decided on the point difference (the paper's numbers have no CI)
+    decisive: bool = True  # False: shown, but the verdict rests on another row (claim 3's mean gain)
+    no_ci: str = ""  # why there is no CI
+    cells: tuple[Cell, Cell] | None = None
 
     @property
     def diff(self) -> float | None:
@@ -41,19 +52,60 @@ class Evidence:
             return None
         return self.value - self.reference
 
+    @property
+    def outcome(self) -> str | None:
+        """supported / contradicted / inconclusive; None when a number is missing."""
+        if self.comparison is not None:
+            return self.comparison.outcome
+        if self.diff is None:
+            return None
+        if self.point_only:
+            return outcome(self.diff, self.diff, self.threshold)
+        return "inconclusive"  # a difference without a CI decides nothing
+
+    @property
+    def low(self) -> float | None:
+        """Lower bound of the CI of the difference."""
+        return self.comparison.low if self.comparison is not None else None
+
+    @property
+    def high(self) -> float | None:
+        """Upper bound of the CI of the difference."""
+        return self.comparison.high if self.comparison is not None else None
+
+    @property
+    def detectable(self) -> float | None:
+        """The smallest difference this comparison could detect (half-width of its CI)."""
+        return self.comparison.detectable if self.comparison is not None else None
+
+    @property
+    def power_note(self) -> str:
+        """For an inconclusive comparison: how many items (or seeds) would decide it at the observed effect."""
+        c = self.comparison
+        if c is None or c.outcome != "inconclusive":
+            return ""
+        if math.isinf(c.scale_needed):
+            return "no number of items decides it: the difference sits on the threshold"
+        return (f"~{c.scale_needed:.1f}x the items ({c.n_items} -> {c.items_needed} per set), or the seeds, "
+                f"would decide it at this difference")
+
 
 @dataclass
 class ClaimResult:
-    """A claim, the rule that decides it, the verdict and the numbers that decided it."""
+    """A claim, the rule that decides it, the verdict and the comparisons that decided it."""
 
     number: int
     title: str
     statement: str
     rule: str
     scope: str
-    verdict: str  # "supported" | "not supported" | "not tested"
+    verdict: str  # "supported" | "contradicted" | "inconclusive" | "not tested"
     evidence: list[Evidence] = field(default_factory=list)
     reason: str = ""
+    point_only: bool = False  # the scope's numbers have no CI (the paper's own)
+
+
+VERDICTS = ("supported", "contradicted", "inconclusive", "not tested")
 
 
 CLAIMS = {
@@ -85,27 +137,42 @@ def best_mode(book: SuiteScores, model: str, recipe: str, modes: Iterable[str] |
 
 
 def _verdict(evidence: list[Evidence]) -> str:
-    decided = [e.holds for e in evidence if e.holds is not None]
+    """supported when every decisive comparison is, contradicted when any is, else inconclusive."""
+    decided = [e.outcome for e in evidence if e.decisive and e.outcome is not None]
     if not decided:
         return "not tested"
-    return "supported" if all(decided) else "not supported"
+    if "contradicted" in decided:
+        return "contradicted"
+    return "supported" if all(d == "supported" for d in decided) else "inconclusive"
 
 
 def compare(book: SuiteScores, a: Run, b: Run, key: str = IA_AVG, margin: float | None = None,
             detail: str = "") -> Evidence:
-    """Compare run a with run b on `key`: a must lead by more than the larger seed sd, or (with a margin)
-    trail by at most `margin` points."""
+    """Run a against run b on `key`: the paired difference a - b and its CI (items resampled jointly), against
+    0, or against -margin where a may trail b by at most `margin` points."""
     ca, cb = book.get(a, key), book.get(b, key)
-    threshold = max(ca.sd, cb.sd) if margin is None else -margin
-    holds: bool | None = None
-    if ca.ok and cb.ok:
-        diff = ca.value - cb.value
-        holds = diff > threshold if margin is None else diff >= threshold
-    return Evidence(a.label, ca.value, b.label, cb.value, threshold=threshold, holds=holds, detail=detail)
+    threshold = 0.0 if margin is None else -margin
+    ev = Evidence(a.label, ca.value if ca.ok else None, b.label, cb.value if cb.ok else None, threshold=threshold,
+                  detail=detail, point_only=book.point_only, cells=(ca, cb))
+    if ca.has_ci and cb.has_ci:
+        try:
+            ev.comparison = paired_difference(ca.est, cb.est, threshold)
+        except BootstrapError as err:
+            ev.no_ci = str(err)
+    elif not book.point_only:
+        ev.no_ci = "; ".join(dict.fromkeys(c.ci_reason or "no CI" for c in (ca, cb) if not c.has_ci))
+    return ev
+
+
+CI_RULE = ("Each comparison is the paired difference of the two runs on the same items (95% percentile bootstrap "
+           "CI, items and seeds resampled jointly for both runs): supported when the CI lies above {thr}, "
+           "contradicted when it lies below, inconclusive when it spans it. The claim is supported when every "
+           "comparison is, contradicted when any is, inconclusive otherwise; not tested without a comparison. "
+           "The paper's own numbers have no CI: there the point difference decides.")
 
 
 def claim_1(book: SuiteScores, scope: str) -> ClaimResult:
-    """Claim 1: InBedder's best IA average beats Alpaca-tuned and untuned (each at its best mode) by > seed sd."""
+    """Claim 1: InBedder's best IA average above Alpaca-tuned and untuned (each at its best mode)."""
     evidence: list[Evidence] = []
     lacking: list[str] = []
     for model in sorted({r.model for r in book.runs if r.recipe in INBEDDER_RECIPES}):
@@ -120,15 +187,20 @@ def claim_1(book: SuiteScores, scope: str) -> ClaimResult:
                     continue
                 evidence.append(compare(book, inb, base, detail="IA average, each recipe at its best mode"))
     title, statement = CLAIMS[1]
-    rule = ("Supported when, for every model with an InBedder run, InBedder's instruction-awareness average "
-            "(its best mode) exceeds that of each baseline of the same model that was run (Alpaca-tuned, "
-            "untuned; each at its best mode) by more than the larger of the two seed sds; not supported if "
-            "any comparison fails; not tested without a comparison.")
-    return ClaimResult(1, title, statement, rule, scope, _verdict(evidence), evidence, "; ".join(lacking))
+    rule = ("For every model with an InBedder run: InBedder's instruction-awareness average (its best mode) "
+            "minus that of each baseline of the same model that was run (Alpaca-tuned, untuned; each at its best "
+            "mode). " + CI_RULE.format(thr="0"))
+    return _result(1, title, statement, rule, scope, book, evidence, "; ".join(lacking))
+
+
+def _result(number: int, title: str, statement: str, rule: str, scope: str, book: SuiteScores,
+            evidence: list[Evidence], reason: str = "") -> ClaimResult:
+    return ClaimResult(number, title, statement, rule, scope, _verdict(evidence), evidence, reason,
+                       point_only=book.point_only)
 
 
 def claim_2(book: SuiteScores, scope: str) -> ClaimResult:
-    """Claim 2: the best answer mode (1st-gen / avg-gen) beats the prompt mode avg-ppt by > seed sd."""
+    """Claim 2: the best answer mode (1st-gen / avg-gen) above the prompt mode avg-ppt."""
     evidence: list[Evidence] = []
     lacking: list[str] = []
     for model, recipe in sorted({(r.model, r.recipe) for r in book.runs if r.recipe in INBEDDER_RECIPES}):
@@ -139,10 +211,9 @@ def claim_2(book: SuiteScores, scope: str) -> ClaimResult:
             continue
         evidence.append(compare(book, ans, ppt, detail="IA average, answer vs prompt hidden states"))
     title, statement = CLAIMS[2]
-    rule = (f"Supported when, for every InBedder model run in both, the better answer mode "
-            f"({' or '.join(ANSWER_MODES)}) has an instruction-awareness average above that of the prompt mode "
-            f"{PROMPT_MODE} by more than the larger seed sd; not supported if any model fails.")
-    return ClaimResult(2, title, statement, rule, scope, _verdict(evidence), evidence, "; ".join(lacking))
+    rule = (f"For every InBedder model run in both: the instruction-awareness average of the better answer mode "
+            f"({' or '.join(ANSWER_MODES)}) minus that of the prompt mode {PROMPT_MODE}. " + CI_RULE.format(thr="0"))
+    return _result(2, title, statement, rule, scope, book, evidence, "; ".join(lacking))
 
 
 def filter_pairs(book: SuiteScores) -> list[tuple[Run, Run]]:
@@ -157,55 +228,52 @@ def filter_pairs(book: SuiteScores) -> list[tuple[Run, Run]]:
 
 
 def claim_3(book: SuiteScores, scope: str) -> ClaimResult:
-    """Claim 3: the mean gain of <mode>+filter over <mode> (all pairs) is positive and above the seed sd."""
+    """Claim 3: the mean gain of <mode>+filter over <mode>, over every pair run, above 0."""
     pairs: list[Evidence] = []
     for base, run in filter_pairs(book):
         ev = compare(book, run, base, detail="IA average, filtered vs unfiltered")
-        ev.holds = None  # pairs are reported; the verdict is on their mean gain
+        ev.decisive = False  # pairs are reported; the verdict is on their mean gain
         pairs.append(ev)
     title, statement = CLAIMS[3]
-    rule = ("Supported when the mean gain of each <mode>+filter over the same <mode> (same model and recipe), "
-            "averaged over every such pair run, is positive and larger than the largest seed sd among the "
-            "pairs; not supported otherwise; not tested without a pair.")
+    rule = ("The mean, over every <mode>+filter run beside the same <mode> (same model and recipe), of the "
+            "filtered minus the unfiltered instruction-awareness average; its CI from the mean of the pairs' "
+            "paired replicates. " + CI_RULE.format(thr="0"))
     if not pairs:
-        return ClaimResult(3, title, statement, rule, scope, "not tested", [], "no <mode>+filter run with its base")
+        return _result(3, title, statement, rule, scope, book, [], "no <mode>+filter run with its base")
     gain = float(np.mean([e.diff for e in pairs]))
-    thr = max(e.threshold for e in pairs)
-    summary = Evidence(f"mean gain over {len(pairs)} pair(s)", gain, "no change", 0.0, threshold=thr, holds=gain > thr,
-                       detail="mean of the differences above")
-    verdict = "supported" if summary.holds else "not supported"
-    return ClaimResult(3, title, statement, rule, scope, verdict, pairs + [summary])
+    summary = Evidence(f"mean gain over {len(pairs)} pair(s)", gain, "no change", 0.0, threshold=0.0,
+                       detail="mean of the differences above", point_only=book.point_only)
+    if all(e.comparison is not None for e in pairs):
+        summary.comparison = mean_difference([(e.cells[0].est, e.cells[1].est) for e in pairs])
+    elif not book.point_only:
+        summary.no_ci = "; ".join(dict.fromkeys(e.no_ci for e in pairs if e.no_ci))
+    return _result(3, title, statement, rule, scope, book, pairs + [summary])
 
 
 def claim_4(book: SuiteScores, scope: str, margin: float = GENERIC_MARGIN) -> ClaimResult:
-    """Claim 4: best InBedder run beats every no-instruction baseline on IA and is within `margin` on generic."""
+    """Claim 4: the best InBedder run above every no-instruction baseline on IA, and at most `margin` below on generic."""
     title, statement = CLAIMS[4]
-    rule = (f"Take the InBedder run with the highest instruction-awareness average. Supported when, against "
-            f"every no-instruction baseline run (a sentence encoder in mode `{NO_INSTRUCTION_MODE}`), its "
-            f"instruction-awareness average is higher by more than the larger seed sd AND its generic average is "
-            f"at most {margin:.1f} points below the baseline's; not supported if either fails; not tested when a "
-            f"number is missing.")
+    rule = (f"Take the InBedder run with the highest instruction-awareness average. Against every no-instruction "
+            f"baseline run (a sentence encoder in mode `{NO_INSTRUCTION_MODE}`): its instruction-awareness average "
+            f"minus the baseline's (threshold 0), and its generic average minus the baseline's (threshold "
+            f"-{margin:.1f}: 'competitive' allows trailing by at most {margin:.1f} points). "
+            + CI_RULE.format(thr="the threshold"))
     inb_runs = [r for r, c in book.runs.items() if r.recipe in INBEDDER_RECIPES and _has_ia(c)]
     baselines = [r for r, c in book.runs.items() if r.mode == NO_INSTRUCTION_MODE and r.recipe == "none"
                  and _has_ia(c)]
     if not inb_runs or not baselines:
         why = "no InBedder run with an IA average" if not inb_runs else "no no-instruction baseline run"
-        return ClaimResult(4, title, statement, rule, scope, "not tested", [], why)
+        return _result(4, title, statement, rule, scope, book, [], why)
     best = max(inb_runs, key=lambda r: book.get(r, IA_AVG).value)
     evidence: list[Evidence] = []
     for base in sorted(baselines):
         evidence.append(compare(book, best, base, IA_AVG, detail="instruction-awareness average"))
         evidence.append(compare(book, best, base, GEN_AVG, margin=margin,
                                 detail=f"generic average (within {margin:.1f} points)"))
-    decided = [e.holds for e in evidence]
-    if any(h is False for h in decided):
-        verdict = "not supported"
-    elif any(h is None for h in decided):
-        verdict = "not tested"
-    else:
-        verdict = "supported"
-    reason = "" if verdict != "not tested" else "a generic average is missing (generic tasks not all run)"
-    return ClaimResult(4, title, statement, rule, scope, verdict, evidence, reason)
+    res = _result(4, title, statement, rule, scope, book, evidence)
+    if any(e.outcome is None for e in evidence) and res.verdict != "contradicted":
+        res.verdict, res.reason = "not tested", "a generic average is missing (generic tasks not all run)"
+    return res
 
 
 def evaluate_claims(book: SuiteScores, scope: str, margin: float = GENERIC_MARGIN) -> list[ClaimResult]:
@@ -217,4 +285,3 @@ def evaluate_claims(book: SuiteScores, scope: str, margin: float = GENERIC_MARGI
             res.verdict, res.evidence = "not tested", []
             res.reason = f"no instruction-awareness average: {labels} not all scored in this run"
     return results
-

@@ -28,6 +28,7 @@ class ReportInputs:
     training: tuple[Path, ...] = ()  # train_summary.json of each fine-tuned model
     train_logs: tuple[Path, ...] = ()  # train_log.csv, in the order of `training`
     explanations: tuple[Path, ...] = ()  # evaluate's explanations.json of each (model, recipe, task)
+    item_data: tuple[Path, ...] = ()  # evaluate's per-item data (<task>.items.parquet) of each (model, recipe, task)
     benchmarks: tuple[Path, ...] = ()  # Snakemake benchmark files of this run's jobs
     manifests: tuple[Path, ...] = ()  # data/raw/<source>/manifest.json of the sources the run read
     fingerprints: tuple[Path, ...] = ()  # data/models/<model>/fingerprint.json of the models the run read
@@ -57,6 +58,7 @@ class ReportInputs:
         return cls(scores=one("scores"), skipped=one("skipped"), paper=one("paper"),
                    **{k: v for k, v in given.items() if v is not None},
                    training=paths("training"), train_logs=paths("train_logs"), explanations=explanations,
+                   item_data=paths("item_data"),
                    benchmarks=paths("benchmarks"), manifests=paths("manifests"), fingerprints=paths("fingerprints"),
                    projection_table=one("projection_table"), projection_caches=paths("projection_caches"))
 
@@ -69,12 +71,14 @@ def declared_inputs(
     manifests: Iterable[str],
     projection: tuple[str, str] | None = None,
     data_dir: str = "data",
+    items: bool = False,
 ) -> dict[str, list[str]]:
     """The report's inputs of one run, as named lists of paths.
 
     jobs: the (model, recipe, task) scored; model_folders: data/models/ folders read (base models, untuned
     models, released checkpoints, the re-encoder); manifests: data/raw/<source>/manifest.json paths;
-    projection: (task, prepared dataset) of the projection figure, when the run scores that task.
+    projection: (task, prepared dataset) of the projection figure, when the run scores that task;
+    items: whether evaluate's per-item data (`scores/<model>-<recipe>/<task>.items.parquet`) is declared.
     """
     jobs = list(dict.fromkeys(jobs))
     trained = list(dict.fromkeys((m, r) for m, r, _ in jobs if r not in UNTRAINED_RECIPES))
@@ -86,6 +90,7 @@ def declared_inputs(
         "explanations": [f"{run_dir}/scores/{m}-{r}/{t}" for m, r, t in jobs],
         "benchmarks": [f"{run_dir}/benchmarks/train/{m}-{r}.tsv" for m, r in trained]
         + [f"{run_dir}/benchmarks/{stage}/{m}-{r}/{t}.tsv" for stage in ("encode", "evaluate") for m, r, t in jobs],
+        "item_data": [f"{run_dir}/scores/{m}-{r}/{t}.items.parquet" for m, r, t in jobs] if items else [],
         "manifests": list(dict.fromkeys(manifests)),
         "fingerprints": [f"{data_dir}/models/{name}/fingerprint.json" for name in dict.fromkeys(model_folders)],
         "projection_table": [],
@@ -134,6 +139,7 @@ def run_inputs(run_dir: str | os.PathLike, config: Mapping[str, Any], data_dir: 
     folders += [config["re_encoder"]] if config.get("re_encoder") else []
     named = declared_inputs(
         run_dir, jobs=jobs, model_folders=folders, projection=projection_of(config, runnable), data_dir=data_dir,
+        items=True,
         manifests=data_manifests(config, runnable, [r for _, r, _ in jobs], data_dir))
     # by hand, a piece may be missing (a run stopped early): it is left out and the page says what it lacks
     present = {k: [p for p in v if Path(p).exists()] for k, v in named.items()

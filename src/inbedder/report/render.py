@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from inbedder.bootstrap import BOOT_SEED, LEVEL, MIN_ITEMS, N_BOOT, ItemData, read_items
 from inbedder.files import atomic_path, sha256_file, write_text
 from inbedder.report import figures as fg
 from inbedder.report.aggregate import (
@@ -100,7 +101,29 @@ def _jinja_env(template_dir: Path):
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=fmt, signed=signed, diffstyle=diff_style, hms=hms)
+    env.globals.update(ci_text=ci_text)
     return env
+
+
+PAPER_SCOPE = "the paper's own numbers (no CI)"
+
+
+def ci_text(low: Any, high: Any) -> str:
+    """A CI as [low, high]; empty when missing."""
+    if num(low) is None or num(high) is None:
+        return ""
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+def evidence_text(e: Any) -> str:
+    """One comparison in a line: the runs, the difference, its CI and what could be detected."""
+    what = "generic avg: " if e.detail.startswith("generic") else ""
+    text = f"{what}{e.label} {fmt(e.value)} vs {e.reference_label} {fmt(e.reference)}: Δ {signed(e.diff)}"
+    if e.comparison is not None:
+        text += f" {ci_text(e.low, e.high)}, detectable ±{fmt(e.detectable)}"
+    elif e.point_only:
+        text += " (no CI)"
+    return text
 
 
 def conclusion(results: Sequence[ClaimResult]) -> list[dict]:
@@ -109,11 +132,10 @@ def conclusion(results: Sequence[ClaimResult]) -> list[dict]:
     for res in results:
         if res.verdict == "not tested":
             continue
-        shown = [e for e in res.evidence if e.holds is not None]
-        failed = [e for e in shown if e.holds is False]
-        ev = "; ".join(f"{'generic avg: ' if e.detail.startswith('generic') else ''}{e.label} {fmt(e.value)} vs "
-                       f"{e.reference_label} {fmt(e.reference)} ({signed(e.diff)})" for e in (failed or shown)[:2])
-        out.append({"scope": res.scope, "verdict": res.verdict, "text": ev})
+        shown = [e for e in res.evidence if e.decisive and e.outcome is not None]
+        first = [e for e in shown if e.outcome == res.verdict] or shown
+        out.append({"scope": res.scope, "verdict": res.verdict,
+                    "text": "; ".join(evidence_text(e) for e in first[:2])})
     return out
 
 
@@ -204,7 +226,12 @@ def render_report(
     unavailable = _unavailable_reasons(config, sorted({t for s in SUITES for t in s.tasks}))
     reasons = MissingReasons(scores, {**unavailable, **skipped}, select.get("tasks"), select.get("models"))
     paper = load_paper_numbers(inputs.paper)
-    books = {s.name: suite_scores(scores, s) for s in SUITES}
+    boot_started = datetime.now(timezone.utc)
+    items = ItemData(read_items(inputs.item_data))
+    if not items:
+        notes.append("No per-item data (scores/<model>-<recipe>/<task>.items.parquet) in this run: its numbers "
+                     "carry no CI and no comparison is decided.")
+    books = {s.name: suite_scores(scores, s, items) for s in SUITES}
     data_notes = {}
     tw = (config.get("tasks") or {}).get("TwentyNewsgroupsClustering") or {}
     if tw.get("dataset"):
@@ -212,13 +239,19 @@ def render_report(
                                                     "not mteb's hub copy")
 
     scopes = (("paper tasks", books["paper"]), ("offline analogs", books["offline"]),
-              ("the paper's own numbers (rule check)", paper_suite_scores(paper)))
+              (PAPER_SCOPE, paper_suite_scores(paper)))
     claim_results = [evaluate_claims(book, title, margin) for title, book in scopes]
     claims = []
     for n in range(1, 5):
         results = [per_scope[n - 1] for per_scope in claim_results]
         claims.append({"number": n, "title": CLAIMS[n][0], "statement": CLAIMS[n][1], "rule": results[0].rule,
                        "results": results, "conclusion": conclusion(results[:2])})
+    forests = [fg.figure_forest(c["number"], c["title"], c["results"], margin if c["number"] == 4 else None)
+               for c in claims]
+    for c, forest in zip(claims, forests, strict=True):
+        c["forest"] = forest
+    long = long_table(raw, items)
+    boot_seconds = (datetime.now(timezone.utc) - boot_started).total_seconds()
     tables = {
         "paper_ia": paper_table(paper, "instruction_awareness", books["paper"], reasons, data_notes),
         "paper_generic": paper_table(paper, "generic", books["paper"], reasons, data_notes),
@@ -277,8 +310,10 @@ def render_report(
         "training": training_rows(training),
         "robustness": [r for r in robust if r["groups"] or r.get("dci") is not None],
         "explanations": load_explanations(inputs.explanations, all_headline),
-        "skipped": dict(sorted(skipped.items())), "provenance": provenance, "long": long_table(raw),
-        "margin": margin, "notes": notes, "infos": infos, "n_scores": len(raw),
+        "skipped": dict(sorted(skipped.items())), "provenance": provenance, "long": long,
+        "bootstrap": {"resamples": N_BOOT, "level": LEVEL, "seed": BOOT_SEED, "min_items": MIN_ITEMS,
+                      "seconds": boot_seconds, "scores": len(items.series)},
+        "margin": margin, "min_items": MIN_ITEMS, "notes": notes, "infos": infos, "n_scores": len(raw),
         "css": inputs.css.read_text(encoding="utf-8"), "answer_modes": ANSWER_MODES, "prompt_mode": PROMPT_MODE,
     }
     html = _jinja_env(inputs.template.parent).get_template(inputs.template.name).render(**ctx)
@@ -286,14 +321,14 @@ def render_report(
     if figures_dir is not None:
         fdir = Path(figures_dir)
         fdir.mkdir(parents=True, exist_ok=True)
-        for fig in figures:
+        for fig in figures + forests:
             if fig.png:
                 with atomic_path(fdir / f"{fig.name}.png") as tmp:
                     tmp.write_bytes(fig.png)
     return {
         "html": str(out_html),
         "verdicts": {f"Claim {c['number']}": {r.scope: r.verdict for r in c["results"]} for c in claims},
-        "figures": {f.name: bool(f.png) for f in figures},
+        "figures": {f.name: bool(f.png) for f in figures + forests},
         "seconds": (datetime.now(timezone.utc) - started).total_seconds(),
     }
 

@@ -16,7 +16,10 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from inbedder.bootstrap import Estimate
+
 SCORE_COLUMNS = ("model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "n")
+CI_COLUMNS = ("ci_low", "ci_high")  # optional in scores.csv: the per-row bootstrap CI of `value`
 PAPER_NUMBER_COLUMNS = ("table", "row", "model", "recipe", "mode", "column", "value", "source", "run", "note")
 SCALE = 100.0  # fractions -> the paper's points
 NO_SEED = -1
@@ -169,7 +172,7 @@ ANALOG_MAPPING = (
 
 @dataclass
 class Cell:
-    """One aggregated score (x100): mean over seeds, its sd, and why it is missing when it is."""
+    """One aggregated score (x100): mean over seeds, its sd, its bootstrap CI, and why it is missing when it is."""
 
     value: float | None = None
     sd: float = 0.0
@@ -177,11 +180,33 @@ class Cell:
     metric: str = ""
     note: str = ""
     reason: str = ""
+    est: Estimate | None = None  # bootstrap over items and seeds (x100); None without per-item data
+    ci_reason: str = ""  # why there is no CI
 
     @property
     def ok(self) -> bool:
         """Whether a number exists."""
         return self.value is not None and math.isfinite(self.value)
+
+    @property
+    def has_ci(self) -> bool:
+        """Whether the number carries a CI."""
+        return self.ok and self.est is not None
+
+    @property
+    def low(self) -> float | None:
+        """Lower CI bound (x100)."""
+        return self.est.low if self.est is not None else None
+
+    @property
+    def high(self) -> float | None:
+        """Upper CI bound (x100)."""
+        return self.est.high if self.est is not None else None
+
+    @property
+    def few_items(self) -> bool:
+        """Whether the CI rests on fewer than bootstrap.MIN_ITEMS items."""
+        return self.est is not None and self.est.few_items
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -191,7 +216,8 @@ class Cell:
 
 def empty_scores() -> pd.DataFrame:
     """A score table with no rows, typed as load_scores types it."""
-    df = pd.DataFrame({c: pd.Series(dtype=float if c in ("value", "n") else str) for c in SCORE_COLUMNS})
+    df = pd.DataFrame({c: pd.Series(dtype=float if c in ("value", "n", *CI_COLUMNS) else str)
+                       for c in SCORE_COLUMNS + CI_COLUMNS})
     df["seed"] = df["seed"].astype(int)
     return df
 
@@ -203,8 +229,10 @@ def load_scores(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in SCORE_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {list(SCORE_COLUMNS)}")
-    df = df[list(SCORE_COLUMNS)].copy()
+    df = df[list(SCORE_COLUMNS) + [c for c in CI_COLUMNS if c in df.columns]].copy()
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    for col in CI_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else float("nan")
     seed = pd.to_numeric(df["seed"], errors="coerce").fillna(NO_SEED)
     df["seed"] = seed.where(seed >= 0, NO_SEED).astype(int)
     df["n"] = pd.to_numeric(df["n"], errors="coerce")
