@@ -400,6 +400,29 @@ def mean_difference(comparisons: Sequence[tuple[Estimate, Estimate]], threshold:
 # per-item tables (what evaluate writes beside each score table)
 
 
+def item_rows(subset: str, metric: str, seed: int | None, statistic: str, values: Sequence[float], *,
+              gold: Sequence[float] | None = None, labels: Sequence | None = None,
+              groups: Sequence[str] | None = None) -> list[dict]:
+    """Per-item rows of one score of one (mode, layer): item i is the i-th value (numbered within its group)."""
+    if statistic not in STATISTICS:
+        raise BootstrapError(f"{subset}/{metric}: unknown statistic {statistic!r}; expected one of {STATISTICS}")
+    values = np.asarray(values, dtype=float)
+    groups = [""] * len(values) if groups is None else [str(g) for g in groups]
+    for name, other in (("gold", gold), ("labels", labels), ("groups", groups)):
+        if other is not None and len(other) != len(values):
+            raise BootstrapError(f"{subset}/{metric}: {len(values)} values but {len(other)} {name}")
+    seen: dict[str, int] = {}
+    out = []
+    for i, value in enumerate(values):
+        item = seen.get(groups[i], 0)
+        seen[groups[i]] = item + 1
+        out.append({"subset": subset, "metric": metric, "seed": NO_SEED if seed is None else int(seed),
+                    "group": groups[i], "item": item, "statistic": statistic, "value": float(value),
+                    "gold": float(gold[i]) if gold is not None else np.nan,
+                    "label": str(labels[i]) if labels is not None else ""})
+    return out
+
+
 def item_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
     """Per-item rows as a typed table with ITEM_COLUMNS (missing gold/label/group filled)."""
     frame = pd.DataFrame(list(rows))

@@ -53,13 +53,18 @@ def paired_cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 1.0 - paired_cosine_distance(a, b)
 
 
-def triplet_success_rate(anchor: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> float:
-    """Share of triplets whose anchor is strictly closer (cosine) to the positive than to the negative."""
+def triplet_correct(anchor: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """Per triplet: whether the anchor is strictly closer (cosine) to the positive than to the negative."""
     d_ap = paired_cosine_distance(anchor, positive)
     d_an = paired_cosine_distance(anchor, negative)
     if len(d_ap) == 0:
         raise ValueError("triplet_success_rate: no triplets")
-    return float(np.mean(d_ap < d_an))
+    return d_ap < d_an
+
+
+def triplet_success_rate(anchor: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> float:
+    """Share of triplets whose anchor is strictly closer (cosine) to the positive than to the negative."""
+    return float(np.mean(triplet_correct(anchor, positive, negative)))
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
