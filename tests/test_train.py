@@ -13,21 +13,12 @@ import pytest
 import torch
 import yaml
 
+from inbedder.checkpoints import last_complete_checkpoint, scan_checkpoints
 from inbedder.files import read_jsonl, write_jsonl
 from inbedder.models import ensure_materialized, generate_answers, load_lm, write_fingerprint
 from inbedder.text import format_prompt, remove_stopwords
-from inbedder.train import (
-    IGNORE_INDEX,
-    Collator,
-    TrainJob,
-    TrainSettings,
-    encode_example,
-    last_complete_checkpoint,
-    read_rows,
-    scan_checkpoints,
-    train_from_config,
-    train_model,
-)
+from inbedder.train import TrainJob, TrainSettings, train_from_config, train_model
+from inbedder.train_data import IGNORE_INDEX, Collator, encode_example, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("INBEDDER_DATA_MIRROR", ROOT.parent / "shared" / "data"))

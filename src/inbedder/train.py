@@ -1,19 +1,13 @@
 """Fine-tuning with the paper's objectives, through transformers' Trainer.
 
-- causal (opt, llama, SmolLM2): `prompt + answer + EOS`; the loss is on the answer tokens and EOS
-  only (prompt positions are labelled -100). Masks come from token counts, never from
-  `ids == pad_id` (SmolLM2 pads with its EOS).
-- masked (roberta): `<cls> prompt <mask> x len(answer) <sep>`: every answer position is masked at
-  once; the MLM loss is on those positions only. At inference `max_new_tokens` masks are appended.
-- seq2seq (t5): the prompt goes to the encoder, `answer + EOS` is the decoder's target.
-
-The answer follows the prompt's final `### Response:` after one space (causal and masked).
-Checkpoints go to `<out>/checkpoints/` every `save_steps`; each is confirmed by a marker written once
-Trainer has saved all of it. A rerun resumes from the newest confirmed one when the run key (settings,
-base weights, training data) is unchanged; when it starts over although checkpoints existed, the log
-and `train_summary.json` (`fresh_start_reason`, `checkpoints_rejected`) say why. The final model is moved into `<out>` from a temporary folder,
-then `train_log.csv`, `loss.png`, `heldout_answers.jsonl`, `fingerprint.json`, and last
-`train_summary.json` (the completion marker) are written.
+The examples and their labels per model kind are built in `inbedder.train_data`; which checkpoint
+a rerun resumes from, in `inbedder.checkpoints`. Checkpoints go to `<out>/checkpoints/` every
+`save_steps`; a rerun resumes from the newest complete one when the run key (settings, base weights,
+training data) is unchanged, and when it starts over although checkpoints existed, the log and
+`train_summary.json` (`fresh_start_reason`, `checkpoints_rejected`) say why. The final model is
+moved into `<out>` from a temporary folder, then `train_log.csv`, `loss.png`,
+`heldout_answers.jsonl`, `fingerprint.json`, and last `train_summary.json` (the completion marker)
+are written.
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -33,6 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from inbedder.checkpoints import RUN_SETTINGS, mark_checkpoint_complete, prepare_checkpoints, scan_checkpoints
 from inbedder.files import read_jsonl, sha256_file, sha256_json, write_json, write_jsonl, write_text
 from inbedder.models import (
     TRAINABLE_KINDS,
@@ -40,37 +34,17 @@ from inbedder.models import (
     generate_answers,
     load_lm,
     make_readable,
-    masked_prompt_ids,
     read_fingerprint,
-    special_ids,
     write_fingerprint,
 )
-from inbedder.text import format_prompt, token_f1
+from inbedder.text import token_f1
+from inbedder.train_data import Collator, EncodedDataset, encode_example, eos_id, read_rows, training_prompt
 
-IGNORE_INDEX = -100
 UNTRAINED_RECIPES = ("none", "released")
 CHECKPOINTS = "checkpoints"
-RUN_SETTINGS = "run_settings.json"
 BEFORE_FILE = "heldout_before.json"
 SUMMARY = "train_summary.json"
-REQUIRED_FIELDS = ("instruction", "input", "output")
 log = logging.getLogger(__name__)
-
-# Files Trainer writes into a checkpoint besides the weights (named in the fault of a cut-short save).
-CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
-# Written once a checkpoint's save has finished: only checkpoints holding it are resumed from.
-CHECKPOINT_MARKER = "checkpoint_complete.json"
-# Rows without an input text (most of Alpaca) are prompted without the input block, for both
-# templates, as in the authors' training code.
-NO_INPUT_PROMPT = "### Instruction:\n{instruction}\n\n### Response:"
-
-
-def training_prompt(template: str, instruction: str, input: str) -> str:
-    """The prompt of a training row: the recipe's template, or the no-input prompt when input is blank."""
-    if not input.strip():
-        return NO_INPUT_PROMPT.format(instruction=instruction)
-    return format_prompt(template, instruction, input)
-
 
 # ----------------------------------------------------------------------------------------------
 # settings
@@ -147,122 +121,6 @@ def check_recipe(model: str, recipe: str, recipes: Mapping[str, Mapping[str, Any
 
 
 # ----------------------------------------------------------------------------------------------
-# encoding: one training example -> input ids and labels
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One tokenised training example: model inputs and the labels of the loss."""
-
-    input_ids: list[int]
-    labels: list[int]
-
-
-def _answer_text(answer: str, kind: str) -> str:
-    """The answer as it follows the prompt: one leading space after `### Response:` for decoders."""
-    answer = answer.strip()
-    return answer if kind == "seq2seq" else " " + answer
-
-
-def _eos_id(tokenizer) -> int:
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    if eos is None:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither an EOS nor a SEP token")
-    return int(eos)
-
-
-def _prompt_ids(tokenizer, kind: str, template: str, row: Mapping[str, str], budget: int) -> list[int]:
-    """Token ids of the formatted prompt, cutting the input text (then the instruction) until they fit."""
-    fields_ = {"instruction": row["instruction"], "input": row["input"]}
-    add_special = kind != "masked"  # masked prompts get their special tokens around the masks
-    for name in ("input", "instruction"):
-        for _ in range(8):
-            ids = tokenizer(
-                training_prompt(template, fields_["instruction"], fields_["input"]),
-                add_special_tokens=add_special,
-            ).input_ids
-            over = len(ids) - budget
-            if over <= 0:
-                return ids
-            if not fields_[name]:
-                break
-            text_ids = tokenizer(fields_[name], add_special_tokens=False).input_ids
-            keep = max(0, len(text_ids) - over - 2)
-            fields_[name] = tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
-    raise ValueError(
-        f"prompt of template {template!r} does not fit {budget} tokens even with an empty input "
-        f"and instruction"
-    )
-
-
-def encode_example(tokenizer, kind: str, template: str, row: Mapping[str, str], max_length: int) -> Encoded:
-    """Tokenise one `instruction, input, output` row with the paper's objective for `kind`."""
-    if kind not in TRAINABLE_KINDS:
-        raise ValueError(f"kind {kind!r} is not trainable; trainable kinds: {', '.join(TRAINABLE_KINDS)}")
-    answer = tokenizer(_answer_text(row["output"], kind), add_special_tokens=False).input_ids
-    answer = answer[: max(1, max_length // 4)]
-    eos = _eos_id(tokenizer)
-    if kind == "causal":
-        prompt = _prompt_ids(tokenizer, kind, template, row, max_length - len(answer) - 1)
-        target = answer + [eos]
-        return Encoded(prompt + target, [IGNORE_INDEX] * len(prompt) + target)
-    if kind == "masked":
-        head, tail = special_ids(tokenizer)
-        prompt = _prompt_ids(tokenizer, kind, template, row, max_length - len(answer) - len(head) - len(tail))
-        input_ids = masked_prompt_ids(tokenizer, prompt, len(answer))
-        labels = [IGNORE_INDEX] * (len(head) + len(prompt)) + answer + [IGNORE_INDEX] * len(tail)
-        return Encoded(input_ids, labels)
-    prompt = _prompt_ids(tokenizer, kind, template, row, max_length)
-    return Encoded(prompt, answer + [eos])
-
-
-class EncodedDataset:
-    """A list of encoded examples served to the Trainer as dicts."""
-
-    def __init__(self, examples: Sequence[Encoded]):
-        self.examples = list(examples)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        ex = self.examples[i]
-        return {"input_ids": ex.input_ids, "labels": ex.labels}
-
-
-@dataclass
-class Collator:
-    """Right-pads a batch; attention masks come from lengths; labels are padded with -100."""
-
-    pad_id: int
-
-    def __call__(self, batch: Sequence[Mapping[str, list[int]]]) -> dict[str, Any]:
-        """Stack a batch of encoded examples into tensors."""
-        from inbedder.models import pad_right
-
-        input_ids, attention = pad_right([b["input_ids"] for b in batch], self.pad_id)
-        labels, _ = pad_right([b["labels"] for b in batch], self.pad_id, value=IGNORE_INDEX)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-
-
-def read_rows(path: str | os.PathLike, what: str, limit: int | None = None) -> list[dict[str, str]]:
-    """Read `instruction, input, output` rows, naming the file, line and field at fault."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what}: {path} does not exist")
-    rows = read_jsonl(path)
-    if not rows:
-        raise ValueError(f"{what}: {path} has no rows")
-    for i, row in enumerate(rows, 1):
-        missing = [k for k in REQUIRED_FIELDS if not isinstance(row.get(k), str)]
-        if missing:
-            raise ValueError(
-                f"{path}:{i}: field(s) {missing} missing or not text (need {list(REQUIRED_FIELDS)})"
-            )
-    return rows[:limit] if limit else rows
-
-
-# ----------------------------------------------------------------------------------------------
 # held-out check
 
 
@@ -287,85 +145,6 @@ def heldout_f1(
 
 # ----------------------------------------------------------------------------------------------
 # checkpoints and logs
-
-
-@dataclass(frozen=True)
-class CheckpointScan:
-    """What a checkpoint folder holds: the newest complete checkpoint and why newer ones were rejected."""
-
-    complete: Path | None
-    rejected: tuple[str, ...]  # "checkpoint-<step>: <why>", newest first
-
-
-def _checkpoint_fault(path: Path) -> str | None:
-    """Why a `checkpoint-<step>` folder cannot be resumed from, or None when it is complete.
-
-    Trainer writes a checkpoint file by file (weights, optimizer, scheduler, RNG, trainer state) with
-    no atomic step, so a kill can leave any prefix of that sequence, or a file cut short. Only the
-    marker written after Trainer's `on_save` (every file flushed, sizes recorded) makes it complete.
-    """
-    marker = path / CHECKPOINT_MARKER
-    if not marker.exists():
-        missing = [] if any(path.glob("*.safetensors")) else ["*.safetensors"]
-        missing += [f for f in CHECKPOINT_FILES if not (path / f).exists()]
-        detail = f"missing {', '.join(missing)}" if missing else "every file present but not confirmed"
-        return f"no {CHECKPOINT_MARKER} (the save was cut short: {detail})"
-    try:
-        recorded = json.loads(marker.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError) as err:
-        return f"{CHECKPOINT_MARKER} unreadable ({err})"
-    for name, size in sorted(recorded.items()):
-        file = path / name
-        if not file.exists():
-            return f"{name} missing"
-        if file.stat().st_size != size:
-            return f"{name} has {file.stat().st_size} bytes, {size} were written"
-    return None
-
-
-def scan_checkpoints(folder: str | os.PathLike) -> CheckpointScan:
-    """The newest complete `checkpoint-<step>` of `folder`, and each newer one's fault."""
-    folder = Path(folder)
-    found = folder.glob("checkpoint-*") if folder.is_dir() else []
-    steps = sorted(
-        ((int(p.name.rsplit("-", 1)[-1]), p) for p in found if p.name.rsplit("-", 1)[-1].isdigit()),
-        reverse=True,
-    )
-    rejected = []
-    for _, path in steps:
-        fault = _checkpoint_fault(path)
-        if fault is None:
-            return CheckpointScan(path, tuple(rejected))
-        rejected.append(f"{path.name}: {fault}")
-    return CheckpointScan(None, tuple(rejected))
-
-
-def last_complete_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The newest checkpoint folder whose save finished (see `scan_checkpoints`)."""
-    return scan_checkpoints(folder).complete
-
-
-def mark_checkpoint_complete(path: str | os.PathLike) -> None:
-    """Flush every file of a finished checkpoint to disk, then record their sizes in the marker."""
-    path = Path(path)
-    sizes = {}
-    for file in sorted(p for p in path.iterdir() if p.is_file() and p.name != CHECKPOINT_MARKER):
-        with open(file, "rb") as fh:
-            os.fsync(fh.fileno())
-        sizes[file.name] = file.stat().st_size
-    write_json(path / CHECKPOINT_MARKER, {"step": int(path.name.rsplit("-", 1)[-1]), "files": sizes})
-
-
-def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested mappings, as `key: old -> new`."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        out = []
-        for key in sorted(set(old) | set(new), key=str):
-            out += changed_keys(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
-        return out
-    if old != new:
-        return [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-    return []
 
 
 def loss_rows(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
@@ -485,31 +264,6 @@ def _mixed_precision(device: str, dtype: str) -> bool:
     return True  # CPU autocast supports bfloat16
 
 
-def _prepare_checkpoints(ckpt_dir: Path, key: str, run_key: Mapping[str, Any], name: str) -> str | None:
-    """Keep `ckpt_dir` if its checkpoints were made by the same run key, else empty it.
-
-    Returns why existing checkpoints were thrown away (None when they were kept or there were none).
-    """
-    settings_file = ckpt_dir / RUN_SETTINGS
-    reason = None
-    if ckpt_dir.exists():
-        old = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.exists() else None
-        if old is None:
-            reason = f"{settings_file} missing, so the checkpoints' settings are unknown"
-        elif old.get("key") != key:
-            old_key = {k: v for k, v in old.items() if k != "key"}
-            changes = changed_keys(old_key, dict(run_key)) or ["the run key's format"]
-            reason = f"checkpoints in {ckpt_dir} were made with other settings or data ({'; '.join(changes)})"
-        if reason:
-            if any(ckpt_dir.glob("checkpoint-*")):
-                log.warning("%s: discarding checkpoints: %s", name, reason)
-            else:
-                reason = None  # nothing trained was lost
-            shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    return reason
-
-
 def train_model(
     job: TrainJob,
     base_dir: str | os.PathLike,
@@ -557,12 +311,12 @@ def train_model(
     }
     run_key["job"].pop("device")  # the same run may resume on another device
     key = sha256_json(run_key)
-    fresh_start_reason = _prepare_checkpoints(ckpt_dir, key, run_key, f"{job.model}-{job.recipe}")
+    fresh_start_reason = prepare_checkpoints(ckpt_dir, key, run_key, f"{job.model}-{job.recipe}")
     write_json(ckpt_dir / RUN_SETTINGS, {"key": key, **run_key})
 
     set_seed(settings.seed)
     model, tokenizer = load_lm(base_dir, job.kind, device=job.device, dtype="float32")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
 
     # held-out F1 before training (cached beside the checkpoints so a resume does not redo it)
     before_file = ckpt_dir / BEFORE_FILE
