@@ -281,7 +281,7 @@ def read_scores(path: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # two smoke runs
+@pytest.mark.timeout(3600)  # two smoke runs
 def test_smoke_profile_downloads_when_no_mirror_is_found_and_scores_equal_the_mirror_run(
     hosts, mirror, tmp_path_factory
 ):

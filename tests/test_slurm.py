@@ -20,7 +20,7 @@ import pytest
 from slurm_cluster import single_node_cluster
 from workspace import clean_env, fresh_clone, make
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(3600)]
 
 SCORE_KEYS = ["model", "recipe", "mode", "layer", "task", "subset", "metric", "seed"]
 SMOKE_CONFIGS = ["config.yaml", "workflow/profiles/offline/run.yaml", "workflow/profiles/smoke/run.yaml"]
@@ -48,7 +48,7 @@ def test_smoke_profile_on_slurm_equals_the_local_run_and_resumes_after_scancel(m
     env = clean_env(INBEDDER_DATA_MIRROR=str(mirror))
 
     local = fresh_clone(tmp_path / "local")
-    result = make(local, "smoke", "SMOKE_RUN=slurm-reference", env=env)
+    result = make(local, "smoke", "SMOKE_RUN=slurm-reference", env=env, timeout=2400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
     clone = fresh_clone(tmp_path / "cluster")

@@ -37,7 +37,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def make(clone: Path, *targets: str, env: dict[str, str], timeout: int = 1500) -> subprocess.CompletedProcess:
+def make(clone: Path, *targets: str, env: dict[str, str], timeout: int = 2400) -> subprocess.CompletedProcess:
     """`make <targets>` in `clone`, with the clone's own package first on the path; -o: the linked .venv
     is taken as set up (never reinstalled from the copied pins)."""
     env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(clone / "src"), env.get("PYTHONPATH")]))}
