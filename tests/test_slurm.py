@@ -20,7 +20,7 @@ import pytest
 from slurm_cluster import single_node_cluster
 from workspace import clean_env, fresh_clone, make
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(3600), pytest.mark.enable_socket]  # free ports for slurm.conf
 
 SCORE_KEYS = ["model", "recipe", "mode", "layer", "task", "subset", "metric", "seed"]
 SMOKE_CONFIGS = ["config.yaml", "workflow/profiles/offline/run.yaml", "workflow/profiles/smoke/run.yaml"]
