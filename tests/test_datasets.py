@@ -13,6 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from inbedder import analogs
 from inbedder import datasets as D
 from inbedder.datasets import DataError, prepare
 from inbedder.files import read_jsonl, sha256_file
@@ -83,7 +84,7 @@ def test_alpaca_5k(tables):
 
 
 def _nlupp_labels(raw: Path) -> dict[str, tuple[str, str]]:
-    return {u.text: (u.action, u.object) for u in D.nlupp_utterances(raw / "nlupp")}
+    return {u.text: (u.action, u.object) for u in analogs.nlupp_utterances(raw / "nlupp")}
 
 
 def test_nlupp_clustering(tables, raw):
@@ -91,8 +92,8 @@ def test_nlupp_clustering(tables, raw):
     _schema(t, "nlupp_clustering")
     assert t["subset"].value_counts().to_dict() == {"action": 542, "object": 542}
     action, obj = t[t.subset == "action"], t[t.subset == "object"]
-    assert set(action["label"]) == set(D.NLUPP_ACTIONS)
-    assert set(obj["label"]) == set(D.NLUPP_OBJECTS)
+    assert set(action["label"]) == set(analogs.NLUPP_ACTIONS)
+    assert set(obj["label"]) == set(analogs.NLUPP_OBJECTS)
     assert list(action["text"]) == list(obj["text"])
     assert set(action["instruction"]) == {NLUPP_INSTRUCTIONS["action"]}
     assert set(obj["instruction"]) == {NLUPP_INSTRUCTIONS["object"]}
@@ -145,7 +146,7 @@ def test_an_instruction_agnostic_embedder_sums_to_100_percent(tables):
 def test_nlupp_pairs(tables, raw):
     t = tables["nlupp_pairs"]
     _schema(t, "nlupp_pairs")
-    assert len(t) == 4 * D.NLUPP_PAIRS_PER_VIEW == 1200
+    assert len(t) == 4 * analogs.NLUPP_PAIRS_PER_VIEW == 1200
     assert t["score"].value_counts().to_dict() == {1.0: 600, 0.0: 600}
     labels = _nlupp_labels(raw)
     view_of = {text: i for i, text in enumerate(NLUPP_INSTRUCTIONS.values())}
@@ -176,7 +177,7 @@ def test_twenty_newsgroups_subject_sets(tables):
 
 
 def test_twenty_newsgroups_pool_is_every_post(raw):
-    pool = D.newsgroups_subjects(raw / "twenty_newsgroups" / "20news-bydate.tar.gz")
+    pool = analogs.newsgroups_subjects(raw / "twenty_newsgroups" / "20news-bydate.tar.gz")
     assert pool["split"].value_counts().to_dict() == {"train": 11314, "test": 7532}
     first = pool.iloc[0]
     assert (first.split, first.group, first.subject) == (

@@ -22,8 +22,9 @@ Datasets (their sources are in `DATASET_SOURCES`):
 - `alpaca_5k` (offline Alpaca recipe): the 5,000 mirrored Alpaca rows as they are, less the 2 rows
   with an empty output (rows without an instruction or output are dropped from every training set).
 - `intent_emotion`, `nyt_clustering`, `instruct_stsb` (hub, test split): the paper's sets as released.
-- NLU++ banking analogs. The 542 utterances carrying exactly one action intent and exactly one object
-  intent (lists in `NLUPP_ACTIONS`, `NLUPP_OBJECTS`) are read in fold order (fold0..fold19, file order).
+- NLU++ banking analogs (built in `inbedder.analogs`, as are the generic sets below). The 542
+  utterances carrying exactly one action intent and exactly one object intent (lists in
+  `NLUPP_ACTIONS`, `NLUPP_OBJECTS`) are read in fold order (fold0..fold19, file order).
   Each utterance has two labels, one per *view* (`action`, `object`).
   - `nlupp_clustering`: subsets `action` and `object`; all 542 texts, label = that view's label.
   - `nlupp_triplets` (IntentEmotion-like): one triplet per distinct utterance (537), anchors visited
@@ -53,38 +54,44 @@ called with another one, so two runs give identical tables.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
-import tarfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from inbedder.analogs import (
+    NLUPP_VIEWS,
+    build_banking77,
+    build_nlupp_clustering,
+    build_nlupp_pairs,
+    build_nlupp_triplets,
+    build_stsb,
+    build_twenty_newsgroups,
+)
 from inbedder.files import atomic_path, read_jsonl, write_jsonl
+from inbedder.raw import (
+    SEED,
+    DataError,
+    check_records,
+    is_bad_text,
+    read_json,
+    read_json_lines,
+    read_parquet,
+    sample_order,
+    subset_instruction,
+)
 from inbedder.sources import read_manifest
 from inbedder.text import remove_stopwords
 
 log = logging.getLogger(__name__)
 
-
-class DataError(ValueError):
-    """Input data does not have the expected shape; the message names the file, column and row."""
-
-
-SEED = 0
 HELDOUT_ROWS = 300
-NLUPP_PAIRS_PER_VIEW = 300
-NEWSGROUPS_SETS = 10
-NEWSGROUPS_SET_SIZE = (1000, 10000)
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "training": ("instruction", "input", "output"),
@@ -95,115 +102,7 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
 # Columns that may hold an empty string (Alpaca rows without an input).
 MAY_BE_EMPTY = frozenset({"input"})
 
-NLUPP_ACTIONS = (
-    "cancel_close_leave_freeze",
-    "change",
-    "make_open_apply_setup_get_activate",
-    "request_info",
-    "wrong_notworking_notshowing",
-    "lost_stolen",
-)
-NLUPP_OBJECTS = (
-    "account",
-    "transfer_payment_deposit",
-    "appointment",
-    "balance",
-    "card",
-    "cheque",
-    "direct_debit",
-    "standing_order",
-    "fees_interests",
-    "loan",
-    "mortgage",
-    "overdraft",
-    "withdrawal",
-    "pin",
-    "refund",
-)
-NLUPP_VIEWS = ("action", "object")
-
 Builder = Callable[..., pd.DataFrame]
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading raw files, with errors that name the file, the column and the row
-
-
-def _decode(data: bytes) -> str:
-    """Decode UTF-8; bytes that are not UTF-8 become surrogates that `_check_records` reports by column."""
-    return data.decode("utf-8", errors="surrogateescape")
-
-
-def _is_bad_text(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
-
-
-def _check_records(
-    records: list[dict], required: Iterable[str], label: str, text: Iterable[str] = ()
-) -> None:
-    """Raise DataError naming `label` if the table is empty, lacks a column, or has non-UTF-8 text."""
-    required = list(required)
-    if not records:
-        raise DataError(f"{label}: empty dataset (no rows)")
-    for i, row in enumerate(records):
-        if not isinstance(row, dict):
-            raise DataError(f"{label}: row {i} is not an object")
-        for col in required:
-            if col not in row:
-                raise DataError(f"{label}: column {col!r} missing (row {i} has {sorted(row)})")
-    for col in list(required) + [c for c in text if c not in required]:
-        for i, row in enumerate(records):
-            value = row.get(col)
-            if isinstance(value, str) and _is_bad_text(value):
-                raise DataError(f"{label}: column {col!r}, row {i}: text is not valid UTF-8")
-
-
-def _read_json_lines(data: bytes, label: str) -> list[dict]:
-    records = []
-    for lineno, line in enumerate(_decode(data).split("\n"), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{label}:{lineno}: not valid JSON ({err.msg})") from err
-    return records
-
-
-def _read_json(data: bytes, label: str) -> Any:
-    try:
-        return json.loads(_decode(data))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{label}: not valid JSON ({err.msg}, line {err.lineno})") from err
-
-
-def _read_parquet(path: Path, required: Iterable[str]) -> pd.DataFrame:
-    if not path.is_file():
-        siblings = sorted(str(p.relative_to(path.parents[1])) for p in path.parents[1].glob("*/*.parquet"))
-        raise FileNotFoundError(f"{path} is missing (this source has: {siblings})")
-    table = pd.read_parquet(path)
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: column {missing[0]!r} missing (has {list(table.columns)})")
-    if table.empty:
-        raise DataError(f"{path}: empty dataset (no rows)")
-    return table
-
-
-def _instruction(instructions: Mapping[str, str], subset: str, dataset: str) -> str:
-    """The instruction for a subset: its own key, else `default`; a clear error when neither exists."""
-    if subset in instructions:
-        return instructions[subset]
-    if "default" in instructions:
-        return instructions["default"]
-    raise ValueError(
-        f"dataset {dataset!r}: no instruction for subset {subset!r} (set it in the instructions of the task "
-        f"that uses this dataset; given: {sorted(instructions)})"
-    )
-
-
-def _sample_order(n: int, k: int, seed: int) -> np.ndarray:
-    """k distinct indices of range(n) in a seeded random order."""
-    return np.random.default_rng(seed).permutation(n)[:k]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,8 +110,8 @@ def _sample_order(n: int, k: int, seed: int) -> np.ndarray:
 
 
 def _c3_rows(data: bytes, label: str) -> pd.DataFrame:
-    records = _read_json_lines(data, label)
-    _check_records(records, ("key", "value", "value_prefix"), label)
+    records = read_json_lines(data, label)
+    check_records(records, ("key", "value", "value_prefix"), label)
     table = pd.DataFrame(
         {
             "instruction": [r["value"] for r in records],
@@ -243,7 +142,7 @@ def build_c3_qa_heldout(
     """A seeded sample of C3 validation QA pairs (never trained on), for the training check."""
     path = raw["c3"] / "c3.validation.en.jsonl"
     table = _c3_rows(path.read_bytes(), str(path))
-    return table.iloc[_sample_order(len(table), rows, seed)].reset_index(drop=True)
+    return table.iloc[sample_order(len(table), rows, seed)].reset_index(drop=True)
 
 
 def build_alpaca_5k(
@@ -251,10 +150,10 @@ def build_alpaca_5k(
 ) -> pd.DataFrame:
     """The mirrored 5,000 Alpaca rows as training pairs (the Alpaca recipe, offline)."""
     path = raw["alpaca_5000"] / "alpaca_5000.json"
-    records = _read_json(path.read_bytes(), str(path))
+    records = read_json(path.read_bytes(), str(path))
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of rows")
-    _check_records(records, SCHEMAS["training"], str(path))
+    check_records(records, SCHEMAS["training"], str(path))
     return _drop_unanswered(
         pd.DataFrame({c: [r[c] for r in records] for c in SCHEMAS["training"]}), str(path)
     )
@@ -277,7 +176,7 @@ def _drop_unanswered(table: pd.DataFrame, label: str) -> pd.DataFrame:
 
 def _hub_training(raw_dir: Path) -> pd.DataFrame:
     path = raw_dir / "default" / "train.parquet"
-    table = _read_parquet(path, SCHEMAS["training"])
+    table = read_parquet(path, SCHEMAS["training"])
     return _drop_unanswered(table[list(SCHEMAS["training"])].reset_index(drop=True), str(path))
 
 
@@ -286,7 +185,7 @@ def build_inbedder_qa(
 ) -> pd.DataFrame:
     """The InBedder QA pre-training data (hub), less the rows held out for the training check."""
     table = _hub_training(raw["inbedder_qa"])
-    held = set(_sample_order(len(table), HELDOUT_ROWS, seed).tolist())
+    held = set(sample_order(len(table), HELDOUT_ROWS, seed).tolist())
     keep = [i for i in range(len(table)) if i not in held]
     return table.iloc[keep].reset_index(drop=True)
 
@@ -296,7 +195,7 @@ def build_inbedder_qa_heldout(
 ) -> pd.DataFrame:
     """A seeded sample of the InBedder QA data, held out from `inbedder_qa`."""
     table = _hub_training(raw["inbedder_qa"])
-    return table.iloc[_sample_order(len(table), HELDOUT_ROWS, seed)].reset_index(drop=True)
+    return table.iloc[sample_order(len(table), HELDOUT_ROWS, seed)].reset_index(drop=True)
 
 
 def build_alpaca(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED) -> pd.DataFrame:
@@ -314,12 +213,12 @@ def build_intent_emotion(
     """IntentEmotion triplets, subsets emotion and intent."""
     parts = []
     for subset in ("emotion", "intent"):
-        t = _read_parquet(raw["intent_emotion"] / subset / "test.parquet", ("anchor", "positive", "negative"))
+        t = read_parquet(raw["intent_emotion"] / subset / "test.parquet", ("anchor", "positive", "negative"))
         parts.append(
             pd.DataFrame(
                 {
                     "subset": subset,
-                    "instruction": _instruction(instructions, subset, "intent_emotion"),
+                    "instruction": subset_instruction(instructions, subset, "intent_emotion"),
                     "anchor": t["anchor"].astype(str),
                     "positive": t["positive"].astype(str),
                     "negative": t["negative"].astype(str),
@@ -335,12 +234,12 @@ def build_nyt_clustering(
     """NYTClustering, subsets topic and location."""
     parts = []
     for subset in ("topic", "location"):
-        t = _read_parquet(raw["nyt_clustering"] / subset / "test.parquet", ("text", "cluster"))
+        t = read_parquet(raw["nyt_clustering"] / subset / "test.parquet", ("text", "cluster"))
         parts.append(
             pd.DataFrame(
                 {
                     "subset": subset,
-                    "instruction": _instruction(instructions, subset, "nyt_clustering"),
+                    "instruction": subset_instruction(instructions, subset, "nyt_clustering"),
                     "text": t["text"].astype(str),
                     "label": t["cluster"].astype(str),
                 }
@@ -353,7 +252,7 @@ def build_instruct_stsb(
     raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
 ) -> pd.DataFrame:
     """InstructSTSB pairs; the instruction of each pair comes with the data."""
-    t = _read_parquet(
+    t = read_parquet(
         raw["instruct_stsb"] / "default" / "test.parquet", ("sentence1", "sentence2", "instruction", "score")
     )
     return pd.DataFrame(
@@ -362,253 +261,6 @@ def build_instruct_stsb(
             "text1": t["sentence1"].astype(str),
             "text2": t["sentence2"].astype(str),
             "score": t["score"].astype(float),
-        }
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# NLU++ two-view analogs
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """An NLU++ banking utterance with one action and one object label."""
-
-    text: str
-    action: str
-    object: str
-
-    def label(self, view: str) -> str:
-        """The label of one view (`action` or `object`)."""
-        return self.action if view == "action" else self.object
-
-
-def nlupp_utterances(raw_dir: Path) -> list[Utterance]:
-    """The 542 banking utterances with exactly one action and one object intent, in fold order."""
-    ontology_path = raw_dir / "ontology.json"
-    ontology = _read_json(ontology_path.read_bytes(), str(ontology_path))
-    known = set(ontology.get("intents", {})) if isinstance(ontology, dict) else set()
-    unknown = [i for i in NLUPP_ACTIONS + NLUPP_OBJECTS if i not in known]
-    if unknown:
-        raise DataError(f"{ontology_path}: intents {unknown} are not in the ontology")
-    folds = sorted((raw_dir / "banking").glob("fold*.json"), key=lambda p: int(p.stem[4:]))
-    if not folds:
-        raise FileNotFoundError(f"{raw_dir / 'banking'}: no fold*.json files")
-    out = []
-    for path in folds:
-        records = _read_json(path.read_bytes(), str(path))
-        if not isinstance(records, list):
-            raise DataError(f"{path}: expected a JSON list of utterances")
-        _check_records(records, ("text",), str(path), text=("text",))
-        for row in records:
-            intents = row.get("intents", [])
-            actions = [i for i in intents if i in NLUPP_ACTIONS]
-            objects = [i for i in intents if i in NLUPP_OBJECTS]
-            if len(actions) == 1 and len(objects) == 1:
-                out.append(Utterance(row["text"], actions[0], objects[0]))
-    if not out:
-        raise DataError(f"{raw_dir}: no utterance has exactly one action and one object intent")
-    return out
-
-
-def _distinct(utterances: list[Utterance]) -> list[Utterance]:
-    seen, out = set(), []
-    for u in utterances:
-        if u.text not in seen:
-            seen.add(u.text)
-            out.append(u)
-    return out
-
-
-def _partners(items: list[Utterance], i: int, same: str) -> list[int]:
-    """Indices of utterances sharing view `same` with item i and differing in the other view."""
-    other = "object" if same == "action" else "action"
-    a = items[i]
-    return [
-        j
-        for j, b in enumerate(items)
-        if b.label(same) == a.label(same) and b.label(other) != a.label(other) and b.text != a.text
-    ]
-
-
-def build_nlupp_clustering(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
-    """NLU++ two-view clustering: all 542 texts under each view, label = that view's intent."""
-    items = nlupp_utterances(raw["nlupp"])
-    parts = [
-        pd.DataFrame(
-            {
-                "subset": view,
-                "instruction": _instruction(instructions, view, "nlupp_clustering"),
-                "text": [u.text for u in items],
-                "label": [u.label(view) for u in items],
-            }
-        )
-        for view in NLUPP_VIEWS
-    ]
-    return pd.concat(parts, ignore_index=True)
-
-
-def build_nlupp_triplets(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
-    """NLU++ two-view triplets (IntentEmotion-like): one per distinct utterance, mirrored across views."""
-    items = _distinct(nlupp_utterances(raw["nlupp"]))
-    rng = np.random.default_rng(seed)
-    triplets = []
-    for i in rng.permutation(len(items)).tolist():
-        positives, negatives = _partners(items, i, "action"), _partners(items, i, "object")
-        if not positives or not negatives:
-            continue
-        p = positives[int(rng.integers(len(positives)))]
-        n = negatives[int(rng.integers(len(negatives)))]
-        triplets.append((items[i].text, items[p].text, items[n].text))
-    rows = [("action", a, p, n) for a, p, n in triplets] + [("object", a, n, p) for a, p, n in triplets]
-    table = pd.DataFrame(rows, columns=["subset", "anchor", "positive", "negative"])
-    table.insert(1, "instruction", [_instruction(instructions, s, "nlupp_triplets") for s in table["subset"]])
-    return table
-
-
-def build_nlupp_pairs(
-    raw: Mapping[str, Path],
-    instructions: Mapping[str, str],
-    seed: int = SEED,
-    pairs_per_view: int = NLUPP_PAIRS_PER_VIEW,
-) -> pd.DataFrame:
-    """NLU++ instructed pairs (InstructSTSB-like): pairs sharing one view, scored 1 under it, 0 under the other."""
-    items = _distinct(nlupp_utterances(raw["nlupp"]))
-    rng = np.random.default_rng(seed)
-    rows = []
-    for shared, other in (("action", "object"), ("object", "action")):
-        seen: set[frozenset[int]] = set()
-        for i in rng.permutation(len(items)).tolist():
-            if len(seen) == pairs_per_view:
-                break
-            partners = _partners(items, i, shared)
-            if not partners:
-                continue
-            j = partners[int(rng.integers(len(partners)))]
-            if frozenset((i, j)) in seen:
-                continue
-            seen.add(frozenset((i, j)))
-            a, b = items[i].text, items[j].text
-            rows.append((_instruction(instructions, shared, "nlupp_pairs"), a, b, 1.0))
-            rows.append((_instruction(instructions, other, "nlupp_pairs"), a, b, 0.0))
-        if len(seen) < pairs_per_view:
-            raise DataError(
-                f"nlupp_pairs: only {len(seen)} distinct pairs share the {shared} (wanted {pairs_per_view})"
-            )
-    return pd.DataFrame(rows, columns=list(SCHEMAS["pairs"]))
-
-
-# ----------------------------------------------------------------------------------------------
-# Generic tasks on mirrored data
-
-
-def _subject(post: str) -> str | None:
-    header = post.split("\n\n", 1)[0]
-    for line in header.splitlines():
-        if line.startswith("Subject:"):
-            return line[len("Subject:") :].strip()
-    return None
-
-
-def newsgroups_subjects(archive: Path) -> pd.DataFrame:
-    """Subject line and newsgroup of every post of a 20news-bydate archive, in (split, group, id) order."""
-    rows = []
-    with tarfile.open(archive) as tf:
-        for member in tqdm(tf, desc="20 Newsgroups posts", unit="post", mininterval=2.0):
-            parts = member.name.split("/")
-            if not member.isfile() or len(parts) != 3 or not parts[0].startswith("20news-bydate-"):
-                continue
-            post = tf.extractfile(member).read().decode("latin-1")
-            subject = _subject(post)
-            if subject:
-                rows.append((parts[0].removeprefix("20news-bydate-"), parts[1], int(parts[2]), subject))
-    if not rows:
-        raise DataError(f"{archive}: no post with a Subject: header (is it a 20news-bydate archive?)")
-    table = pd.DataFrame(rows, columns=["split", "group", "id", "subject"])
-    return table.sort_values(["split", "group", "id"], ignore_index=True)
-
-
-def build_twenty_newsgroups(
-    raw: Mapping[str, Path],
-    instructions: Mapping[str, str],
-    seed: int = SEED,
-    n_sets: int = NEWSGROUPS_SETS,
-    set_size: tuple[int, int] = NEWSGROUPS_SET_SIZE,
-) -> pd.DataFrame:
-    """TwentyNewsgroupsClustering as MTEB builds it: 10 sets of 1,000-10,000 subject lines, label = group."""
-    pool = newsgroups_subjects(raw["twenty_newsgroups"] / "20news-bydate.tar.gz")
-    rng = np.random.default_rng(seed)
-    parts = []
-    for s in range(n_sets):
-        size = int(rng.integers(set_size[0], min(set_size[1], len(pool)) + 1))
-        picked = pool.iloc[rng.choice(len(pool), size=size, replace=False)]
-        parts.append(
-            pd.DataFrame(
-                {
-                    "subset": str(s),
-                    "instruction": _instruction(instructions, str(s), "twenty_newsgroups"),
-                    "text": picked["subject"].to_numpy(),
-                    "label": picked["group"].to_numpy(),
-                }
-            )
-        )
-    return pd.concat(parts, ignore_index=True)
-
-
-def build_stsb(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED) -> pd.DataFrame:
-    """STS Benchmark test pairs with their 0-5 scores."""
-    path = raw["stsb"] / "sts-test.csv"
-    label = str(path)
-    names = ("genre", "file", "year", "id", "score", "sentence1", "sentence2")
-    records = []
-    for lineno, line in enumerate(_decode(path.read_bytes()).split("\n"), 1):
-        if not line.strip():
-            continue
-        fields = line.rstrip("\r").split("\t")
-        if len(fields) < len(names):
-            raise DataError(
-                f"{label}:{lineno}: {len(fields)} tab-separated fields, expected at least {len(names)} "
-                f"(column {names[len(fields)]!r} missing)"
-            )
-        records.append(dict(zip(names, fields[: len(names)])))
-    _check_records(records, names, label, text=("sentence1", "sentence2"))
-    scores = []
-    for i, r in enumerate(records):
-        try:
-            score = float(r["score"])
-        except ValueError as err:
-            raise DataError(f"{label}: column 'score', row {i}: {r['score']!r} is not a number") from err
-        if not 0.0 <= score <= 5.0:
-            raise DataError(f"{label}: column 'score', row {i}: {score} is outside 0-5")
-        scores.append(score)
-    return pd.DataFrame(
-        {
-            "instruction": _instruction(instructions, "default", "stsb"),
-            "text1": [r["sentence1"] for r in records],
-            "text2": [r["sentence2"] for r in records],
-            "score": scores,
-        }
-    )
-
-
-def build_banking77(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
-    """Banking77 test as one clustering set (77 intents)."""
-    path = raw["banking77"] / "test.csv"
-    label = str(path)
-    records = list(csv.DictReader(io.StringIO(_decode(path.read_bytes()), newline="")))
-    _check_records(records, ("text", "category"), label)
-    return pd.DataFrame(
-        {
-            "subset": "default",
-            "instruction": _instruction(instructions, "default", "banking77"),
-            "text": [r["text"] for r in records],
-            "label": [r["category"] for r in records],
         }
     )
 
@@ -739,7 +391,7 @@ def validate_table(table: pd.DataFrame, kind: str, label: str) -> pd.DataFrame:
             table[col] = table[col].astype("float64")
             continue
         values = table[col].astype(str)
-        bad = values.map(_is_bad_text)
+        bad = values.map(is_bad_text)
         if bad.any():
             raise DataError(
                 f"{label}: column {col!r}, row {int(bad.to_numpy().argmax())}: text is not valid UTF-8"
@@ -762,7 +414,7 @@ def prepare(
     spec = dataset_spec(dataset)
     instructions = dict(instructions or {})
     for subset in spec.subsets:
-        _instruction(instructions, subset, dataset)  # fail before reading anything
+        subset_instruction(instructions, subset, dataset)  # fail before reading anything
     raw = {}
     for source in spec.sources:
         raw[source] = Path(raw_root) / source
@@ -800,7 +452,7 @@ def write_training_tables(
         log.info("%s: %d rows also in the held-out set; dropped from training", train_path, sum(overlap))
         train = train[[not o for o in overlap]].reset_index(drop=True)
     if train_rows is not None and train_rows < len(train):
-        keep = np.sort(_sample_order(len(train), train_rows, seed))
+        keep = np.sort(sample_order(len(train), train_rows, seed))
         train = train.iloc[keep].reset_index(drop=True)
     if heldout_rows is not None:
         heldout = heldout.head(heldout_rows)
@@ -812,5 +464,5 @@ def write_training_tables(
 def read_training_table(path: str | os.PathLike) -> list[dict]:
     """Read a training JSONL table, checking the training-pair columns."""
     rows = read_jsonl(path)
-    _check_records(rows, SCHEMAS["training"], str(path))
+    check_records(rows, SCHEMAS["training"], str(path))
     return rows
