@@ -139,12 +139,12 @@ def test_robustness_prompts_are_every_text_under_every_instruction(tiny):
 
 def test_modes_for_restricts_and_defaults_robustness_to_first_gen():
     modes = ["1st-gen", "avg-gen", "avg-ppt"]
-    assert tasks.modes_for({"kind": "clustering"}, modes) == modes
-    assert tasks.modes_for({"kind": "robustness"}, modes) == ["1st-gen"]
-    assert tasks.modes_for(
+    assert task_kinds.modes_for({"kind": "clustering"}, modes) == modes
+    assert task_kinds.modes_for({"kind": "robustness"}, modes) == ["1st-gen"]
+    assert task_kinds.modes_for(
         {"kind": "robustness", "modes": ["1st-gen", "prefixed"]}, ["plain", "prefixed"]
     ) == ["prefixed"]
-    assert tasks.modes_for({"kind": "robustness"}, ["plain"]) == []
+    assert task_kinds.modes_for({"kind": "robustness"}, ["plain"]) == []
 
 
 def test_errors_name_the_file_column_and_key(tiny):

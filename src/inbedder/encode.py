@@ -348,7 +348,7 @@ def encode_task(
 
 def re_encoder_name(model: str, task: str, config: Mapping[str, Any]) -> str | None:
     """The sentence encoder (config `re_encoder`) when a re-encode mode of the model is scored on the task."""
-    from inbedder.tasks import modes_for
+    from inbedder.task_kinds import modes_for
 
     spec = config["models"][model]
     modes = modes_for(config["tasks"][task], spec.get("modes", []))
@@ -369,7 +369,7 @@ def rule_params(model: str, recipe: str, task: str, config: Mapping[str, Any]) -
     length `models.<m>.max_new_tokens` (default 3); `layers`, `encode_batch_size`, `device`, `dtype`;
     re-encode-multi when the model's scored modes include it. The prompts come in as the task table.
     """
-    from inbedder.tasks import modes_for
+    from inbedder.task_kinds import modes_for
 
     models, recipes, tasks = config["models"], config.get("recipes") or {}, config["tasks"]
     if model not in models:

@@ -29,7 +29,7 @@ triplets / labels with this view's k), `v_measure_mean`, `dci`, `dii` (robustnes
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,6 +72,7 @@ class TaskKind:
     main_metric: ClassVar[str | None]  # main score of the mteb-layout results (None: mteb's own)
     writes_mteb_results: ClassVar[bool] = False  # mteb writes the result JSON itself
     writes_assignments: ClassVar[bool] = False  # assignments.csv beside the scores
+    default_modes: ClassVar[tuple[str, ...] | None] = None  # modes scored when `tasks.<t>.modes` is unset: all
 
     def __init__(self, name: str, spec: Mapping[str, Any]) -> None:
         self.name = name
@@ -249,6 +250,7 @@ class Robustness(TaskKind):
     kind = "robustness"
     columns = ("subset", "instruction", "text", "label")
     main_metric = "v_measure"
+    default_modes = ("1st-gen",)  # 30 instructions x every text is expensive
 
     def table(self, data_dir: str | Path = "data", limit: int | None = None) -> pd.DataFrame:
         instructions = robustness_instructions(self.name, self.spec)
@@ -396,6 +398,16 @@ def kind_of(name: str, spec: Mapping[str, Any]) -> TaskKind:
     if kind not in KINDS:
         raise TaskError(f"tasks.{name}.kind: {kind!r} is not one of {tuple(KINDS)}")
     return KINDS[kind](name, spec)
+
+
+def modes_for(spec: Mapping[str, Any], model_modes: Sequence[str]) -> list[str]:
+    """The model's modes a task scores: those in the task's `modes`, else its kind's default (all of them)."""
+    wanted = spec.get("modes")
+    if wanted is None and spec.get("kind") in KINDS:
+        wanted = KINDS[spec["kind"]].default_modes
+    if wanted is None:
+        return list(model_modes)
+    return [m for m in model_modes if m in wanted]
 
 
 def task_table(name: str, spec: Mapping[str, Any], data_dir: str | Path = "data",

@@ -30,7 +30,6 @@ import pandas as pd
 from inbedder.files import atomic_path, sha256_json
 
 LIMIT_SEED = 0  # seed of the deterministic slice taken by limits.task_rows
-DEFAULT_ROBUSTNESS_MODES = ("1st-gen",)
 ROBUSTNESS_GROUPS = ("correct", "implicit", "incorrect")
 DEFAULT_SUBSET = "default"
 TABLE_METADATA_KEY = b"inbedder"
@@ -80,19 +79,6 @@ def robustness_instructions(task_name: str, spec: Mapping) -> list[tuple[str, in
             raise TaskError(f"tasks.{task_name}.instructions.{group}: expected a non-empty list of instructions")
         out.extend((group, i, str(text)) for i, text in enumerate(items))
     return out
-
-
-def modes_for(spec: Mapping, model_modes: Sequence[str]) -> list[str]:
-    """The model's modes this task scores: all of them, or those in the task's `modes` restriction.
-
-    Robustness tasks default to ("1st-gen",): 30 instructions x every text is expensive.
-    """
-    wanted = spec.get("modes")
-    if wanted is None and spec.get("kind") == "robustness":
-        wanted = DEFAULT_ROBUSTNESS_MODES
-    if wanted is None:
-        return list(model_modes)
-    return [m for m in model_modes if m in wanted]
 
 
 def mteb_task_name(task_name: str, spec: Mapping) -> str:

@@ -4,7 +4,7 @@ import re
 
 from inbedder.config import check_runtime, unavailable_reason
 from inbedder.report.inputs import data_manifests, declared_inputs, projection_of
-from inbedder.tasks import modes_for
+from inbedder.task_kinds import modes_for
 
 check_runtime(config)
 
