@@ -289,6 +289,13 @@ def test_smollm2_few_steps_loss_falls(tmp_path, smollm2_dir):
     model, tok = load_lm(out, "causal")
     assert model.config.model_type == "llama" and tok.eos_token_id == 2
     assert json.loads((out / "train_summary.json").read_text())["fingerprint"] == summary["fingerprint"]
+    # throughput: every step saw the same 4 examples; 6 x parameters x real tokens over the step time
+    lengths = [len(encode_example(tok, "causal", "inbedder", r, 128).input_ids) for r in rows]
+    assert summary["train_tokens"] == 4 * sum(lengths)
+    assert summary["train_padded_tokens"] == 4 * 4 * max(lengths)
+    assert summary["tokens_per_s"] == pytest.approx(summary["train_tokens"] / summary["train_compute_s"], rel=0.01)
+    assert summary["matmul_peak_dtype"] == "bfloat16" and summary["matmul_peak_gflops"] > 0
+    assert 0 < summary["train_peak_fraction_executed"] <= summary["train_peak_fraction"] < 1.5
 
 
 # ---------------------------------------------------------------------------------------------- resume

@@ -39,6 +39,7 @@ from inbedder.models import (
 )
 from inbedder.text import token_f1
 from inbedder.train_data import Collator, EncodedDataset, encode_example, eos_id, read_rows, training_prompt
+from inbedder.train_loop import StepMeter, make_trainer
 
 UNTRAINED_RECIPES = ("none", "released")
 CHECKPOINTS = "checkpoints"
@@ -277,7 +278,7 @@ def train_model(
     """Fine-tune the model in `base_dir` on `train_path`, write the run folder `out_dir`, return the summary."""
     import torch
     import transformers
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     check_kind(job.model, {"kind": job.kind})
@@ -359,7 +360,9 @@ def train_model(
     )
     first_step: list[int] = []
     timing: dict[str, float] = {}
-    trainer = Trainer(
+    meter = StepMeter()
+    trainer = make_trainer(
+        meter,
         model=model,
         args=args,
         train_dataset=dataset,
@@ -423,6 +426,8 @@ def train_model(
     fingerprint = write_fingerprint(
         out, f"{job.model}-{job.recipe}", job.kind, {"base": base_fp["sha256"], "recipe": job.recipe}
     )
+    if (Path(base_dir) / "licence").is_dir():  # a derivative keeps its base model's terms (Gemma)
+        shutil.copytree(Path(base_dir) / "licence", out / "licence", dirs_exist_ok=True)
 
     window = max(1, min(5, len(rows_log) // 4))
     steps_run = timing.get("end_step", state.global_step) - timing.get("start_step", 0)
@@ -457,6 +462,7 @@ def train_model(
         "heldout_max_new_tokens": job.max_new_tokens,
         "heldout_token_f1_before": float(before["f1"]),
         "heldout_token_f1_after": float(f1_after),
+        **meter.summary(model, "bfloat16" if bf16 else "float32"),
         "base_fingerprint": base_fp["sha256"],
         "fingerprint": fingerprint["sha256"],
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
