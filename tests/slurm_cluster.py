@@ -3,8 +3,10 @@
 `single_node_cluster(state_dir)` installs `slurm-wlm` and `munge` when they are missing (apt-get, as
 root), writes a slurm.conf for this host (2 CPUs, a `cpu` partition and a `gpu` partition: the same
 node, with one GPU *slot* declared as a generic resource but no GPU device), starts `munged`,
-`slurmctld` and `slurmd` on private sockets and ports, and yields the environment the Slurm commands
-need (`SLURM_CONF`). Everything it started is stopped on the way out, whatever happened.
+`slurmctld` and `slurmd` on a private socket and free ports, and yields the environment the Slurm
+commands need. The configuration goes where a real cluster has it, /etc/slurm/ (the executor's job
+step drops every SLURM_* variable, SLURM_CONF included, before its inner `srun`); files already there
+are put back afterwards. Everything it started is stopped on the way out, whatever happened.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("munged", "slurmctld", "slurmd")
+CONF_DIR = Path("/etc/slurm")
+CONF_FILES = ("slurm.conf", "gres.conf")
 
 
 class ClusterError(RuntimeError):
@@ -149,6 +153,27 @@ def wait_until_idle(env: dict[str, str], state: Path, timeout: float = 60) -> No
 
 
 @contextlib.contextmanager
+def installed_conf(state: Path) -> Iterator[Path]:
+    """Copy slurm.conf and gres.conf from `state` into /etc/slurm/; put back what was there before."""
+    CONF_DIR.mkdir(parents=True, exist_ok=True)
+    saved = state / "saved-etc"
+    saved.mkdir(exist_ok=True)
+    for name in CONF_FILES:
+        if (CONF_DIR / name).exists():
+            shutil.copy2(CONF_DIR / name, saved / name)
+    try:
+        for name in CONF_FILES:
+            shutil.copy2(state / name, CONF_DIR / name)
+        yield CONF_DIR / "slurm.conf"
+    finally:
+        for name in CONF_FILES:
+            if (saved / name).exists():
+                shutil.copy2(saved / name, CONF_DIR / name)
+            else:
+                (CONF_DIR / name).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def single_node_cluster(state: Path, cpus: int = 2) -> Iterator[dict[str, str]]:
     """Bring the cluster up in `state` (a fresh folder), yield the environment, tear it all down."""
     install()
@@ -156,8 +181,17 @@ def single_node_cluster(state: Path, cpus: int = 2) -> Iterator[dict[str, str]]:
     for sub in ("slurmctld", "slurmd"):
         (state / sub).mkdir(exist_ok=True)
     host = socket.gethostname().split(".")[0]
-    conf = write_conf(state, host, cpus)
-    env = {**os.environ, "SLURM_CONF": str(conf)}
+    write_conf(state, host, cpus)
+    with contextlib.ExitStack() as stack:
+        conf = stack.enter_context(installed_conf(state))
+        env = {**os.environ, "SLURM_CONF": str(conf)}
+        stack.enter_context(_daemons(state, conf, env))
+        yield env
+
+
+@contextlib.contextmanager
+def _daemons(state: Path, conf: Path, env: dict[str, str]) -> Iterator[None]:
+    """munged, slurmctld, slurmd: started in that order, stopped in the reverse one, whatever happens."""
     try:
         _run(["munged", "--force", f"--socket={state}/munge.socket", f"--pid-file={state}/munged.pid",
               f"--log-file={state}/munged.log", f"--seed-file={state}/munged.seed"],
@@ -165,7 +199,7 @@ def single_node_cluster(state: Path, cpus: int = 2) -> Iterator[dict[str, str]]:
         _run(["slurmctld", "-f", str(conf)], env, "starting slurmctld", state / "slurmctld.log")
         _run(["slurmd", "-f", str(conf)], env, "starting slurmd", state / "slurmd.log")
         wait_until_idle(env, state)
-        yield env
+        yield
     finally:
         subprocess.run(["scancel", "--full", "--quiet", "-u", "root"], env=env, capture_output=True,
                        check=False, timeout=30)
