@@ -66,13 +66,14 @@ def test_smoke_profile_on_slurm_equals_the_local_run_and_resumes_after_scancel(m
             proc = subprocess.Popen(command, cwd=clone, env=job_env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         try:
-            # scancel the training job once it has written a checkpoint and before it has finished.
+            # scancel the training job once a checkpoint is complete (its marker is written after the
+            # save) and before the training has finished.
             cancelled = None
             deadline = time.monotonic() + 1500
             while cancelled is None:
                 assert proc.poll() is None, f"the run ended before training checkpointed:\n{log.read_text()[-4000:]}"
                 assert time.monotonic() < deadline, "training never checkpointed"
-                if any((trained / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+                if any((trained / "checkpoints").glob("checkpoint-*/checkpoint_complete.json")):
                     running = [j for j, c in squeue(job_env, "-t", "R", "-o", "%i|%k") if c.startswith("rule_train_model")]
                     assert not (trained / "train_summary.json").exists(), "training finished before the scancel"
                     if running:
@@ -93,7 +94,9 @@ def test_smoke_profile_on_slurm_equals_the_local_run_and_resumes_after_scancel(m
         assert re.search(rf"SLURM-job '{cancelled}' failed, SLURM status is: 'CANCELLED'", text), text[-3000:]
 
     train_log = (results / "logs" / "train" / "smollm2-135m-inbedder.log").read_text()
-    assert re.search(r"resum\w* .*from .*checkpoint-\d+", train_log, flags=re.IGNORECASE), train_log[-2000:]
+    assert re.search(r"resuming smollm2-135m-inbedder from .*checkpoint-\d+$", train_log, flags=re.MULTILINE), (
+        train_log[-2000:]
+    )
     fetch_logs = [(clone / "data" / "logs" / "data" / "fetch_source" / f"{s}.log").read_text()
                   for s in ("c3", "nlupp", "stsb")]
     assert all(f"origin mirror {mirror}" in t for t in fetch_logs)
