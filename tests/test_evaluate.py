@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inbedder import datasets, evaluate, metrics, mteb_tasks, sources, task_kinds, tasks
+from inbedder import bootstrap, datasets, evaluate, metrics, mteb_tasks, sources, task_kinds, tasks
 from inbedder.config import load_config
 from inbedder.text import format_prompt
 
@@ -106,7 +106,7 @@ def value(frame, mode, subset, metric, seed=None):
 def test_instruction_agnostic_embedder_sums_to_one_and_has_zero_pair_spearman(st, data_dir, tmp_path):
     spec = TASKS["NLUPPTwoViewTriplets"]
     trip, _ = run_task("NLUPPTwoViewTriplets", spec, st, data_dir, tmp_path, limit=60)
-    assert list(trip.columns) == list(evaluate.SCORE_COLUMNS)
+    assert list(trip.columns) == list(evaluate.SCORE_COLUMNS) + list(evaluate.CI_COLUMNS)
     action, obj = (
         value(trip, "plain", "action", "success_rate"),
         value(trip, "plain", "object", "success_rate"),
@@ -182,6 +182,31 @@ def test_two_view_clustering_per_seed_hmean_crossview_and_explanations(st, data_
     assert top and set(top) <= answer_words - {"the"}  # words of the answers, stopwords dropped
 
 
+def assert_items_reproduce_the_scores(frame, items_file, metrics_kept):
+    """Every score of `metrics_kept` has per-item data whose statistic is the score, and a CI around it."""
+    series = bootstrap.series_of(bootstrap.read_items([items_file]), seeds=("seed",))
+    kept = frame[frame["metric"].isin(metrics_kept) & (frame["subset"] != "hmean")]
+    assert len(kept) and kept["ci_low"].notna().all()
+    for row in kept.itertuples(index=False):
+        key = (row.model, row.recipe, row.task, row.mode, int(row.layer), row.subset, row.metric)
+        s = series[key]
+        seed = -1 if pd.isna(row.seed) else int(row.seed)
+        assert s.point()[s.units.index((seed,))] == pytest.approx(row.value, abs=1e-9), key
+        assert row.ci_low - 1e-9 <= row.value <= row.ci_high + 1e-9 or row.metric.startswith("v_measure"), key
+    hm = frame[frame["subset"] == "hmean"]
+    assert hm.empty or hm["ci_low"].notna().all()
+
+
+def test_per_item_data_reproduces_every_score_and_bounds_its_ci(st, data_dir, tmp_path):
+    for task, kept in (("NLUPPTwoViewTriplets", ("success_rate", "success_rate_crossview")),
+                       ("NLUPPInstructedPairs", ("spearman",)),
+                       ("NLUPPTwoViewClustering", ("v_measure", "v_measure_crossview"))):
+        frame, _ = run_task(task, TASKS[task], st, data_dir, tmp_path, limit=40, modes=("prefixed",), seeds=(0, 1))
+        assert_items_reproduce_the_scores(frame, tmp_path / f"{task}.items.parquet", kept)
+        on_disk = evaluate.read_scores(tmp_path / f"{task}.csv")
+        assert list(on_disk.columns) == list(evaluate.SCORE_COLUMNS) + list(evaluate.CI_COLUMNS)
+
+
 # ----------------------------------------------------------------------------------------------
 # mteb tasks offline
 
@@ -195,6 +220,8 @@ def test_mteb_tasks_run_offline_on_prepared_tables(st, data_dir, tmp_path):
     res = tmp_path / "STSBenchmark" / "results" / "inbedder-repro__minilm-l6-none" / "plain.L-1.0123456789ab"
     saved = json.loads((res / "STSBenchmark.json").read_text())
     assert saved["task_name"] == "STSBenchmark" and saved["dataset_revision"].endswith("-limit80")
+    # mteb's Spearman is that of our per-pair cosine similarities
+    assert_items_reproduce_the_scores(sts, tmp_path / "STSBenchmark.items.parquet", ("cosine_spearman",))
 
     spec = TASKS["Banking77Clustering"]
     b77, tables = run_task("Banking77Clustering", spec, st, data_dir, tmp_path, limit=300, modes=("plain",))
@@ -216,6 +243,8 @@ def test_mteb_tasks_run_offline_on_prepared_tables(st, data_dir, tmp_path):
         assert value(b77, "plain", "default", "v_measure", seed) == pytest.approx(ours, abs=1e-12)
     expl = json.loads((tmp_path / "Banking77Clustering" / "explanations.json").read_text())
     assert expl["source"] == "texts" and expl["explanations"][0]["subset"] == "set0"
+    # mteb's own cluster assignment of every seed is kept per text
+    assert_items_reproduce_the_scores(b77, tmp_path / "Banking77Clustering.items.parquet", ("v_measure",))
 
 
 def test_a_text_missing_from_the_cache_is_a_loud_error(data_dir, tmp_path):
@@ -369,7 +398,8 @@ def test_collect_scores_concatenates_and_records_skipped_tasks(tmp_path):
     )
     assert len(frame) == 2
     back = evaluate.read_scores(tmp_path / "scores.csv")
-    assert list(back.columns) == list(evaluate.SCORE_COLUMNS) and back["seed"].isna().sum() == 1
+    assert list(back.columns) == list(evaluate.SCORE_COLUMNS) + list(evaluate.CI_COLUMNS)
+    assert back["seed"].isna().sum() == 1 and back["ci_low"].isna().all()  # written without CIs: kept empty
     assert pd.read_csv(tmp_path / "skipped.csv").to_dict("records") == [
         {"task": "SciDocsRR", "reason": "hub-only data not available in this run"}
     ]

@@ -4,6 +4,12 @@ Output of `evaluate_task` (one Snakemake job per model, recipe and task):
 - `<scores>.csv` with the columns `SCORE_COLUMNS`: one row per score and, for clustering, per seed
   (`seed` empty for deterministic scores). Modes are the model's (`models.<m>.modes`, restricted by
   `tasks.<t>.modes`), layers the config's `layers` (sentence encoders: -1).
+  Each row also has `ci_low`, `ci_high`: the 95% percentile bootstrap CI of `value` over the task's
+  items, its seed fixed (`inbedder.bootstrap.score_intervals`; empty where a score keeps no per-item data:
+  robustness summaries, silhouette, mteb retrieval/reranking).
+- `<scores>.items.parquet` (`inbedder.bootstrap.ITEM_COLUMNS`): what the bootstrap needs per item, so the
+  report never reruns a model: per triplet its correctness, per pair its cosine similarity and gold score,
+  per text its cluster id (each seed) and label.
 - `<out_dir>/results/<model>/<revision>[/experiments/seed_<s>]/<Task>.json`: every score in mteb's
   result layout. mteb tasks write it themselves (mteb's `ResultCache` kept inside `out_dir`); the
   paper's own tasks write the same layout. The model name is `inbedder-repro/<model>-<recipe>`, the
@@ -45,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from inbedder.bootstrap import NO_SEED, item_frame, score_intervals, write_items
 from inbedder.explain import explain_clusters
 from inbedder.files import atomic_path, sha256_json, write_json
 from inbedder.task_kinds import TaskKind, kind_of
@@ -53,6 +60,7 @@ from inbedder.tasks import Lookup, Score, Scoring, read_task_table, table_revisi
 log = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ("model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "n")
+CI_COLUMNS = ("ci_low", "ci_high")  # the 95% bootstrap CI of `value` over the items (its seed fixed)
 MODEL_NAME_PREFIX = "inbedder-repro"
 SPLIT = "test"
 LANGUAGES = ["eng-Latn"]
@@ -128,8 +136,10 @@ def evaluate_task(
     out_csv: str | Path,
     out_dir: str | Path,
     answers: Mapping[tuple[str, str], str] | None = None,
+    out_items: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Score every (mode, layer) of a run on its task table; write the tidy CSV, mteb-layout JSON and explanations."""
+    """Score every (mode, layer) of a run on its task table; write the tidy CSV (with each score's bootstrap CI),
+    the per-item data behind it, mteb-layout JSON and explanations."""
     if not run.modes:
         raise ValueError(f"{run.model}-{run.recipe}/{run.task}: no embedding mode to score")
     out_dir = Path(out_dir)
@@ -138,7 +148,7 @@ def evaluate_task(
     if table.attrs.get("task", run.task) != run.task:
         raise ValueError(f"task table of {table.attrs['task']!r} given to score task {run.task!r}")
     revision = table_revision(table)
-    rows, explanations, assignments = [], [], []
+    rows, explanations, assignments, items = [], [], [], []
     for mode in run.modes:
         for layer in layers_of(mode, run.layers):
             start = time.monotonic()
@@ -158,6 +168,8 @@ def evaluate_task(
                  "subset": s.subset, "metric": s.metric, "value": s.value, "seed": s.seed, "n": s.n}
                 for s in outcome.scores
             ]
+            items += [{"model": run.model, "recipe": run.recipe, "task": run.task, "mode": mode, "layer": layer,
+                       "train_seed": NO_SEED, **item} for item in outcome.items]
             for c in outcome.clusterings:
                 explanations.append(_explanation(c, mode, layer, answers))
                 if task.writes_assignments:
@@ -167,8 +179,14 @@ def evaluate_task(
                         for j, (t, a) in enumerate(zip(c["texts"], c["assignment"], strict=True))
                     ]
     frame = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+    item_table = item_frame(items)
+    start = time.monotonic()
+    frame = score_intervals(frame, item_table)
+    log.info("%s-%s %s: CIs of %d scores from %d per-item rows in %.1fs", run.model, run.recipe, run.task,
+             int(frame["ci_low"].notna().sum()), len(item_table), time.monotonic() - start)
     frame["seed"] = frame["seed"].astype("Int64")
     write_scores(frame, out_csv)
+    write_items(item_table, out_items if out_items is not None else items_path(out_csv))
     write_json(out_dir / "explanations.json", {
         "model": run.model, "recipe": run.recipe, "task": run.task,
         "source": "answers" if answers else "texts", "explanations": explanations,
@@ -191,18 +209,31 @@ def _explanation(clustering: dict, mode: str, layer: int, answers: Mapping[tuple
     }
 
 
+def items_path(scores_csv: str | Path) -> Path:
+    """The per-item table beside a score table: `<task>.csv` -> `<task>.items.parquet`."""
+    path = Path(scores_csv)
+    return path.with_name(f"{path.stem}.items.parquet")
+
+
 def write_scores(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write a tidy score table atomically, columns in SCORE_COLUMNS order."""
+    """Write a tidy score table atomically: SCORE_COLUMNS, then ci_low, ci_high (empty where no CI)."""
+    frame = frame.copy()
+    for col in CI_COLUMNS:
+        if col not in frame.columns:
+            frame[col] = np.nan
     with atomic_path(path) as tmp:
-        frame.loc[:, list(SCORE_COLUMNS)].to_csv(tmp, index=False)
+        frame.loc[:, list(SCORE_COLUMNS) + list(CI_COLUMNS)].to_csv(tmp, index=False)
 
 
 def read_scores(path: str | Path) -> pd.DataFrame:
-    """Read a tidy score table, checking its columns."""
+    """Read a tidy score table, checking its columns (ci_low, ci_high are added empty when absent)."""
     frame = pd.read_csv(path, dtype={"seed": "Int64", "layer": "Int64"}, keep_default_na=True)
     missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")
+    for col in CI_COLUMNS:
+        if col not in frame.columns:
+            frame[col] = np.nan
     return frame
 
 
@@ -237,6 +268,7 @@ def evaluate_cache(
     modes: Sequence[str],
     layers: Sequence[int] = (-1,),
     seeds: Sequence[int] = (0, 1, 2),
+    out_items: str | Path | None = None,
 ) -> pd.DataFrame:
     """Score a task table from its encode cache (results/<run>/cache/<model>-<recipe>/<task>/): the rule's entry point."""
     from inbedder import pooling
@@ -249,7 +281,7 @@ def evaluate_cache(
     run = Run(model=model, recipe=recipe, task=task, spec=dict(spec), modes=tuple(modes), layers=tuple(layers),
               seeds=tuple(seeds), cache_key=str(cache.meta.get("cache_key") or sha256_json(cache.meta)))
     return evaluate_task(run, table, lambda mode, layer: pooling.lookup(cache, mode, layer), out_csv, out_dir,
-                         answers=answers_of(cache.prompts, cache.answers))
+                         answers=answers_of(cache.prompts, cache.answers), out_items=out_items)
 
 
 def collect_scores(score_files: Iterable[str | Path], skipped: Mapping[str, str], out_csv: str | Path,

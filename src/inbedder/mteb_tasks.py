@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from inbedder.bootstrap import item_rows
+from inbedder.metrics import paired_cosine_similarity
 from inbedder.tasks import (
     Lookup,
     Outcome,
@@ -278,13 +280,14 @@ def score_mteb(task_name: str, spec: dict, table: pd.DataFrame, lookup: Lookup, 
         with tempfile.TemporaryDirectory() as predictions, threadpool_limits(limits=1):
             result = mteb.evaluate(
                 encoder, task, cache=cache, overwrite_strategy="always", co2_tracker=False,
-                prediction_folder=predictions if (clustering and i == 0) else None,
+                prediction_folder=predictions if clustering else None,
                 show_progress_bar=False, encode_kwargs={"batch_size": 512},
             )
-            if clustering and i == 0:
-                out.clusterings += _mteb_clusterings(task, Path(predictions), instruction, seed)
+            saved = _predictions(Path(predictions)) if clustering else None
         if result.exceptions:
             raise RuntimeError(f"mteb task {task_name}: {result.exceptions}")
+        if clustering and i == 0:
+            out.clusterings += _mteb_clusterings(task, saved, instruction, seed)
         (task_result,) = result.task_results
         for split, entries in task_result.scores.items():
             for entry in entries:
@@ -292,15 +295,48 @@ def score_mteb(task_name: str, spec: dict, table: pd.DataFrame, lookup: Lookup, 
                 for metric in dict.fromkeys((main, *extras)):
                     if metric in entry:
                         out.scores.append(Score(subset, metric, float(entry[metric]), seed, len(encoder.texts)))
+                if len(task_result.scores) == 1:
+                    out.items += _mteb_items(task, table, lookup, instruction, saved, str(entry["hf_subset"]), split,
+                                             main, seed)
     return out
 
 
-def _mteb_clusterings(task: Any, predictions: Path, instruction: str, seed: int | None) -> list[dict]:
+def _predictions(folder: Path) -> dict | None:
+    """mteb's saved predictions of one evaluation (cluster assignments of a clustering task), or None."""
+    files = list(folder.glob("*_predictions.json"))
+    return json.loads(files[0].read_text(encoding="utf-8")) if files else None
+
+
+def _mteb_items(task: Any, table: pd.DataFrame, lookup: Lookup, instruction: str, saved: dict | None, hf_subset: str,
+                split: str, metric: str, seed: int | None) -> list[dict]:
+    """What the bootstrap needs per item of an mteb score: per text of every cluster set its cluster (legacy
+    clustering: mteb's own assignment) and label; per pair of an STS table its cosine similarity and gold score.
+    Other kinds (retrieval, reranking) keep none: their scores carry no CI."""
+    cls = type(task)
+    if is_legacy_clustering(cls) and saved is not None and metric == "v_measure":
+        data = task.dataset[split]
+        sets = saved.get(hf_subset, {}).get(split) or []
+        labels = [[str(x) for x in row] for row in data[task.label_column_name]]
+        kept = [i for i, lab in enumerate(labels) if len(set(lab)) > 1]  # mteb skips one-label sets
+        if len(sets) != len(kept) or any(len(sets[j]) != len(labels[i]) for j, i in enumerate(kept)) \
+                or len(kept) != len(labels):
+            return []
+        clusters = np.concatenate([np.asarray(c) for c in sets])
+        groups = [str(i) for i in kept for _ in labels[i]]
+        return item_rows(hf_subset, metric, seed, "v_measure", clusters,
+                         labels=[x for i in kept for x in labels[i]], groups=groups)
+    if is_sts(cls) and "text1" in table.columns and metric in ("cosine_spearman", "spearman"):
+        a = embed_texts(lookup, [str(t) for t in table["text1"]], instruction, f"mteb task {task.metadata.name}")
+        b = embed_texts(lookup, [str(t) for t in table["text2"]], instruction, f"mteb task {task.metadata.name}")
+        return item_rows(hf_subset, metric, seed, "spearman", paired_cosine_similarity(a, b),
+                         gold=table["score"].to_numpy(dtype=float))
+    return []
+
+
+def _mteb_clusterings(task: Any, saved: dict | None, instruction: str, seed: int | None) -> list[dict]:
     """The first cluster set of an mteb legacy clustering task, with mteb's cluster assignment."""
-    files = list(predictions.glob("*_predictions.json"))
-    if not files or not is_legacy_clustering(type(task)):
+    if saved is None or not is_legacy_clustering(type(task)):
         return []
-    saved = json.loads(files[0].read_text(encoding="utf-8"))
     out = []
     split = task.metadata.eval_splits[0]
     subset = next(k for k in saved if k != "mteb_model_meta")

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from inbedder import metrics, mteb_tasks
+from inbedder.bootstrap import item_rows
 from inbedder.tasks import (
     DEFAULT_SUBSET,
     ROBUSTNESS_GROUPS,
@@ -147,16 +148,20 @@ class Triplets(_TwoView):
         for subset, instruction in views:
             rows = table[table["subset"] == subset]
             emb = [embed_texts(lookup, list(rows[c]), instruction, f"{self.name}/{subset}") for c in self.text_columns]
-            rate = metrics.triplet_success_rate(*emb)
+            correct = metrics.triplet_correct(*emb)
+            rate = float(np.mean(correct))
             rates.append(rate)
             out.scores.append(Score(subset, "success_rate", rate, None, len(rows)))
+            out.items += item_rows(subset, "success_rate", None, "mean", correct)
             for other, other_instruction in views:
                 if other == subset:
                     continue
                 emb = [embed_texts(lookup, list(rows[c]), other_instruction, f"{self.name}/{subset} under {other}")
                        for c in self.text_columns]
-                out.scores.append(Score(_cross_name(subset, other, len(views)), "success_rate_crossview",
-                                        metrics.triplet_success_rate(*emb), None, len(rows)))
+                correct = metrics.triplet_correct(*emb)
+                name = _cross_name(subset, other, len(views))
+                out.scores.append(Score(name, "success_rate_crossview", float(np.mean(correct)), None, len(rows)))
+                out.items += item_rows(name, "success_rate_crossview", None, "mean", correct)
         out.scores.append(Score(HMEAN, "success_rate", metrics.harmonic_mean(rates), None, len(table)))
         return out
 
@@ -182,6 +187,7 @@ class Clustering(_TwoView):
                 v, assignment = metrics.kmeans_v_measure(x, labels, seed)
                 per_seed[seed].append(v)
                 out.scores.append(Score(subset, "v_measure", v, seed, len(texts)))
+                out.items += item_rows(subset, "v_measure", seed, "v_measure", assignment, labels=labels)
                 if i == 0:
                     out.clusterings.append({"subset": subset, "instruction": instruction, "texts": texts,
                                             "labels": labels, "assignment": assignment, "seed": seed})
@@ -189,10 +195,11 @@ class Clustering(_TwoView):
                 if other == subset:
                     continue
                 x_other = embed_texts(lookup, texts, other_instruction, f"{self.name}/{subset} under {other}")
+                name = _cross_name(subset, other, len(views))
                 for seed in scoring.seeds:
-                    v, _ = metrics.kmeans_v_measure(x_other, labels, seed)
-                    out.scores.append(Score(_cross_name(subset, other, len(views)), "v_measure_crossview", v, seed,
-                                            len(texts)))
+                    v, assignment = metrics.kmeans_v_measure(x_other, labels, seed)
+                    out.scores.append(Score(name, "v_measure_crossview", v, seed, len(texts)))
+                    out.items += item_rows(name, "v_measure_crossview", seed, "v_measure", assignment, labels=labels)
         n = int(table.groupby("subset").size().max())
         out.scores += [Score(HMEAN, "v_measure", metrics.harmonic_mean(v), s, n) for s, v in per_seed.items()]
         return out
@@ -231,11 +238,15 @@ class Pairs(TaskKind):
         gold = np.concatenate([rows["score"].to_numpy(dtype=float) for _, rows in groups])
         out.scores.append(Score(ALL, "spearman", metrics.pair_spearman(np.vstack(left), np.vstack(right), gold), None,
                                 len(table)))
+        out.items += item_rows(ALL, "spearman", None, "spearman",
+                               metrics.paired_cosine_similarity(np.vstack(left), np.vstack(right)), gold=gold)
         for (_, rows), a, b in zip(groups, left, right, strict=True):
             scores = rows["score"].to_numpy(dtype=float)
             subset = str(rows["subset"].iloc[0])
             if subset and len(set(scores)) > 1:
                 out.scores.append(Score(subset, "spearman", metrics.pair_spearman(a, b, scores), None, len(rows)))
+                out.items += item_rows(subset, "spearman", None, "spearman", metrics.paired_cosine_similarity(a, b),
+                                       gold=scores)
         return out
 
 
@@ -273,9 +284,10 @@ class Robustness(TaskKind):
             n = len(texts)
             x = embed_texts(lookup, texts, str(rows["instruction"].iloc[0]), f"{self.name}/{subset}")
             for seed in scoring.seeds:
-                v, _ = metrics.kmeans_v_measure(x, labels, seed)
+                v, assignment = metrics.kmeans_v_measure(x, labels, seed)
                 by_seed[seed][str(subset).split("/")[0]].append(v)
                 out.scores.append(Score(str(subset), "v_measure", v, seed, n))
+                out.items += item_rows(str(subset), "v_measure", seed, "v_measure", assignment, labels=labels)
         for seed, groups in by_seed.items():
             summary = metrics.robustness_summary(groups)
             out.scores += [Score(g, "v_measure_mean", summary[f"mean_{g}"], seed, n) for g in ROBUSTNESS_GROUPS]
@@ -325,6 +337,7 @@ class Own(TaskKind):
                 if labels is not None:
                     out.scores.append(Score(str(subset), "v_measure", float(v_measure_score(labels, assignment)), seed,
                                             len(texts)))
+                    out.items += item_rows(str(subset), "v_measure", seed, "v_measure", assignment, labels=labels)
                 if i == 0:
                     out.clusterings.append({"subset": str(subset), "instruction": instruction, "texts": texts,
                                             "labels": labels, "assignment": assignment, "seed": seed})

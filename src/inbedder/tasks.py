@@ -257,10 +257,11 @@ class Score:
 
 @dataclass
 class Outcome:
-    """Scores of one (mode, layer) and the clusterings worth explaining."""
+    """Scores of one (mode, layer), the clusterings worth explaining, and the per-item data behind the scores."""
 
     scores: list[Score] = field(default_factory=list)
     clusterings: list[dict] = field(default_factory=list)  # subset, texts, instruction, assignment, labels, seed
+    items: list[dict] = field(default_factory=list)  # what the bootstrap needs per item (inbedder.bootstrap.item_rows)
 
 
 @dataclass(frozen=True)

@@ -160,4 +160,5 @@ def report_inputs(wildcards):
         model_folders=folders,
         manifests=data_manifests(config, runnable_tasks(), [r for _, r in trained_pairs()]),
         projection=projection_of(config, runnable_tasks()),
+        items=True,
     )

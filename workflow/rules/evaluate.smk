@@ -8,6 +8,7 @@ rule evaluate_task:
     output:
         scores=f"{R}/scores/{{model}}-{{recipe}}/{{task}}.csv",
         details=directory(f"{R}/scores/{{model}}-{{recipe}}/{{task}}"),
+        item_data=f"{R}/scores/{{model}}-{{recipe}}/{{task}}.items.parquet",
     log:
         f"{R}/logs/evaluate/{{model}}-{{recipe}}/{{task}}.log",
     benchmark:

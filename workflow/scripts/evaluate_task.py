@@ -25,6 +25,7 @@ with rule_log(snakemake.log[0]) as log_file:
             modes=list(settings["modes"]),
             layers=list(settings["layers"]),
             seeds=list(settings["seeds"]),
+            out_items=snakemake.output.item_data,
         )
     except Exception:
         log.exception("evaluating %s-%s on %s failed", w.model, w.recipe, w.task)
