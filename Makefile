@@ -61,8 +61,10 @@ lint: setup
 	$(SNAKEMAKE) --lint
 	$(SNAKEMAKE) --lint --profile workflow/profiles/offline
 
+# The last line printed is one JSON object: the encode keys and the training-step keys (train_*).
 bench: models
 	$(BIN)/python bench/bench_encode.py
+	$(BIN)/python bench/bench_train.py --merge bench/out/encode.json
 
 clean:
 	rm -rf results/smoke .snakemake

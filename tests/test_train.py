@@ -18,7 +18,8 @@ from inbedder.files import read_jsonl, write_jsonl
 from inbedder.models import ensure_materialized, generate_answers, load_lm, write_fingerprint
 from inbedder.text import format_prompt, remove_stopwords
 from inbedder.train import TrainJob, TrainSettings, train_from_config, train_model
-from inbedder.train_data import IGNORE_INDEX, Collator, encode_example, read_rows
+from inbedder.train_data import IGNORE_INDEX, Collator, Encoded, EncodedDataset, encode_example, read_rows
+from inbedder.train_loop import TRAIN_LOOP, StepMeter, answer_only_loss, make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("INBEDDER_DATA_MIRROR", ROOT.parent / "shared" / "data"))
@@ -293,9 +294,114 @@ def test_smollm2_few_steps_loss_falls(tmp_path, smollm2_dir):
     lengths = [len(encode_example(tok, "causal", "inbedder", r, 128).input_ids) for r in rows]
     assert summary["train_tokens"] == 4 * sum(lengths)
     assert summary["train_padded_tokens"] == 4 * 4 * max(lengths)
-    assert summary["tokens_per_s"] == pytest.approx(summary["train_tokens"] / summary["train_compute_s"], rel=0.01)
+    assert summary["tokens_per_s"] == pytest.approx(
+        summary["train_tokens"] / summary["train_compute_s"], rel=0.01
+    )
     assert summary["matmul_peak_dtype"] == "bfloat16" and summary["matmul_peak_gflops"] > 0
     assert 0 < summary["train_peak_fraction_executed"] <= summary["train_peak_fraction"] < 1.5
+    # the LM head ran on the label positions only: each row's answer tokens and EOS, every step
+    answers = [
+        sum(x != IGNORE_INDEX for x in encode_example(tok, "causal", "inbedder", r, 128).labels) for r in rows
+    ]
+    assert summary["lm_head_positions"] == 4 * sum(answers)
+    assert summary["loop"] == {"batches": "grouped by length", "lm_head": "label positions only"}
+
+
+def _tiny_causal(kind: str):
+    """A randomly initialised causal LM of a few thousand parameters (Llama, or Gemma-3 with logit softcapping)."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig
+
+    torch.manual_seed(0)
+    shape = {
+        "vocab_size": 97,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "pad_token_id": 0,
+    }
+    if kind == "gemma":
+        config = Gemma3TextConfig(**shape, head_dim=8, final_logit_softcapping=30.0, sliding_window=4)
+    else:
+        config = LlamaConfig(**shape)
+    return AutoModelForCausalLM.from_config(config).float()
+
+
+def _batch(lengths_and_answers, vocab: int = 97):
+    """Right-padded causal examples: (prompt length, answer length) -> ids and labels as the collator builds them."""
+    generator = torch.Generator().manual_seed(1)
+    examples = []
+    for prompt, answer in lengths_and_answers:
+        ids = torch.randint(1, vocab, (prompt + answer,), generator=generator).tolist()
+        examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
+    return Collator(pad_id=0)(examples)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma"])
+def test_answer_only_loss_equals_the_full_logits_loss(kind):
+    model = _tiny_causal(kind)
+    inputs = _batch([(9, 3), (5, 1), (12, 4)])
+    full = model(**inputs)
+    done = answer_only_loss(model, inputs)
+    assert done is not None
+    loss, positions = done
+    assert positions == 3 + 1 + 4  # the labels after position 0: every answer token (EOS included)
+    assert torch.allclose(loss, full.loss, atol=1e-6), (loss, full.loss)
+    grads_full = torch.autograd.grad(full.loss, list(model.parameters()))
+    grads_answer = torch.autograd.grad(answer_only_loss(model, inputs)[0], list(model.parameters()))
+    for a, b in zip(grads_answer, grads_full):
+        assert torch.allclose(a, b, atol=1e-6)
+    # accumulated batches: the sum over this micro-batch divided by the label tokens of all of them
+    halved, _ = answer_only_loss(model, inputs, num_items_in_batch=torch.tensor(16))
+    assert torch.allclose(halved, full.loss / 2, atol=1e-6)
+
+
+def test_a_model_without_logits_to_keep_falls_back_to_full_logits(tmp_path, caplog):
+    model = _tiny_causal("llama")
+
+    class NoKeep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids=None, attention_mask=None, labels=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    inputs = _batch([(6, 2), (4, 3)])
+    assert answer_only_loss(NoKeep(), inputs) is None
+
+
+def test_batches_are_grouped_by_length(tmp_path):
+    # 640 examples of 4..67 tokens in random order, batches of 8: grouped by length (sorted within
+    # random megabatches of 20 batches here, 50 on C3) a batch pads to about its own examples' length;
+    # drawn at random it pads to the longest of 8 random lengths.
+    from inbedder.train import training_arguments
+
+    order = torch.randperm(640, generator=torch.Generator().manual_seed(0)).tolist()
+    examples = [Encoded([5] * (4 + i % 64), [IGNORE_INDEX] * (3 + i % 64) + [5]) for i in order]
+    settings = TrainSettings(batch_size=8, grad_accum=1, max_steps=8, seed=0)
+    meter = StepMeter()
+    padding = {}
+    for strategy in ("random", "group_by_length"):
+        args = training_arguments(settings, tmp_path / strategy, bf16=False, device="cpu")
+        args.train_sampling_strategy = strategy
+        trainer = make_trainer(
+            meter,
+            "causal",
+            model=_tiny_causal("llama"),
+            args=args,
+            train_dataset=EncodedDataset(examples),
+            data_collator=Collator(pad_id=0),
+        )
+        batches = list(trainer.get_train_dataloader())
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        padding[strategy] = 1 - real / sum(b["input_ids"].numel() for b in batches)
+    assert (
+        training_arguments(settings, tmp_path, bf16=False, device="cpu").train_sampling_strategy
+        == "group_by_length"
+    )
+    assert padding["group_by_length"] < 0.1 < padding["random"], padding
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -577,6 +683,7 @@ def test_rule_params_hold_exactly_the_models_training_settings():
     # Another model's settings do not reach this rule's params (no needless retraining).
     config["models"]["opt-350m"]["train"]["learning_rate"] = 1.0
     assert rule_params("smollm2-135m", "inbedder", config) == params
+    assert params["loop"] == TRAIN_LOOP  # a change of the training loop retrains
     job = job_from_params({**params, "device": "cpu", "dtype": "float32"})
     assert job.settings.learning_rate == 1e-4 and job.settings.lr_scheduler == "constant_with_warmup"
     with pytest.raises(ValueError, match="recipe 'none' is never trained"):

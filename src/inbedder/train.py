@@ -39,9 +39,9 @@ from inbedder.models import (
 )
 from inbedder.text import token_f1
 from inbedder.train_data import Collator, EncodedDataset, encode_example, eos_id, read_rows, training_prompt
-from inbedder.train_loop import StepMeter, make_trainer
+from inbedder.train_loop import TRAIN_LOOP, StepMeter, make_trainer
+from inbedder.vocabulary import UNTRAINED_RECIPES
 
-UNTRAINED_RECIPES = ("none", "released")
 CHECKPOINTS = "checkpoints"
 BEFORE_FILE = "heldout_before.json"
 SUMMARY = "train_summary.json"
@@ -265,6 +265,36 @@ def _mixed_precision(device: str, dtype: str) -> bool:
     return True  # CPU autocast supports bfloat16
 
 
+def training_arguments(settings: TrainSettings, output_dir: Path, *, bf16: bool, device: str):
+    """transformers' TrainingArguments of a fine-tune: its settings, length-grouped batches, no reporting."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=float(settings.epochs),
+        max_steps=int(settings.max_steps) if settings.max_steps else -1,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=float(settings.warmup_ratio),
+        weight_decay=settings.weight_decay,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=bf16,
+        use_cpu=not device.startswith("cuda"),
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",
+    )
+
+
 def train_model(
     job: TrainJob,
     base_dir: str | os.PathLike,
@@ -278,7 +308,7 @@ def train_model(
     """Fine-tune the model in `base_dir` on `train_path`, write the run folder `out_dir`, return the summary."""
     import torch
     import transformers
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     check_kind(job.model, {"kind": job.kind})
@@ -309,6 +339,7 @@ def train_model(
         "train": sha256_file(train_path),
         "bf16": bf16,
         "max_new_tokens": job.max_new_tokens,
+        "loop": TRAIN_LOOP,
     }
     run_key["job"].pop("device")  # the same run may resume on another device
     key = sha256_json(run_key)
@@ -335,34 +366,13 @@ def train_model(
         for r in tqdm(rows, desc="tokenising", unit="row")
     ]
     dataset = EncodedDataset(encoded)
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        learning_rate=settings.learning_rate,
-        num_train_epochs=float(settings.epochs),
-        max_steps=int(settings.max_steps) if settings.max_steps else -1,
-        lr_scheduler_type=settings.lr_scheduler,
-        warmup_steps=float(settings.warmup_ratio),
-        weight_decay=settings.weight_decay,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=2,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        bf16=bf16,
-        use_cpu=not job.device.startswith("cuda"),
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-    )
+    args = training_arguments(settings, ckpt_dir, bf16=bf16, device=job.device)
     first_step: list[int] = []
     timing: dict[str, float] = {}
     meter = StepMeter()
     trainer = make_trainer(
         meter,
+        job.kind,
         model=model,
         args=args,
         train_dataset=dataset,
@@ -442,6 +452,10 @@ def train_model(
         "device": job.device,
         "dtype": job.dtype,
         "bf16_autocast": bf16,
+        "loop": {
+            "batches": TRAIN_LOOP["batches"],
+            "lm_head": TRAIN_LOOP["causal_lm_head"] if trainer.answer_only else "every position",
+        },
         "steps": int(state.global_step),
         "epochs_done": float(state.epoch or 0.0),
         "train_rows": len(rows),
@@ -510,7 +524,7 @@ def train_from_config(
         settings=settings,
         device=device,
         dtype=dtype,
-        max_new_tokens=int(settings.heldout_max_new_tokens or spec.get("max_new_tokens", 8)),
+        max_new_tokens=int(settings.heldout_max_new_tokens or spec["max_new_tokens"]),
         heldout_rows=settings.heldout_rows or heldout_rows,
         train_rows=train_rows,
     )
@@ -529,7 +543,8 @@ def rule_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str,
     """Params of the train_model rule: exactly the settings that change a fine-tune.
 
     The model's train block, its kind, the recipe's template and dataset, the held-out check
-    (rows, answer length) and the configured device/dtype (resolved at run time).
+    (rows, answer length), the configured device/dtype (resolved at run time) and the training
+    loop's choices (`TRAIN_LOOP`: batching, where the LM head runs).
     """
     models, recipes = config["models"], config["recipes"]
     if model not in models:
@@ -545,10 +560,11 @@ def rule_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str,
         "template": recipe_spec["template"],
         "dataset": recipe_spec["dataset"],
         "train": train,
-        "max_new_tokens": int(train.get("heldout_max_new_tokens") or spec.get("max_new_tokens", 8)),
+        "max_new_tokens": int(train.get("heldout_max_new_tokens") or spec["max_new_tokens"]),
         "heldout_rows": train.get("heldout_rows") or limits.get("heldout_rows"),
-        "device": config.get("device", "auto"),
-        "dtype": config.get("dtype", "auto"),
+        "device": config["device"],
+        "dtype": config["dtype"],
+        "loop": TRAIN_LOOP,
     }
 
 

@@ -1,19 +1,38 @@
 """The Trainer of the fine-tunes and what its optimizer steps computed.
 
-`make_trainer` builds a transformers Trainer whose loss counts, per micro-batch, the real
-(non-padding) tokens, the padded tokens and the positions the LM head ran on; a callback times the
-optimizer steps (forward, backward, update; not checkpoint saves or logging). `StepMeter.summary`
-turns them into the throughput keys of train_summary.json (`inbedder.throughput`).
+`make_trainer` builds a transformers Trainer that
+- groups batches by length (transformers' LengthGroupedSampler: random megabatches of 50 batches,
+  each sorted by length), so a step pads its examples to a similar length, not to the longest of a
+  random draw;
+- for causal LMs, computes the LM head and the loss only at the positions that carry a label (the
+  answer tokens and EOS; the prompt carries no loss), through the model's own `logits_to_keep`
+  (a boolean mask: the hidden states of those positions alone meet the LM head, softcapping and
+  scaling included). With a 262k-token vocabulary (Gemma) the full logits would cost more than the
+  rest of the model. The loss is the one transformers computes (sum of token cross-entropies in
+  float32 over the number of label tokens of the accumulated batch), up to summation order;
+- counts, per micro-batch, the real (non-padding) tokens, the padded tokens and the positions the LM
+  head ran on, while a callback times the optimizer steps (forward, backward, update; not checkpoint
+  saves or logging). `StepMeter.summary` turns them into the throughput keys of train_summary.json
+  (`inbedder.throughput`).
+
+`TRAIN_LOOP` names these choices; it is part of a fine-tune's run key and of its rule's params, so a
+change of them retrains and never resumes a checkpoint made under the other.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from inbedder.throughput import count_parameters, matmul_peak_gflops, train_throughput
+
+TRAIN_LOOP = {"batches": "grouped by length", "causal_lm_head": "label positions only"}
+IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,18 +105,68 @@ def meter_callback(meter: StepMeter):
     return MeterSteps()
 
 
-def make_trainer(meter: StepMeter, **trainer_kwargs: Any):
-    """A transformers Trainer whose loss counts each micro-batch's tokens into `meter`."""
+def label_positions(labels):
+    """Boolean [B, T] mask of the positions whose next token is a label (causal LMs predict t+1 at t)."""
+    import torch
+
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+def answer_only_loss(model, inputs: dict[str, Any], num_items_in_batch=None):
+    """Causal LM loss with the LM head applied only where a label is: (loss, head positions) or None.
+
+    None when the model does not take a boolean `logits_to_keep` mask (its forward lacks the
+    argument, or the logits do not come back one row per kept position).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return None
+    labels = inputs["labels"]
+    keep = label_positions(labels)
+    targets = labels[:, 1:][keep[:, :-1]]
+    outputs = model(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep
+    )
+    logits = outputs.logits
+    if logits.ndim != 2 or logits.shape[0] != targets.numel():
+        return None
+    loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    if num_items_in_batch is None:
+        loss = loss / max(1, targets.numel())
+    else:
+        items = num_items_in_batch
+        loss = loss / (items.to(loss.device) if torch.is_tensor(items) else items)
+    return loss, int(targets.numel())
+
+
+def make_trainer(meter: StepMeter, kind: str, **trainer_kwargs: Any):
+    """A transformers Trainer for a model of `kind`: label-position loss for causal LMs, metered steps."""
     from transformers import Trainer
 
-    class MeteredTrainer(Trainer):
-        """Trainer that counts the tokens of every micro-batch it computes a loss on."""
+    class InBedderTrainer(Trainer):
+        """Trainer computing a causal LM's head only at label positions and counting every micro-batch."""
+
+        answer_only = kind == "causal"
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.answer_only and not return_outputs:
+                done = answer_only_loss(model, inputs, num_items_in_batch)
+                if done is not None:
+                    loss, positions = done
+                    meter.count(inputs, head_positions=positions)
+                    if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                        loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss scales it
+                    return loss
+                log.warning("%s takes no boolean logits_to_keep: full logits", type(model).__name__)
+                self.answer_only = False
             meter.count(inputs)
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
 
     callbacks = [*trainer_kwargs.pop("callbacks", []), meter_callback(meter)]
-    return MeteredTrainer(callbacks=callbacks, **trainer_kwargs)
+    return InBedderTrainer(callbacks=callbacks, **trainer_kwargs)
