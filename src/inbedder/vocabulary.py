@@ -1,0 +1,51 @@
+"""The names every stage shares: model kinds, recipes that do not train, embedding modes, score columns.
+
+Each is defined here once; the config schema's enums list the same values, and a test holds the two
+together (tests/test_config.py).
+"""
+
+from __future__ import annotations
+
+# Model kinds (config `models.<name>.kind`). Generative kinds answer the instruction; all of them
+# are fine-tuned with the paper's objective for their kind.
+SENTENCE_ENCODER = "sentence-encoder"
+GENERATIVE_KINDS: tuple[str, ...] = ("causal", "masked", "seq2seq")
+TRAINABLE_KINDS: tuple[str, ...] = GENERATIVE_KINDS
+MODEL_KINDS: tuple[str, ...] = (*GENERATIVE_KINDS, SENTENCE_ENCODER)
+
+# Recipes that use a model as it is: the untouched model and the authors' released checkpoint.
+UNTUNED = "none"
+RELEASED = "released"
+UNTRAINED_RECIPES: tuple[str, ...] = (UNTUNED, RELEASED)
+
+# Embedding modes. Generation modes are pooled from the cached hidden states at any layer; the
+# `+filter` variants drop uninformative answer steps first; stored modes are computed whole at encode
+# time (sentence encoders: the text alone, `plain`, or behind the instruction, `prefixed`).
+GENERATION_MODES: tuple[str, ...] = ("1st-gen", "avg-gen", "last-gen", "avg-ppt", "avg-all")
+FILTERED_MODES: tuple[str, ...] = ("avg-gen+filter", "last-gen+filter", "avg-all+filter")
+RE_ENCODE_MODES: tuple[str, ...] = ("re-encode", "re-encode+filter", "re-encode-multi")
+ENCODER_MODES: tuple[str, ...] = ("plain", "prefixed")
+STORED_MODES: tuple[str, ...] = (*RE_ENCODE_MODES, *ENCODER_MODES)
+# The paper's order of the modes (tables and figures).
+MODES: tuple[str, ...] = (
+    "1st-gen",
+    "avg-gen",
+    "last-gen",
+    "avg-ppt",
+    "avg-all",
+    "re-encode",
+    "re-encode-multi",
+    "avg-gen+filter",
+    "last-gen+filter",
+    "avg-all+filter",
+    "re-encode+filter",
+    "plain",
+    "prefixed",
+)
+
+# results/<run>/scores.csv: one row per score; the CI columns hold its bootstrap interval.
+SCORE_COLUMNS: tuple[str, ...] = ("model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "n")
+CI_COLUMNS: tuple[str, ...] = ("ci_low", "ci_high")
+
+# Instruction groups of the robustness tasks.
+ROBUSTNESS_GROUPS: tuple[str, ...] = ("correct", "implicit", "incorrect")
