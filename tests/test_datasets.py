@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -21,20 +22,8 @@ from inbedder.sources import fetch
 from inbedder.text import STOPWORDS
 
 MIRRORED = ("alpaca_5000", "c3", "stsb", "banking77", "nlupp", "twenty_newsgroups")
-NLUPP_INSTRUCTIONS = {
-    "action": "What does the customer want to do?",
-    "object": "Which banking product or service is this about?",
-}
-DEFAULT_INSTRUCTION = {"default": "What is this about?"}
-INSTRUCTIONS = {
-    "nlupp_triplets": NLUPP_INSTRUCTIONS,
-    "nlupp_clustering": NLUPP_INSTRUCTIONS,
-    "nlupp_pairs": NLUPP_INSTRUCTIONS,
-    "twenty_newsgroups": {"default": "Categorize the topic of the news article."},
-    "stsb": DEFAULT_INSTRUCTION,
-    "banking77": DEFAULT_INSTRUCTION,
-}
-OFFLINE_DATASETS = ["c3_qa", "c3_qa_heldout", "alpaca_5k", *INSTRUCTIONS]
+EVALUATION_DATASETS = ["nlupp_triplets", "nlupp_clustering", "nlupp_pairs", "twenty_newsgroups", "stsb", "banking77"]
+OFFLINE_DATASETS = ["c3_qa", "c3_qa_heldout", "alpaca_5k", *EVALUATION_DATASETS]
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +37,21 @@ def raw(mirror, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tables(raw, tmp_path_factory) -> dict[str, pd.DataFrame]:
     out = tmp_path_factory.mktemp("prepared")
-    return {d: prepare(d, raw, out / f"{d}.parquet", INSTRUCTIONS.get(d)) for d in OFFLINE_DATASETS}
+    return {d: prepare(d, raw, out / f"{d}.parquet") for d in OFFLINE_DATASETS}
 
 
 def _schema(table: pd.DataFrame, dataset: str) -> None:
     assert tuple(table.columns) == D.SCHEMAS[D.DATASETS[dataset].kind]
+
+
+@pytest.mark.parametrize("dataset", EVALUATION_DATASETS)
+def test_evaluation_tables_hold_only_what_comes_with_the_data(tables, dataset):
+    """No instruction in a prepared evaluation table: the task_table rule resolves it from config."""
+    t = tables[dataset]
+    assert "instruction" not in t.columns
+    assert t.columns[0] == "subset" and not (t["subset"].str.strip() == "").any()
+    assert "instructions" not in inspect.signature(D.prepare).parameters
+    assert "instructions" not in inspect.signature(D.DATASETS[dataset].builder).parameters
 
 
 def test_c3_qa_is_c3_train_with_stopwords_removed_from_answers(tables, mirror):
@@ -95,8 +94,6 @@ def test_nlupp_clustering(tables, raw):
     assert set(action["label"]) == set(analogs.NLUPP_ACTIONS)
     assert set(obj["label"]) == set(analogs.NLUPP_OBJECTS)
     assert list(action["text"]) == list(obj["text"])
-    assert set(action["instruction"]) == {NLUPP_INSTRUCTIONS["action"]}
-    assert set(obj["instruction"]) == {NLUPP_INSTRUCTIONS["object"]}
     labels = _nlupp_labels(raw)
     assert all(labels[x][0] == y for x, y in zip(action["text"], action["label"]))
 
@@ -149,12 +146,12 @@ def test_nlupp_pairs(tables, raw):
     assert len(t) == 4 * analogs.NLUPP_PAIRS_PER_VIEW == 1200
     assert t["score"].value_counts().to_dict() == {1.0: 600, 0.0: 600}
     labels = _nlupp_labels(raw)
-    view_of = {text: i for i, text in enumerate(NLUPP_INSTRUCTIONS.values())}
+    view_of = {"action": 0, "object": 1}
     shared_counts = {0: 0, 1: 0}
     for (x, y), group in t.groupby(["text1", "text2"], sort=False):
         assert sorted(group["score"]) == [0.0, 1.0]
-        assert set(group["instruction"]) == set(NLUPP_INSTRUCTIONS.values())
-        shared = view_of[group[group.score == 1.0]["instruction"].item()]
+        assert set(group["subset"]) == set(view_of)
+        shared = view_of[group[group.score == 1.0]["subset"].item()]
         assert labels[x][shared] == labels[y][shared] and labels[x][1 - shared] != labels[y][1 - shared]
         shared_counts[shared] += 1
     assert shared_counts == {0: 300, 1: 300}
@@ -171,7 +168,6 @@ def test_twenty_newsgroups_subject_sets(tables):
     assert {g.split(".")[0] for g in t["label"]} == {"alt", "comp", "misc", "rec", "sci", "soc", "talk"}
     assert t["text"].str.startswith("Subject:").mean() < 0.001  # one post's subject itself repeats it
     assert t["text"].str.len().max() <= 200
-    assert set(t["instruction"]) == {"Categorize the topic of the news article."}
     for _, group in t.groupby("subset"):
         assert not group["text"].index.duplicated().any()
 
@@ -212,26 +208,13 @@ def test_banking77_clustering(tables):
 def test_builders_are_deterministic(dataset, raw, tmp_path):
     paths = [tmp_path / f"{dataset}.{i}.parquet" for i in range(2)]
     for path in paths:
-        prepare(dataset, raw, path, INSTRUCTIONS.get(dataset))
+        prepare(dataset, raw, path)
     assert sha256_file(paths[0]) == sha256_file(paths[1])
-
-
-def test_a_changed_instruction_changes_only_the_instruction_column(raw, tables, tmp_path):
-    changed = dict(NLUPP_INSTRUCTIONS, object="What is the product?")
-    t = prepare("nlupp_triplets", raw, tmp_path / "t.parquet", changed)
-    before = tables["nlupp_triplets"]
-    assert set(t[t.subset == "object"]["instruction"]) == {"What is the product?"}
-    pd.testing.assert_frame_equal(t.drop(columns="instruction"), before.drop(columns="instruction"))
-
-
-def test_a_missing_instruction_is_named_before_reading(tmp_path):
-    with pytest.raises(ValueError, match=r"dataset 'nlupp_clustering': no instruction for subset 'object'"):
-        prepare("nlupp_clustering", tmp_path / "nowhere", tmp_path / "t.parquet", {"action": "?"})
 
 
 def test_an_unfetched_source_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"stsb/manifest\.json is missing"):
-        prepare("stsb", tmp_path, tmp_path / "t.parquet", DEFAULT_INSTRUCTION)
+        prepare("stsb", tmp_path, tmp_path / "t.parquet")
 
 
 # Bad input at the boundary: a copy of a fetched source, altered, then prepared.
@@ -259,7 +242,7 @@ def test_empty_dataset_names_the_file(raw, tmp_path):
     path = root / "banking77" / "test.csv"
     path.write_text("text,category\n")
     with pytest.raises(DataError, match=rf"{path}: empty dataset"):
-        prepare("banking77", root, tmp_path / "t.parquet", DEFAULT_INSTRUCTION)
+        prepare("banking77", root, tmp_path / "t.parquet")
 
 
 def test_non_utf8_text_names_file_and_column(raw, tmp_path):
@@ -269,7 +252,7 @@ def test_non_utf8_text_names_file_and_column(raw, tmp_path):
     lines[3] = b"Caf\xe9 card " + lines[3]  # a latin-1 byte in the text column of row 2
     path.write_bytes(b"\n".join(lines))
     with pytest.raises(DataError, match=rf"{path}: column 'text', row 2: text is not valid UTF-8"):
-        prepare("banking77", root, tmp_path / "t.parquet", DEFAULT_INSTRUCTION)
+        prepare("banking77", root, tmp_path / "t.parquet")
 
 
 def test_short_stsb_line_names_the_missing_column(raw, tmp_path):
@@ -279,7 +262,7 @@ def test_short_stsb_line_names_the_missing_column(raw, tmp_path):
     lines[4] = "\t".join(lines[4].split("\t")[:6])
     path.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(DataError, match=rf"{path}:5: 6 tab-separated fields.*'sentence2' missing"):
-        prepare("stsb", root, tmp_path / "t.parquet", DEFAULT_INSTRUCTION)
+        prepare("stsb", root, tmp_path / "t.parquet")
 
 
 def test_nlupp_fold_without_text_names_file_and_column(raw, tmp_path):
@@ -289,7 +272,7 @@ def test_nlupp_fold_without_text_names_file_and_column(raw, tmp_path):
     rows[0] = {"utterance": rows[0]["text"], "intents": rows[0].get("intents", [])}
     path.write_text(json.dumps(rows))
     with pytest.raises(DataError, match=rf"{path}: column 'text' missing \(row 0"):
-        prepare("nlupp_clustering", root, tmp_path / "t.parquet", NLUPP_INSTRUCTIONS)
+        prepare("nlupp_clustering", root, tmp_path / "t.parquet")
 
 
 # Hub datasets: the fetch path with a stand-in for the hub (no network here), then the builders.
@@ -332,24 +315,18 @@ def hub_raw(tmp_path, monkeypatch) -> Path:
 
 
 def test_hub_builders_on_the_hub_layout(hub_raw, tmp_path):
-    ie = prepare(
-        "intent_emotion",
-        hub_raw,
-        tmp_path / "ie.parquet",
-        {"emotion": "How does the customer feel?", "intent": "What does the customer need?"},
-    )
+    ie = prepare("intent_emotion", hub_raw, tmp_path / "ie.parquet")
     _schema(ie, "intent_emotion")
     assert ie.groupby("subset").size().to_dict() == {"emotion": 20, "intent": 20}
     assert ie[ie.subset == "intent"]["anchor"].iloc[0] == "intent anchor 0"
-    nyt = prepare(
-        "nyt_clustering",
-        hub_raw,
-        tmp_path / "nyt.parquet",
-        {"topic": "What is the topic of news?", "location": "Where did the news happen?"},
-    )
+    nyt = prepare("nyt_clustering", hub_raw, tmp_path / "nyt.parquet")
+    _schema(nyt, "nyt_clustering")
     assert set(nyt["label"]) == {"c0", "c1", "c2"} and set(nyt["subset"]) == {"topic", "location"}
     stsb = prepare("instruct_stsb", hub_raw, tmp_path / "is.parquet")
     assert stsb["score"].dtype == np.float64 and set(stsb["instruction"]) == {"question 0?", "question 1?"}
+    # the one evaluation set whose data has an instruction per pair keeps it, after `subset`
+    assert tuple(stsb.columns) == ("subset", "instruction", "text1", "text2", "score")
+    assert set(stsb["subset"]) == {"default"}
     qa = prepare("inbedder_qa", hub_raw, tmp_path / "qa.parquet")
     held = prepare("inbedder_qa_heldout", hub_raw, tmp_path / "held.parquet")
     assert (len(qa), len(held)) == (700, 300)
@@ -426,27 +403,8 @@ def test_rule_inputs_and_params_from_config(configs):
         "train": "data/prepared/alpaca.parquet",
         "heldout": "data/prepared/inbedder_qa_heldout.parquet",
     }
-    assert (
-        D.task_instructions("nlupp_pairs", offline["tasks"])
-        == offline["tasks"]["NLUPPInstructedPairs"]["instructions"]
-    )
-    assert D.task_instructions("intent_emotion", paper["tasks"]) == {
-        "emotion": "How does the customer feel?",
-        "intent": "What does the customer need?",
-    }
     assert D.source_manifests("nlupp_pairs") == ["data/raw/nlupp/manifest.json"]
     with pytest.raises(ValueError, match=r"recipe 'none' is not a key of recipes"):
         D.training_inputs("none", paper["recipes"], False)
     with pytest.raises(ValueError, match=r"recipes\.x\.dataset: 'stsb' is not a training dataset"):
         D.training_inputs("x", {"x": {"dataset": "stsb"}}, False)
-
-
-def test_two_tasks_disagreeing_on_a_dataset_instruction_are_named():
-    tasks = {
-        "A": {"kind": "clustering", "dataset": "nlupp_clustering", "instructions": {"action": "x?"}},
-        "B": {"kind": "clustering", "dataset": "nlupp_clustering", "instructions": {"action": "y?"}},
-    }
-    with pytest.raises(
-        ValueError, match=r"tasks\.B\.instructions\.action and tasks\.A\.instructions\.action differ"
-    ):
-        D.task_instructions("nlupp_clustering", tasks)

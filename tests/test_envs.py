@@ -34,7 +34,7 @@ LOADED_ON_THE_WAY = {
     "encode_task.py": ["transformers", "sentence_transformers", "safetensors.numpy"],
     "evaluate_task.py": ["mteb", "datasets", "safetensors.numpy", "inbedder.pooling", "inbedder.cache"],
     "render_report.py": ["jinja2", "matplotlib.pyplot", "sklearn.decomposition", "inbedder.pooling",
-                         "safetensors.numpy", "yaml"],
+                         "inbedder.tasks", "pyarrow.parquet", "safetensors.numpy", "yaml"],
 }
 
 

@@ -22,19 +22,13 @@ TASKS = CONFIG["tasks"]
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, mirror) -> Path:
-    """Prepared NLU++, STS-B and Banking77 tables built from the mirror with the config's instructions."""
+    """Prepared NLU++, STS-B and Banking77 tables built from the mirror (the config's instructions are
+    resolved in each task table)."""
     data = tmp_path_factory.mktemp("data")
     for source in ("nlupp", "stsb", "banking77"):
         sources.fetch(source, data / "raw" / source, mirror=mirror, offline=True)
-    instructions = {
-        "nlupp_clustering": TASKS["NLUPPTwoViewClustering"]["instructions"],
-        "nlupp_triplets": TASKS["NLUPPTwoViewTriplets"]["instructions"],
-        "nlupp_pairs": TASKS["NLUPPInstructedPairs"]["instructions"],
-        "stsb": TASKS["STSBenchmark"]["instructions"],
-        "banking77": TASKS["Banking77Clustering"]["instructions"],
-    }
-    for name, instr in instructions.items():
-        datasets.prepare(name, data / "raw", data / "prepared" / f"{name}.parquet", instr)
+    for name in ("nlupp_clustering", "nlupp_triplets", "nlupp_pairs", "stsb", "banking77"):
+        datasets.prepare(name, data / "raw", data / "prepared" / f"{name}.parquet")
     return data
 
 

@@ -465,7 +465,36 @@ def test_render_with_nothing_run(tmp_path):
     assert "does not exist: no scores in this report" in html
     assert "58.80" in html and "Not run here" in html
     assert "no commit" in html  # tmp_path is not a git checkout
-    assert not summary["figures"]["projection"] and "not drawn: prepared table" in html  # said, not drawn
+    assert not summary["figures"]["projection"] and "not drawn: task table" in html  # said, not drawn
+
+
+def test_projection_reads_the_task_table_its_caches_were_encoded_from(tmp_path):
+    """The projection's rows and instructions come from results/<run>/tasks/<task>.parquet, never data/prepared."""
+    from inbedder.report.provenance import load_projection
+    from inbedder.tasks import TaskError, write_task_table
+
+    config, task = offline_config(), "NLUPPTwoViewClustering"
+    assert report.inputs.projection_of(config, FIXTURE_SELECT["tasks"]) == task
+    assert report.inputs.projection_of(config, ["STSBenchmark"]) is None
+    named = report.declared_inputs("results/r", jobs=[("m", "none", task), ("m", "none", "STSBenchmark")],
+                                   model_folders=["m"], manifests=[], projection=task)
+    assert named["projection_table"] == [f"results/r/tasks/{task}.parquet"]
+    assert named["projection_caches"] == [f"results/r/cache/m-none/{task}/meta.json"]
+    assert not [p for paths in named.values() for p in paths if "/prepared/" in p]
+    inputs = report.run_inputs(FIXTURE / "results", config, data_dir=str(FIXTURE / "data"))
+    assert inputs.projection_table == FIXTURE / "results" / "tasks" / f"{task}.parquet"
+    runs = [report.Run("smollm2-135m", "inbedder", "1st-gen")]
+    views, labels, why = load_projection(inputs.projection_table, inputs.projection_caches, runs, {})
+    assert not why and set(labels) == {"action", "object"} and set(views[runs[0].label]) == {"action", "object"}
+    table = pd.read_parquet(inputs.projection_table)
+    plain = tmp_path / "prepared_like.parquet"
+    table.to_parquet(plain)
+    with pytest.raises(TaskError, match="not a task table"):
+        load_projection(plain, inputs.projection_caches, runs, {})
+    pairs = tmp_path / "pairs.parquet"
+    write_task_table(table, pairs, task=task, kind="pairs", limit=None)
+    with pytest.raises(ValueError, match="needs a clustering task table, not 'pairs'"):
+        load_projection(pairs, inputs.projection_caches, runs, {})
 
 
 def test_projection_figure_from_embeddings():

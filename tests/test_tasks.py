@@ -49,15 +49,15 @@ def tiny(tmp_path: Path) -> Path:
         tmp_path,
         "pairs",
         [
-            {"instruction": TWO_VIEWS["action"], "text1": "t1", "text2": "t2", "score": 1.0},
-            {"instruction": TWO_VIEWS["object"], "text1": "t1", "text2": "t2", "score": 0.0},
+            {"subset": "default", "instruction": TWO_VIEWS["action"], "text1": "t1", "text2": "t2", "score": 1.0},
+            {"subset": "default", "instruction": TWO_VIEWS["object"], "text1": "t1", "text2": "t2", "score": 0.0},
         ],
     )
     write_table(
         tmp_path,
         "sts",
         [
-            {"instruction": "same", "text1": f"a{i}", "text2": f"b{i}", "score": float(i % 6)}
+            {"subset": "default", "text1": f"a{i}", "text2": f"b{i}", "score": float(i % 6)}
             for i in range(12)
         ],
     )
@@ -291,7 +291,7 @@ def nlupp_dir(tmp_path_factory, mirror) -> Path:
     data = tmp_path_factory.mktemp("data")
     sources.fetch("nlupp", data / "raw" / "nlupp", mirror=mirror, offline=True)
     for name in ("nlupp_clustering", "nlupp_triplets", "nlupp_pairs"):
-        datasets.prepare(name, data / "raw", data / "prepared" / f"{name}.parquet", TWO_VIEWS)
+        datasets.prepare(name, data / "raw", data / "prepared" / f"{name}.parquet")
     return data
 
 
@@ -306,8 +306,48 @@ def test_nlupp_prompts_on_the_mirror(nlupp_dir):
     t = task_kinds.task_table("T", triplets, data_dir=nlupp_dir, limit=20)
     # the same anchors in both views: the mirrored triplets survive the limit together
     assert set(t[t.subset == "action"]["anchor"]) == set(t[t.subset == "object"]["anchor"])
-    pairs = task_kinds.task_table("P", {"kind": "pairs", "dataset": "nlupp_pairs"}, data_dir=nlupp_dir, limit=30)
+    pairs_spec = {"kind": "pairs", "dataset": "nlupp_pairs", "instructions": TWO_VIEWS}
+    pairs = task_kinds.task_table("P", pairs_spec, data_dir=nlupp_dir, limit=30)
     assert pairs.groupby("instruction").size().tolist() == [30, 30]
+    assert pairs.groupby("subset")["instruction"].unique().map(list).to_dict() == {
+        v: [i] for v, i in TWO_VIEWS.items()}
+
+
+def test_a_changed_instruction_changes_only_the_task_tables_instruction(nlupp_dir):
+    """The prepared tables hold no instruction: each task's comes from config, in its task table only."""
+    prepared = nlupp_dir / "prepared"
+    assert all("instruction" not in pd.read_parquet(p).columns for p in prepared.glob("*.parquet"))
+    changed = dict(TWO_VIEWS, object="What is the product?")
+    for kind, dataset in (("triplets", "nlupp_triplets"), ("clustering", "nlupp_clustering"),
+                          ("pairs", "nlupp_pairs")):
+        before = task_kinds.task_table("T", {"kind": kind, "dataset": dataset, "instructions": TWO_VIEWS},
+                                       data_dir=nlupp_dir, limit=40)
+        after = task_kinds.task_table("T", {"kind": kind, "dataset": dataset, "instructions": changed},
+                                      data_dir=nlupp_dir, limit=40)
+        assert set(after[after.subset == "object"]["instruction"]) == {"What is the product?"}
+        assert set(after[after.subset == "action"]["instruction"]) == {TWO_VIEWS["action"]}
+        pd.testing.assert_frame_equal(after.drop(columns="instruction"), before.drop(columns="instruction"))
+
+
+def test_two_tasks_on_one_dataset_each_get_their_own_instructions(nlupp_dir):
+    """Two tasks may read one prepared table under different instructions (each has its own task table)."""
+    other = {"action": "What is the request?", "object": "Which product?"}
+    a = task_kinds.task_table("A", {"kind": "clustering", "dataset": "nlupp_clustering", "instructions": TWO_VIEWS},
+                              data_dir=nlupp_dir)
+    b = task_kinds.task_table("B", {"kind": "clustering", "dataset": "nlupp_clustering", "instructions": other},
+                              data_dir=nlupp_dir)
+    assert a.groupby("subset")["instruction"].first().to_dict() == TWO_VIEWS
+    assert b.groupby("subset")["instruction"].first().to_dict() == other
+    pd.testing.assert_frame_equal(a.drop(columns="instruction"), b.drop(columns="instruction"))
+
+
+def test_a_missing_instruction_is_named(nlupp_dir):
+    spec = {"kind": "triplets", "dataset": "nlupp_triplets", "instructions": {"action": "?"}}
+    with pytest.raises(tasks.TaskError, match=r"no instruction for subset\(s\) \['object'\] "
+                                              r"\(set tasks\.T\.instructions\)"):
+        task_kinds.task_table("T", spec, data_dir=nlupp_dir)
+    with pytest.raises(tasks.TaskError, match=r"nlupp_pairs\.parquet \(tasks\.P\): no instruction for subset"):
+        task_kinds.task_table("P", {"kind": "pairs", "dataset": "nlupp_pairs"}, data_dir=nlupp_dir)
 
 
 # ----------------------------------------------------------------------------------------------

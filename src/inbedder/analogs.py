@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from inbedder.raw import SEED, DataError, check_records, decode, read_json, subset_instruction
+from inbedder.raw import SEED, DataError, check_records, decode, read_json
 
 NLUPP_PAIRS_PER_VIEW = 300
 NEWSGROUPS_SETS = 10
@@ -114,16 +114,13 @@ def _partners(items: list[Utterance], i: int, same: str) -> list[int]:
     ]
 
 
-def build_nlupp_clustering(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
+def build_nlupp_clustering(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """NLU++ two-view clustering: all 542 texts under each view, label = that view's intent."""
     items = nlupp_utterances(raw["nlupp"])
     parts = [
         pd.DataFrame(
             {
                 "subset": view,
-                "instruction": subset_instruction(instructions, view, "nlupp_clustering"),
                 "text": [u.text for u in items],
                 "label": [u.label(view) for u in items],
             }
@@ -133,9 +130,7 @@ def build_nlupp_clustering(
     return pd.concat(parts, ignore_index=True)
 
 
-def build_nlupp_triplets(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
+def build_nlupp_triplets(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """NLU++ two-view triplets (IntentEmotion-like): one per distinct utterance, mirrored across views."""
     items = _distinct(nlupp_utterances(raw["nlupp"]))
     rng = np.random.default_rng(seed)
@@ -148,18 +143,15 @@ def build_nlupp_triplets(
         n = negatives[int(rng.integers(len(negatives)))]
         triplets.append((items[i].text, items[p].text, items[n].text))
     rows = [("action", a, p, n) for a, p, n in triplets] + [("object", a, n, p) for a, p, n in triplets]
-    table = pd.DataFrame(rows, columns=["subset", "anchor", "positive", "negative"])
-    table.insert(1, "instruction", [subset_instruction(instructions, s, "nlupp_triplets") for s in table["subset"]])
-    return table
+    return pd.DataFrame(rows, columns=["subset", "anchor", "positive", "negative"])
 
 
 def build_nlupp_pairs(
     raw: Mapping[str, Path],
-    instructions: Mapping[str, str],
     seed: int = SEED,
     pairs_per_view: int = NLUPP_PAIRS_PER_VIEW,
 ) -> pd.DataFrame:
-    """NLU++ instructed pairs (InstructSTSB-like): pairs sharing one view, scored 1 under it, 0 under the other."""
+    """NLU++ instructed pairs (InstructSTSB-like): pairs sharing one view, scored 1 in its subset, 0 in the other's."""
     items = _distinct(nlupp_utterances(raw["nlupp"]))
     rng = np.random.default_rng(seed)
     rows = []
@@ -176,13 +168,13 @@ def build_nlupp_pairs(
                 continue
             seen.add(frozenset((i, j)))
             a, b = items[i].text, items[j].text
-            rows.append((subset_instruction(instructions, shared, "nlupp_pairs"), a, b, 1.0))
-            rows.append((subset_instruction(instructions, other, "nlupp_pairs"), a, b, 0.0))
+            rows.append((shared, a, b, 1.0))
+            rows.append((other, a, b, 0.0))
         if len(seen) < pairs_per_view:
             raise DataError(
                 f"nlupp_pairs: only {len(seen)} distinct pairs share the {shared} (wanted {pairs_per_view})"
             )
-    return pd.DataFrame(rows, columns=["instruction", "text1", "text2", "score"])
+    return pd.DataFrame(rows, columns=["subset", "text1", "text2", "score"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,7 +209,6 @@ def newsgroups_subjects(archive: Path) -> pd.DataFrame:
 
 def build_twenty_newsgroups(
     raw: Mapping[str, Path],
-    instructions: Mapping[str, str],
     seed: int = SEED,
     n_sets: int = NEWSGROUPS_SETS,
     set_size: tuple[int, int] = NEWSGROUPS_SET_SIZE,
@@ -233,7 +224,6 @@ def build_twenty_newsgroups(
             pd.DataFrame(
                 {
                     "subset": str(s),
-                    "instruction": subset_instruction(instructions, str(s), "twenty_newsgroups"),
                     "text": picked["subject"].to_numpy(),
                     "label": picked["group"].to_numpy(),
                 }
@@ -242,7 +232,7 @@ def build_twenty_newsgroups(
     return pd.concat(parts, ignore_index=True)
 
 
-def build_stsb(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED) -> pd.DataFrame:
+def build_stsb(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """STS Benchmark test pairs with their 0-5 scores."""
     path = raw["stsb"] / "sts-test.csv"
     label = str(path)
@@ -270,7 +260,7 @@ def build_stsb(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: i
         scores.append(score)
     return pd.DataFrame(
         {
-            "instruction": subset_instruction(instructions, "default", "stsb"),
+            "subset": "default",
             "text1": [r["sentence1"] for r in records],
             "text2": [r["sentence2"] for r in records],
             "score": scores,
@@ -278,9 +268,7 @@ def build_stsb(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: i
     )
 
 
-def build_banking77(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
+def build_banking77(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """Banking77 test as one clustering set (77 intents)."""
     path = raw["banking77"] / "test.csv"
     label = str(path)
@@ -289,7 +277,6 @@ def build_banking77(
     return pd.DataFrame(
         {
             "subset": "default",
-            "instruction": subset_instruction(instructions, "default", "banking77"),
             "text": [r["text"] for r in records],
             "label": [r["category"] for r in records],
         }

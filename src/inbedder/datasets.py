@@ -1,15 +1,17 @@
 """Prepared tables: one builder per dataset, from fetched sources to `data/prepared/<dataset>.parquet`.
 
-Every table has the schema of its kind (docs/contracts.md):
+Every table has the schema of its kind (docs/contracts.md) and holds only what comes with the data:
 
 - training pairs: `instruction, input, output`
-- triplets:       `subset, instruction, anchor, positive, negative`
-- clustering:     `subset, instruction, text, label` (labels are strings)
-- instructed pairs: `instruction, text1, text2, score` (float)
+- triplets:       `subset, anchor, positive, negative`
+- clustering:     `subset, text, label` (labels are strings)
+- instructed pairs: `subset, text1, text2, score` (float)
 
-Where the data carries no instruction, it comes from the task's `instructions` in config, given to the
-builder as `{subset: instruction}` (a `default` key serves every subset without its own key), so a
-changed instruction changes the prepared table.
+`subset` names the view or set a row belongs to (`default` where the data has one). An evaluation
+table carries an `instruction` column (after `subset`) only where the data itself has one
+(InstructSTSB); every other instruction is the task's, resolved from config by rule task_table into
+`results/<run>/tasks/<task>.parquet` (`inbedder.task_kinds`), so a changed instruction never rebuilds a
+prepared table.
 
 Datasets (their sources are in `DATASET_SOURCES`):
 
@@ -21,7 +23,8 @@ Datasets (their sources are in `DATASET_SOURCES`):
   *validation*, same processing, in a seeded random order (so any prefix is a random sample).
 - `alpaca_5k` (offline Alpaca recipe): the 5,000 mirrored Alpaca rows as they are, less the 2 rows
   with an empty output (rows without an instruction or output are dropped from every training set).
-- `intent_emotion`, `nyt_clustering`, `instruct_stsb` (hub, test split): the paper's sets as released.
+- `intent_emotion`, `nyt_clustering`, `instruct_stsb` (hub, test split): the paper's sets as released
+  (InstructSTSB with the instruction of each pair, subset `default`).
 - NLU++ banking analogs (built in `inbedder.analogs`, as are the generic sets below). The 542
   utterances carrying exactly one action intent and exactly one object intent (lists in
   `NLUPP_ACTIONS`, `NLUPP_OBJECTS`) are read in fold order (fold0..fold19, file order).
@@ -37,8 +40,8 @@ Datasets (their sources are in `DATASET_SOURCES`):
   - `nlupp_pairs` (InstructSTSB-like): `NLUPP_PAIRS_PER_VIEW` distinct unordered pairs sharing the
     action but not the object, and as many sharing the object but not the action (anchors in a seeded
     random order, one uniformly drawn partner each, repeated pairs skipped). Each pair appears twice:
-    under the instruction of the shared view with score 1, under the other view's with score 0, so an
-    instruction-agnostic embedder has Spearman ~0.
+    in the subset of the shared view with score 1, in the other view's with score 0 (each scored under
+    its subset's instruction), so an instruction-agnostic embedder has Spearman ~0.
 - `twenty_newsgroups`: the TwentyNewsgroupsClustering table of MTEB ("Clustering of the 20 Newsgroups
   dataset (subject only)"): the `Subject:` header of every post of the bydate archive (train + test,
   18,846 posts, decoded as latin-1, replies keep their "Re:"), label = newsgroup. As in MTEB, 10
@@ -66,7 +69,6 @@ import numpy as np
 import pandas as pd
 
 from inbedder.analogs import (
-    NLUPP_VIEWS,
     build_banking77,
     build_nlupp_clustering,
     build_nlupp_pairs,
@@ -84,7 +86,6 @@ from inbedder.raw import (
     read_json_lines,
     read_parquet,
     sample_order,
-    subset_instruction,
 )
 from inbedder.sources import read_manifest
 from inbedder.text import remove_stopwords
@@ -95,10 +96,12 @@ HELDOUT_ROWS = 300
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "training": ("instruction", "input", "output"),
-    "triplets": ("subset", "instruction", "anchor", "positive", "negative"),
-    "clustering": ("subset", "instruction", "text", "label"),
-    "pairs": ("instruction", "text1", "text2", "score"),
+    "triplets": ("subset", "anchor", "positive", "negative"),
+    "clustering": ("subset", "text", "label"),
+    "pairs": ("subset", "text1", "text2", "score"),
 }
+# An evaluation table keeps this column, after `subset`, where the data has an instruction per row.
+DATA_INSTRUCTION = "instruction"
 # Columns that may hold an empty string (Alpaca rows without an input).
 MAY_BE_EMPTY = frozenset({"input"})
 
@@ -125,7 +128,7 @@ def _c3_rows(data: bytes, label: str) -> pd.DataFrame:
     return table[~empty].reset_index(drop=True)
 
 
-def build_c3_qa(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED) -> pd.DataFrame:
+def build_c3_qa(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """C3 train as QA training pairs, answers with stopwords removed (the InBedder recipe, offline)."""
     archive = raw["c3"] / "c3.zip"
     member = "c3.train.en.jsonl"
@@ -136,18 +139,14 @@ def build_c3_qa(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: 
     return _c3_rows(data, f"{archive}:{member}")
 
 
-def build_c3_qa_heldout(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED, rows: int = HELDOUT_ROWS
-) -> pd.DataFrame:
+def build_c3_qa_heldout(raw: Mapping[str, Path], seed: int = SEED, rows: int = HELDOUT_ROWS) -> pd.DataFrame:
     """A seeded sample of C3 validation QA pairs (never trained on), for the training check."""
     path = raw["c3"] / "c3.validation.en.jsonl"
     table = _c3_rows(path.read_bytes(), str(path))
     return table.iloc[sample_order(len(table), rows, seed)].reset_index(drop=True)
 
 
-def build_alpaca_5k(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
+def build_alpaca_5k(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """The mirrored 5,000 Alpaca rows as training pairs (the Alpaca recipe, offline)."""
     path = raw["alpaca_5000"] / "alpaca_5000.json"
     records = read_json(path.read_bytes(), str(path))
@@ -180,9 +179,7 @@ def _hub_training(raw_dir: Path) -> pd.DataFrame:
     return _drop_unanswered(table[list(SCHEMAS["training"])].reset_index(drop=True), str(path))
 
 
-def build_inbedder_qa(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
+def build_inbedder_qa(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """The InBedder QA pre-training data (hub), less the rows held out for the training check."""
     table = _hub_training(raw["inbedder_qa"])
     held = set(sample_order(len(table), HELDOUT_ROWS, seed).tolist())
@@ -190,15 +187,13 @@ def build_inbedder_qa(
     return table.iloc[keep].reset_index(drop=True)
 
 
-def build_inbedder_qa_heldout(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
+def build_inbedder_qa_heldout(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """A seeded sample of the InBedder QA data, held out from `inbedder_qa`."""
     table = _hub_training(raw["inbedder_qa"])
     return table.iloc[sample_order(len(table), HELDOUT_ROWS, seed)].reset_index(drop=True)
 
 
-def build_alpaca(raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED) -> pd.DataFrame:
+def build_alpaca(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """Full Alpaca (hub) as training pairs."""
     return _hub_training(raw["alpaca_full"])
 
@@ -207,9 +202,7 @@ def build_alpaca(raw: Mapping[str, Path], instructions: Mapping[str, str], seed:
 # The paper's evaluation sets (hub)
 
 
-def build_intent_emotion(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
+def build_intent_emotion(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """IntentEmotion triplets, subsets emotion and intent."""
     parts = []
     for subset in ("emotion", "intent"):
@@ -218,7 +211,6 @@ def build_intent_emotion(
             pd.DataFrame(
                 {
                     "subset": subset,
-                    "instruction": subset_instruction(instructions, subset, "intent_emotion"),
                     "anchor": t["anchor"].astype(str),
                     "positive": t["positive"].astype(str),
                     "negative": t["negative"].astype(str),
@@ -228,9 +220,7 @@ def build_intent_emotion(
     return pd.concat(parts, ignore_index=True)
 
 
-def build_nyt_clustering(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
+def build_nyt_clustering(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
     """NYTClustering, subsets topic and location."""
     parts = []
     for subset in ("topic", "location"):
@@ -239,7 +229,6 @@ def build_nyt_clustering(
             pd.DataFrame(
                 {
                     "subset": subset,
-                    "instruction": subset_instruction(instructions, subset, "nyt_clustering"),
                     "text": t["text"].astype(str),
                     "label": t["cluster"].astype(str),
                 }
@@ -248,15 +237,14 @@ def build_nyt_clustering(
     return pd.concat(parts, ignore_index=True)
 
 
-def build_instruct_stsb(
-    raw: Mapping[str, Path], instructions: Mapping[str, str], seed: int = SEED
-) -> pd.DataFrame:
-    """InstructSTSB pairs; the instruction of each pair comes with the data."""
+def build_instruct_stsb(raw: Mapping[str, Path], seed: int = SEED) -> pd.DataFrame:
+    """InstructSTSB pairs, one subset; the instruction of each pair comes with the data."""
     t = read_parquet(
         raw["instruct_stsb"] / "default" / "test.parquet", ("sentence1", "sentence2", "instruction", "score")
     )
     return pd.DataFrame(
         {
+            "subset": "default",
             "instruction": t["instruction"].astype(str),
             "text1": t["sentence1"].astype(str),
             "text2": t["sentence2"].astype(str),
@@ -271,13 +259,12 @@ def build_instruct_stsb(
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A prepared dataset: its kind, its sources, its builder, the instruction keys it needs."""
+    """A prepared dataset: its kind, its sources and its builder."""
 
     name: str
     kind: str
     sources: tuple[str, ...]
     builder: Builder
-    subsets: tuple[str, ...] = ()
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -289,21 +276,15 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("c3_qa", "training", ("c3",), build_c3_qa),
         DatasetSpec("c3_qa_heldout", "training", ("c3",), build_c3_qa_heldout),
         DatasetSpec("alpaca_5k", "training", ("alpaca_5000",), build_alpaca_5k),
-        DatasetSpec(
-            "intent_emotion", "triplets", ("intent_emotion",), build_intent_emotion, ("emotion", "intent")
-        ),
-        DatasetSpec(
-            "nyt_clustering", "clustering", ("nyt_clustering",), build_nyt_clustering, ("topic", "location")
-        ),
+        DatasetSpec("intent_emotion", "triplets", ("intent_emotion",), build_intent_emotion),
+        DatasetSpec("nyt_clustering", "clustering", ("nyt_clustering",), build_nyt_clustering),
         DatasetSpec("instruct_stsb", "pairs", ("instruct_stsb",), build_instruct_stsb),
-        DatasetSpec("nlupp_triplets", "triplets", ("nlupp",), build_nlupp_triplets, NLUPP_VIEWS),
-        DatasetSpec("nlupp_clustering", "clustering", ("nlupp",), build_nlupp_clustering, NLUPP_VIEWS),
-        DatasetSpec("nlupp_pairs", "pairs", ("nlupp",), build_nlupp_pairs, NLUPP_VIEWS),
-        DatasetSpec(
-            "twenty_newsgroups", "clustering", ("twenty_newsgroups",), build_twenty_newsgroups, ("default",)
-        ),
-        DatasetSpec("stsb", "pairs", ("stsb",), build_stsb, ("default",)),
-        DatasetSpec("banking77", "clustering", ("banking77",), build_banking77, ("default",)),
+        DatasetSpec("nlupp_triplets", "triplets", ("nlupp",), build_nlupp_triplets),
+        DatasetSpec("nlupp_clustering", "clustering", ("nlupp",), build_nlupp_clustering),
+        DatasetSpec("nlupp_pairs", "pairs", ("nlupp",), build_nlupp_pairs),
+        DatasetSpec("twenty_newsgroups", "clustering", ("twenty_newsgroups",), build_twenty_newsgroups),
+        DatasetSpec("stsb", "pairs", ("stsb",), build_stsb),
+        DatasetSpec("banking77", "clustering", ("banking77",), build_banking77),
     )
 }
 DATASET_SOURCES: dict[str, tuple[str, ...]] = {name: spec.sources for name, spec in DATASETS.items()}
@@ -334,25 +315,6 @@ def source_manifests(dataset: str, raw_root: str = "data/raw") -> list[str]:
     return [f"{raw_root}/{source}/manifest.json" for source in dataset_spec(dataset).sources]
 
 
-def task_instructions(dataset: str, tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """Instructions by subset of the config tasks that read `dataset`; two tasks must not disagree."""
-    merged: dict[str, str] = {}
-    owner: dict[str, str] = {}
-    for task, spec in tasks.items():
-        if spec.get("dataset") != dataset or spec.get("kind") == "robustness":
-            continue
-        for subset, text in (spec.get("instructions") or {}).items():
-            if not isinstance(text, str):
-                continue
-            if subset in merged and merged[subset] != text:
-                raise ValueError(
-                    f"tasks.{task}.instructions.{subset} and tasks.{owner[subset]}.instructions.{subset} "
-                    f"differ, but both tasks read dataset {dataset!r}"
-                )
-            merged[subset], owner[subset] = text, task
-    return merged
-
-
 def training_inputs(
     recipe: str, recipes: Mapping[str, Mapping[str, Any]], offline: bool, prepared_root: str = "data/prepared"
 ) -> dict[str, str]:
@@ -372,10 +334,13 @@ def training_inputs(
 
 
 def validate_table(table: pd.DataFrame, kind: str, label: str) -> pd.DataFrame:
-    """Check a prepared table against the schema of its kind; return it with exactly those columns."""
+    """Check a prepared table against the schema of its kind; return it with exactly those columns (and the
+    data's own `instruction` column, where an evaluation table has one)."""
     if kind not in SCHEMAS:
         raise ValueError(f"{label}: unknown table kind {kind!r} (known: {sorted(SCHEMAS)})")
     columns = SCHEMAS[kind]
+    if kind != "training" and DATA_INSTRUCTION in table.columns:
+        columns = (columns[0], DATA_INSTRUCTION, *columns[1:])
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(f"{label}: column {missing[0]!r} missing (has {list(table.columns)})")
@@ -408,18 +373,14 @@ def prepare(
     dataset: str,
     raw_root: str | os.PathLike,
     out_path: str | os.PathLike,
-    instructions: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Build `data/prepared/<dataset>.parquet` from the fetched sources under `raw_root`."""
     spec = dataset_spec(dataset)
-    instructions = dict(instructions or {})
-    for subset in spec.subsets:
-        subset_instruction(instructions, subset, dataset)  # fail before reading anything
     raw = {}
     for source in spec.sources:
         raw[source] = Path(raw_root) / source
         read_manifest(raw[source])
-    table = validate_table(spec.builder(raw, instructions), spec.kind, f"dataset {dataset!r}")
+    table = validate_table(spec.builder(raw), spec.kind, f"dataset {dataset!r}")
     with atomic_path(out_path) as tmp:
         table.to_parquet(tmp, index=False)
     log.info("%s: %d rows -> %s", dataset, len(table), out_path)

@@ -7,7 +7,7 @@ become surrogates that `check_records` reports by column; all randomness is seed
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -80,18 +80,6 @@ def read_parquet(path: Path, required: Iterable[str]) -> pd.DataFrame:
     if table.empty:
         raise DataError(f"{path}: empty dataset (no rows)")
     return table
-
-
-def subset_instruction(instructions: Mapping[str, str], subset: str, dataset: str) -> str:
-    """The instruction for a subset: its own key, else `default`; a clear error when neither exists."""
-    if subset in instructions:
-        return instructions[subset]
-    if "default" in instructions:
-        return instructions["default"]
-    raise ValueError(
-        f"dataset {dataset!r}: no instruction for subset {subset!r} (set it in the instructions of the task "
-        f"that uses this dataset; given: {sorted(instructions)})"
-    )
 
 
 def sample_order(n: int, k: int, seed: int) -> np.ndarray:

@@ -1,9 +1,10 @@
 """One class per task kind: its table, the prompts it needs, how it is scored and its main metric.
 
 A task is a config entry `tasks.<name>` with a `kind`; `kind_of(name, spec)` gives its class:
-- `triplets`   prepared table `subset, instruction, anchor, positive, negative` (IntentEmotion-like);
-- `clustering` prepared table `subset, instruction, text, label` (NYT-like; each subset one view);
-- `pairs`      prepared table `instruction, text1, text2, score` (InstructSTSB-like);
+- `triplets`   prepared table `subset, anchor, positive, negative` (IntentEmotion-like);
+- `clustering` prepared table `subset, text, label` (NYT-like; each subset one view);
+- `pairs`      prepared table `subset, text1, text2, score` (InstructSTSB-like; InstructSTSB's own
+               `instruction` per pair is kept where the config names none);
 - `robustness` one subset of a clustering table scored under 10 correct, 10 implicit and 10 incorrect
                instructions (`instructions: {correct: [...], implicit: [...], incorrect: [...]}`);
 - `own`        a local CSV or JSONL (`path`, `text_column`, optional `label_column`, `instructions`, `k`);
@@ -218,7 +219,8 @@ class Pairs(TaskKind):
     main_metric = "spearman"
 
     def table(self, data_dir: str | Path = "data", limit: int | None = None) -> pd.DataFrame:
-        table = read_dataset(self.name, self.spec, "pairs", data_dir)
+        table = fill_instructions(read_dataset(self.name, self.spec, "pairs", data_dir), self.name, self.spec,
+                                  self.where(data_dir))
         table = limit_per_group(table, "instruction", table["text1"] + "\x1f" + table["text2"], limit)
         by_text = {v: k for k, v in (self.spec.get("instructions") or {}).items() if isinstance(v, str)}
         table["subset"] = [by_text.get(str(i), "") for i in table["instruction"]]

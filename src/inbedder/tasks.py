@@ -2,7 +2,8 @@
 
 A task is a config entry `tasks.<name>` with a `kind` (one class per kind in `inbedder.task_kinds`).
 Instructions come from `tasks.<name>.instructions[subset]` (`default` serves every subset without its
-own key; the table's own `instruction` column is used only where the config names none).
+own key); a prepared table's own `instruction` column, which it has only where the data carries one
+(InstructSTSB), is used where the config names none.
 
 `limit` (config `limits.task_rows`) keeps, per subset (per instruction for pairs, per cluster set for
 mteb clustering), the `limit` items with the smallest seeded SHA-256 of their key (text; anchor for
@@ -153,13 +154,15 @@ def read_own(task_name: str, spec: Mapping) -> pd.DataFrame:
 
 
 def fill_instructions(table: pd.DataFrame, task_name: str, spec: Mapping, where: str) -> pd.DataFrame:
-    """Instruction per row from config `instructions[subset]` (or `default`), else the table's own column."""
+    """Instruction per row from config `instructions[subset]` (or `default`), else the data's own column
+    (a prepared table has one only where the data carries an instruction per row)."""
     instructions = subset_instructions(task_name, spec)
     table = table.copy()
     table["subset"] = table["subset"].astype(str)
     fallback = instructions.get(DEFAULT_SUBSET)
     from_config = table["subset"].map(lambda s: instructions.get(s, fallback)).astype(object)
-    table["instruction"] = from_config.where(from_config.notna(), table["instruction"])
+    own = table["instruction"] if "instruction" in table.columns else pd.Series(None, index=table.index, dtype=object)
+    table["instruction"] = from_config.where(from_config.notna(), own)
     bad = table["instruction"].isna() | (table["instruction"].astype(str).str.strip() == "")
     if bad.any():
         subsets = sorted(table.loc[bad, "subset"].unique())

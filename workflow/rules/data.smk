@@ -1,7 +1,7 @@
 # Data stage: declared sources -> data/raw/<source>/ -> data/prepared/<dataset>.parquet ->
 # results/<run>/train/<recipe>.jsonl (+ .heldout.jsonl: per run, since runs slice differently). Library: inbedder.sources, inbedder.datasets
 # (which also computes each rule's inputs and params, so this file holds rules only).
-from inbedder.datasets import DATASETS, source_manifests, task_instructions, training_inputs
+from inbedder.datasets import DATASETS, source_manifests, training_inputs
 from inbedder.sources import load_sources
 
 SOURCES = load_sources()
@@ -29,7 +29,8 @@ rule fetch_source:
         "../scripts/fetch_source.py"
 
 
-# `instructions`: those of the tasks that read the dataset; a changed instruction rebuilds the table.
+# Only what comes with the data: a task's instructions are resolved by rule task_table (tasks.smk), so a
+# changed instruction never rebuilds a prepared table.
 rule prepare_dataset:
     input:
         lambda wildcards: source_manifests(wildcards.dataset),
@@ -37,8 +38,6 @@ rule prepare_dataset:
         "data/prepared/{dataset}.parquet",
     log:
         "data/logs/data/prepare_dataset/{dataset}.log",
-    params:
-        instructions=lambda wildcards: task_instructions(wildcards.dataset, TASKS),
     conda:
         "../../envs/data.yaml"
     script:

@@ -15,7 +15,6 @@ with rule_log(snakemake.log[0]) as log_file:
             snakemake.wildcards.dataset,
             raw_root=Path(snakemake.input[0]).parents[1],
             out_path=snakemake.output[0],
-            instructions=dict(snakemake.params.instructions),
         )
     except Exception:
         log.exception("preparing dataset %s failed", snakemake.wildcards.dataset)

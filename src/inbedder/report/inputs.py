@@ -32,7 +32,7 @@ class ReportInputs:
     benchmarks: tuple[Path, ...] = ()  # Snakemake benchmark files of this run's jobs
     manifests: tuple[Path, ...] = ()  # data/raw/<source>/manifest.json of the sources the run read
     fingerprints: tuple[Path, ...] = ()  # data/models/<model>/fingerprint.json of the models the run read
-    projection_table: Path | None = None  # the two-view clustering table the projection colours by
+    projection_table: Path | None = None  # the projection task's table (results/<run>/tasks/<task>.parquet)
     projection_caches: tuple[Path, ...] = ()  # that task's encode caches (meta.json), one per model-recipe
 
     def __post_init__(self) -> None:
@@ -69,7 +69,7 @@ def declared_inputs(
     jobs: Iterable[tuple[str, str, str]],
     model_folders: Iterable[str],
     manifests: Iterable[str],
-    projection: tuple[str, str] | None = None,
+    projection: str | None = None,
     data_dir: str = "data",
     items: bool = False,
 ) -> dict[str, list[str]]:
@@ -77,7 +77,8 @@ def declared_inputs(
 
     jobs: the (model, recipe, task) scored; model_folders: data/models/ folders read (base models, untuned
     models, released checkpoints, the re-encoder); manifests: data/raw/<source>/manifest.json paths;
-    projection: (task, prepared dataset) of the projection figure, when the run scores that task;
+    projection: the task of the projection figure, when the run scores it (its task table: the rows and
+    instructions its caches were encoded from);
     items: whether evaluate's per-item data (`scores/<model>-<recipe>/<task>.items.parquet`) is declared.
     """
     jobs = list(dict.fromkeys(jobs))
@@ -97,9 +98,8 @@ def declared_inputs(
         "projection_caches": [],
     }
     if projection is not None:
-        task, dataset = projection
-        named["projection_table"] = [f"{data_dir}/prepared/{dataset}.parquet"]
-        named["projection_caches"] = [f"{run_dir}/cache/{m}-{r}/{t}/meta.json" for m, r, t in jobs if t == task]
+        named["projection_table"] = [f"{run_dir}/tasks/{projection}.parquet"]
+        named["projection_caches"] = [f"{run_dir}/cache/{m}-{r}/{t}/meta.json" for m, r, t in jobs if t == projection]
     return named
 
 
@@ -116,10 +116,10 @@ def data_manifests(config: Mapping[str, Any], tasks: Iterable[str], recipes: Ite
     return [p for d in dict.fromkeys(datasets) for p in source_manifests(d, f"{data_dir}/raw")]
 
 
-def projection_of(config: Mapping[str, Any], tasks: Iterable[str]) -> tuple[str, str] | None:
-    """(task, prepared dataset) of the projection figure when the run scores its task, else None."""
+def projection_of(config: Mapping[str, Any], tasks: Iterable[str]) -> str | None:
+    """The task of the projection figure (a two-view clustering task) when the run scores it, else None."""
     spec = config["tasks"].get(PROJECTION_TASK) or {}
-    return (PROJECTION_TASK, spec["dataset"]) if PROJECTION_TASK in tasks and "dataset" in spec else None
+    return PROJECTION_TASK if PROJECTION_TASK in tasks and spec.get("kind") == "clustering" else None
 
 
 def run_inputs(run_dir: str | os.PathLike, config: Mapping[str, Any], data_dir: str = "data") -> ReportInputs:

@@ -172,19 +172,25 @@ def load_projection(table_path: str | os.PathLike | None, caches: Sequence[str |
                     layers: Mapping[Run, str]) -> tuple[dict, dict, str]:
     """Embeddings of a two-view clustering task under each view's instruction, from the encode caches given.
 
-    `caches`: the task's cache folders (or their meta.json), one per `<model>-<recipe>`. Returns (views,
-    labels, reason): views = run label -> view -> (X, texts); labels = view -> text -> label; reason is
-    non-empty when nothing could be loaded.
+    `table_path`: the task's table (`results/<run>/tasks/<task>.parquet`: the rows and instructions its
+    caches were encoded from); `caches`: the task's cache folders (or their meta.json), one per
+    `<model>-<recipe>`. Returns (views, labels, reason): views = run label -> view -> (X, texts); labels =
+    view -> text -> label; reason is non-empty when nothing could be loaded.
     """
+    from inbedder.tasks import read_task_table
+
     if table_path is None:
         return {}, {}, "the run has no table of the two-view clustering task"
     table_path = Path(table_path)
     if not table_path.is_file():
-        return {}, {}, f"prepared table {table_path} not found"
-    table = pd.read_parquet(table_path)
+        return {}, {}, f"task table {table_path} not found"
+    table = read_task_table(table_path)
+    if table.attrs.get("kind") != "clustering":
+        raise ValueError(f"{table_path}: the projection needs a clustering task table, not {table.attrs.get('kind')!r}")
     for col in ("subset", "instruction", "text", "label"):
         if col not in table.columns:
-            raise ValueError(f"{table_path}: missing column {col!r} (clustering schema: subset, instruction, text, label)")
+            raise ValueError(f"{table_path}: missing column {col!r} (clustering task table: subset, instruction, text, "
+                             "label)")
     labels = {v: dict(zip(g["text"], g["label"].astype(str), strict=True)) for v, g in table.groupby("subset")}
     instruction = {v: str(g["instruction"].iloc[0]) for v, g in table.groupby("subset")}
     from inbedder import pooling  # torch-free, but only this figure needs it
