@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import inbedder.report.figures as fg
 from inbedder.bootstrap import BOOT_SEED, LEVEL, MIN_ITEMS, N_BOOT, ItemData, read_items
 from inbedder.files import atomic_path, sha256_file, write_text
-from inbedder.report import figures as fg
 from inbedder.report.aggregate import (
     SuiteScores,
     crossview_table,
