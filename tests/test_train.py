@@ -357,6 +357,40 @@ def test_answer_only_loss_equals_the_full_logits_loss(kind):
     assert torch.allclose(halved, full.loss / 2, atol=1e-6)
 
 
+def test_parameter_counts_and_peak_fractions():
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from inbedder.throughput import count_parameters, train_throughput
+
+    shape = {
+        "vocab_size": 97,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    }
+    for tied in (True, False):
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**shape, tie_word_embeddings=tied))
+        count = count_parameters(model)
+        assert count.total == sum(p.numel() for p in model.parameters())
+        assert count.lm_head == 97 * 16 and count.embedding == (0 if tied else 97 * 16)
+        assert count.body == count.total - 97 * 16 * (1 if tied else 2)
+    got = train_throughput(
+        count,
+        real_tokens=1000,
+        padded_tokens=1250,
+        head_positions=100,
+        seconds=2.0,
+        peak_gflops=1e-3,
+        peak_dtype="bfloat16",
+    )
+    assert got["tokens_per_s"] == 500 and got["padding_fraction"] == 0.2
+    assert got["train_peak_fraction"] == round(6 * count.total * 1000 / 2.0 / 1e9 / 1e-3, 4)
+    executed = 6 * count.body * 1000 + 6 * count.lm_head * 100
+    assert got["train_peak_fraction_executed"] == round(executed / 2.0 / 1e9 / 1e-3, 4)
+
+
 def test_a_model_without_logits_to_keep_falls_back_to_full_logits(tmp_path, caplog):
     model = _tiny_causal("llama")
 
