@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from inbedder.config import ConfigError, check_runtime, load_config, merge, unavailable_reason
+from inbedder.config import SCHEMA, ConfigError, check_runtime, load_config, merge
+from inbedder.datasets import unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -128,3 +130,17 @@ def test_lint_is_clean():
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert "Lints for" not in out, out[-3000:]
+
+
+def test_the_schema_lists_the_shared_vocabulary():
+    from inbedder.vocabulary import MODEL_KINDS
+
+    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    kinds = schema["properties"]["models"]["additionalProperties"]["properties"]["kind"]["enum"]
+    assert tuple(kinds) == MODEL_KINDS
+
+
+def test_defaults_come_from_the_schema_alone(root):
+    config = load_config(root / "config.yaml")
+    assert config["device"] == "auto" and config["dtype"] == "auto" and config["layers"] == [-1]
+    assert all(spec["max_new_tokens"] >= 1 for spec in config["models"].values())

@@ -13,7 +13,9 @@ import pytest
 
 from inbedder import bootstrap, datasets, evaluate, metrics, mteb_tasks, sources, task_kinds, tasks
 from inbedder.config import load_config
+from inbedder.scores import read_scores, write_scores
 from inbedder.text import format_prompt
+from inbedder.vocabulary import CI_COLUMNS, SCORE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = load_config(ROOT / "config.yaml")
@@ -100,7 +102,7 @@ def value(frame, mode, subset, metric, seed=None):
 def test_instruction_agnostic_embedder_sums_to_one_and_has_zero_pair_spearman(st, data_dir, tmp_path):
     spec = TASKS["NLUPPTwoViewTriplets"]
     trip, _ = run_task("NLUPPTwoViewTriplets", spec, st, data_dir, tmp_path, limit=60)
-    assert list(trip.columns) == list(evaluate.SCORE_COLUMNS) + list(evaluate.CI_COLUMNS)
+    assert list(trip.columns) == list(SCORE_COLUMNS) + list(CI_COLUMNS)
     action, obj = (
         value(trip, "plain", "action", "success_rate"),
         value(trip, "plain", "object", "success_rate"),
@@ -197,8 +199,8 @@ def test_per_item_data_reproduces_every_score_and_bounds_its_ci(st, data_dir, tm
                        ("NLUPPTwoViewClustering", ("v_measure", "v_measure_crossview"))):
         frame, _ = run_task(task, TASKS[task], st, data_dir, tmp_path, limit=40, modes=("prefixed",), seeds=(0, 1))
         assert_items_reproduce_the_scores(frame, tmp_path / f"{task}.items.parquet", kept)
-        on_disk = evaluate.read_scores(tmp_path / f"{task}.csv")
-        assert list(on_disk.columns) == list(evaluate.SCORE_COLUMNS) + list(evaluate.CI_COLUMNS)
+        on_disk = read_scores(tmp_path / f"{task}.csv")
+        assert list(on_disk.columns) == list(SCORE_COLUMNS) + list(CI_COLUMNS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,14 +387,14 @@ def test_collect_scores_concatenates_and_records_skipped_tasks(tmp_path):
         for t, v, s in (("A", 0.5, 0), ("B", 0.25, None))
     ]
     for r in rows:
-        evaluate.write_scores(pd.DataFrame([r]), tmp_path / f"{r['task']}.csv")
+        write_scores(pd.DataFrame([r]), tmp_path / f"{r['task']}.csv")
     skipped = {"SciDocsRR": "hub-only data not available in this run"}
     frame = evaluate.collect_scores(
         [tmp_path / "A.csv", tmp_path / "B.csv"], skipped, tmp_path / "scores.csv", tmp_path / "skipped.csv"
     )
     assert len(frame) == 2
-    back = evaluate.read_scores(tmp_path / "scores.csv")
-    assert list(back.columns) == list(evaluate.SCORE_COLUMNS) + list(evaluate.CI_COLUMNS)
+    back = read_scores(tmp_path / "scores.csv")
+    assert list(back.columns) == list(SCORE_COLUMNS) + list(CI_COLUMNS)
     assert back["seed"].isna().sum() == 1 and back["ci_low"].isna().all()  # written without CIs: kept empty
     assert pd.read_csv(tmp_path / "skipped.csv").to_dict("records") == [
         {"task": "SciDocsRR", "reason": "hub-only data not available in this run"}

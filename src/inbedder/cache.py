@@ -45,12 +45,11 @@ import numpy as np
 
 from inbedder.files import atomic_path, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
 from inbedder.text import TEMPLATES
+from inbedder.vocabulary import GENERATIVE_KINDS, MODEL_KINDS
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-GENERATIVE_KINDS = ("causal", "masked", "seq2seq")
-KINDS = (*GENERATIVE_KINDS, "sentence-encoder")
 PROMPTS, ANSWERS, HIDDEN, META = "prompts.jsonl", "answers.jsonl", "hidden.safetensors", "meta.json"
 # re-encode-multi: answers sampled per prompt and their temperature (part of the key)
 MULTI_SAMPLES, MULTI_TEMPERATURE = 10, 0.8
@@ -81,8 +80,8 @@ class Settings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
         if self.kind in GENERATIVE_KINDS and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size < 1:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-KINDS = ("causal", "masked", "seq2seq", "sentence-encoder")
+from inbedder.vocabulary import MODEL_KINDS, SENTENCE_ENCODER
 
 
 def model_kind(model_dir: str | Path) -> str:
@@ -32,10 +32,10 @@ def model_kind(model_dir: str | Path) -> str:
     fingerprint = path / "fingerprint.json"
     if fingerprint.exists():
         kind = json.loads(fingerprint.read_text(encoding="utf-8")).get("kind")
-        if kind in KINDS:
+        if kind in MODEL_KINDS:
             return kind
     if (path / "modules.json").exists():
-        return "sentence-encoder"
+        return SENTENCE_ENCODER
     config = path / "config.json"
     if not config.exists():
         raise FileNotFoundError(f"{path}: not a model folder (no config.json); pass a materialised or trained model")
@@ -52,7 +52,7 @@ def model_kind(model_dir: str | Path) -> str:
 
 def default_mode(kind: str) -> str:
     """The mode a user gets without --mode: 1st-gen for language models, prefixed for sentence encoders."""
-    return "prefixed" if kind == "sentence-encoder" else "1st-gen"
+    return "prefixed" if kind == SENTENCE_ENCODER else "1st-gen"
 
 
 def cluster(
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="output folder (default: <file stem>-clusters next to the file)")
     c.add_argument("--text-column", default="text")
     c.add_argument("--label-column", default=None, help="gold labels, if any (adds V-measure)")
-    c.add_argument("--kind", choices=KINDS, help="model kind (default: read from the folder)")
+    c.add_argument("--kind", choices=MODEL_KINDS, help="model kind (default: read from the folder)")
     c.add_argument("--mode", help="embedding mode (default: 1st-gen; prefixed for sentence encoders)")
     c.add_argument("--layer", type=int, default=-1)
     c.add_argument("--template", default="inbedder", help="prompt template: inbedder or alpaca")

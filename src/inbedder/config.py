@@ -10,10 +10,10 @@ from typing import Any
 import yaml
 
 from inbedder.sources import Origin, SourceError, resolve_origin
+from inbedder.vocabulary import MODEL_KINDS, SENTENCE_ENCODER, UNTRAINED_RECIPES
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-MODEL_KINDS = ("causal", "masked", "seq2seq", "sentence-encoder")
 
 
 class ConfigError(ValueError):
@@ -55,7 +55,7 @@ def check_runtime(config: dict) -> None:
                     f"select.{group}: {name!r} is not a key of {registry} (known: {sorted(config[registry])})"
                 )
     for name in select["recipes"]:
-        if name not in config["recipes"] and name not in ("none", "released"):
+        if name not in config["recipes"] and name not in UNTRAINED_RECIPES:
             raise ConfigError(
                 f"select.recipes: {name!r} is not a key of recipes, 'none' or 'released' "
                 f"(known: {sorted(config['recipes'])})"
@@ -67,7 +67,7 @@ def check_runtime(config: dict) -> None:
     if re_encoder is not None:
         if re_encoder not in config["models"]:
             raise ConfigError(f"re_encoder: {re_encoder!r} is not a key of models")
-        if config["models"][re_encoder]["kind"] != "sentence-encoder":
+        if config["models"][re_encoder]["kind"] != SENTENCE_ENCODER:
             raise ConfigError(f"re_encoder: {re_encoder!r} is not a sentence-encoder")
     if config.get("device") == "cuda":
         import torch
@@ -91,42 +91,17 @@ def data_origin(config: dict) -> Origin:
         raise ConfigError(str(err)) from None
 
 
-def _offline_value(config: dict) -> str:
-    value = config.get("offline")
-    return "true" if value is True else str(value)
-
-
-def unavailable_reason(task: str, config: dict) -> str | None:
-    """Why a selected task cannot run in this configuration, or None when it can."""
-    spec = config["tasks"][task]
-    if not config.get("offline"):
-        return None
-    if spec["kind"] == "mteb" and "dataset" not in spec:
-        return (
-            f"hub-only data not available in this run (mteb downloads {spec.get('mteb_task', task)}; "
-            f"offline: {_offline_value(config)})"
-        )
-    from inbedder.datasets import hub_only_datasets
-
-    dataset = spec.get("dataset")
-    if dataset in hub_only_datasets():
-        return f"hub-only data not available in this run (dataset {dataset!r}; offline: {_offline_value(config)})"
-    return None
-
-
-def resolve_device(config: dict) -> str:
-    """The torch device string for config `device`."""
-    import torch
-
-    wanted = config.get("device", "auto")
+def resolve_device(wanted: str) -> str:
+    """The torch device for config `device` (auto: CUDA when a GPU is visible, else the CPU)."""
     if wanted == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return wanted
 
 
-def resolve_dtype(config: dict, device: str) -> str:
-    """The compute dtype name for config `dtype` on a device."""
-    wanted = config.get("dtype", "auto")
+def resolve_dtype(wanted: str, device: str) -> str:
+    """The compute dtype name for config `dtype` on a device (auto: bfloat16 on CUDA, else float32)."""
     if wanted == "auto":
         return "bfloat16" if device == "cuda" else "float32"
     return wanted

@@ -427,3 +427,28 @@ def read_training_table(path: str | os.PathLike) -> list[dict]:
     rows = read_jsonl(path)
     check_records(rows, SCHEMAS["training"], str(path))
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# which selected tasks a run can reach
+
+
+def _offline_value(config: dict) -> str:
+    value = config.get("offline")
+    return "true" if value is True else str(value)
+
+
+def unavailable_reason(task: str, config: dict) -> str | None:
+    """Why a selected task cannot run in this configuration, or None when it can."""
+    spec = config["tasks"][task]
+    if not config.get("offline"):
+        return None
+    if spec["kind"] == "mteb" and "dataset" not in spec:
+        return (
+            f"hub-only data not available in this run (mteb downloads {spec.get('mteb_task', task)}; "
+            f"offline: {_offline_value(config)})"
+        )
+    dataset = spec.get("dataset")
+    if dataset in hub_only_datasets():
+        return f"hub-only data not available in this run (dataset {dataset!r}; offline: {_offline_value(config)})"
+    return None

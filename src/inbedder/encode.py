@@ -44,6 +44,7 @@ from inbedder.text import (
     keep_steps,
     prompt_token_ids,
 )
+from inbedder.vocabulary import SENTENCE_ENCODER, UNTRAINED_RECIPES
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 def _resolve(device: str, dtype: str) -> tuple[str, str]:
     from inbedder.config import resolve_device, resolve_dtype
 
-    device = resolve_device({"device": device})
-    return device, resolve_dtype({"dtype": dtype}, device)
+    device = resolve_device(device)
+    return device, resolve_dtype(dtype, device)
 
 
 def answer_rows(tokenizer, prompts: Sequence[Mapping[str, str]], states: StepStates, eos: set[int],
@@ -138,7 +139,7 @@ def encode_prompts(
     if not prompts:
         raise ValueError(f"{out}: no prompts to encode")
     device, dtype = _resolve(device, dtype)
-    settings = Settings(kind=kind, template=template, max_new_tokens=int(max_new_tokens if kind != "sentence-encoder"
+    settings = Settings(kind=kind, template=template, max_new_tokens=int(max_new_tokens if kind != SENTENCE_ENCODER
                         else 0), layers=tuple(int(x) for x in layers), batch_size=int(batch_size), device=device,
                         dtype=dtype, max_length=int(max_length), re_encode=re_encoder_dir is not None,
                         re_encode_multi=bool(re_encode_multi), seed=int(seed))
@@ -158,7 +159,7 @@ def encode_prompts(
     start = time.perf_counter()
     extra: dict[str, Any] = {}
     answers: list[dict[str, Any]] | None = None
-    if kind == "sentence-encoder":
+    if kind == SENTENCE_ENCODER:
         texts = [p["text"] for p in prompts]
         prefixed = [format_prompt("instructor", p["instruction"], p["text"]) for p in prompts]
         tensors = {
@@ -352,12 +353,12 @@ def re_encoder_name(model: str, task: str, config: Mapping[str, Any]) -> str | N
 
     spec = config["models"][model]
     modes = modes_for(config["tasks"][task], spec.get("modes", []))
-    if spec["kind"] == "sentence-encoder" or not any(m.startswith("re-encode") for m in modes):
+    if spec["kind"] == SENTENCE_ENCODER or not any(m.startswith("re-encode") for m in modes):
         return None
     name = config.get("re_encoder")
     if not name:
         raise ValueError(f"models.{model}.modes has a re-encode mode but config `re_encoder` is not set")
-    if name not in config["models"] or config["models"][name]["kind"] != "sentence-encoder":
+    if name not in config["models"] or config["models"][name]["kind"] != SENTENCE_ENCODER:
         raise ValueError(f"re_encoder: {name!r} is not a sentence-encoder key of models")
     return str(name)
 
@@ -376,18 +377,18 @@ def rule_params(model: str, recipe: str, task: str, config: Mapping[str, Any]) -
         raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
     if task not in tasks:
         raise KeyError(f"task {task!r} is not a key of tasks; known: {sorted(tasks)}")
-    if recipe not in recipes and recipe not in ("none", "released"):
+    if recipe not in recipes and recipe not in UNTRAINED_RECIPES:
         raise KeyError(f"recipe {recipe!r} is not a key of recipes, 'none' or 'released'")
     spec = models[model]
-    generative = spec["kind"] != "sentence-encoder"
+    generative = spec["kind"] != SENTENCE_ENCODER
     modes = modes_for(tasks[task], spec.get("modes", []))
     return {
         "kind": spec["kind"],
         "template": recipes[recipe]["template"] if recipe in recipes else "inbedder",
-        "max_new_tokens": int(spec.get("max_new_tokens", 3)) if generative else 0,
-        "layers": [int(x) for x in config.get("layers", [-1])] if generative else [-1],
+        "max_new_tokens": int(spec["max_new_tokens"]) if generative else 0,
+        "layers": [int(x) for x in config["layers"]] if generative else [-1],
         "batch_size": int(config.get("encode_batch_size", 32)),
-        "device": config.get("device", "auto"),
-        "dtype": config.get("dtype", "auto"),
+        "device": config["device"],
+        "dtype": config["dtype"],
         "re_encode_multi": generative and "re-encode-multi" in modes,
     }

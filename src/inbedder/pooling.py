@@ -30,10 +30,7 @@ import numpy as np
 
 from inbedder.cache import Cache, load_cache
 from inbedder.text import keep_steps
-
-GENERATION_MODES = ("1st-gen", "avg-gen", "last-gen", "avg-ppt", "avg-all")
-FILTERED_MODES = ("avg-gen+filter", "last-gen+filter", "avg-all+filter")
-STORED_MODES = ("re-encode", "re-encode+filter", "re-encode-multi", "plain", "prefixed")
+from inbedder.vocabulary import FILTERED_MODES, GENERATION_MODES, STORED_MODES
 
 
 def _as_cache(cache: Cache | str | os.PathLike) -> Cache:

@@ -2,7 +2,9 @@
 import os
 import re
 
-from inbedder.config import check_runtime, unavailable_reason
+from inbedder.vocabulary import SENTENCE_ENCODER, UNTRAINED_RECIPES
+from inbedder.config import check_runtime
+from inbedder.datasets import unavailable_reason
 from inbedder.report.inputs import data_manifests, declared_inputs, projection_of
 from inbedder.task_kinds import modes_for
 
@@ -12,8 +14,6 @@ R = f"results/{config['run']}"
 MODELS = config["models"]
 TASKS = config["tasks"]
 RECIPES = config["recipes"]
-# Recipes that do not train: the untouched model and the authors' released checkpoint.
-UNTRAINED_RECIPES = ("none", "released")
 
 
 
@@ -34,7 +34,7 @@ def task_spec(name):
 
 def recipes_for(model):
     """Recipes run for a model: sentence encoders only untuned, language models every selected recipe."""
-    if MODELS[model]["kind"] == "sentence-encoder":
+    if MODELS[model]["kind"] == SENTENCE_ENCODER:
         return ["none"]
     recipes = list(config["select"]["recipes"])
     if "released" in recipes and "released" not in MODELS[model]:
@@ -99,9 +99,9 @@ def eval_modes(model, task):
 
 def eval_layers(model):
     """Hidden layers scored: config `layers` for language models, -1 for sentence encoders."""
-    if MODELS[model]["kind"] == "sentence-encoder":
+    if MODELS[model]["kind"] == SENTENCE_ENCODER:
         return [-1]
-    return list(config.get("layers", [-1]))
+    return list(config["layers"])
 
 
 def evaluate_params(wildcards):
@@ -110,7 +110,7 @@ def evaluate_params(wildcards):
         "spec": TASKS[wildcards.task],
         "modes": eval_modes(wildcards.model, wildcards.task),
         "layers": eval_layers(wildcards.model),
-        "seeds": list(config.get("seeds", [0, 1, 2])),
+        "seeds": list(config["seeds"]),
     }
 
 

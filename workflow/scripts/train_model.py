@@ -15,8 +15,8 @@ log = logging.getLogger("train_model")
 with rule_log(snakemake.log[0]) as log_file:
     torch.set_num_threads(max(1, snakemake.threads))
     params = dict(snakemake.params.job)
-    params["device"] = resolve_device({"device": params["device"]})
-    params["dtype"] = resolve_dtype({"dtype": params["dtype"]}, params["device"])
+    params["device"] = resolve_device(params["device"])
+    params["dtype"] = resolve_dtype(params["dtype"], params["device"])
     job = job_from_params(params)
     try:
         summary = train_model(

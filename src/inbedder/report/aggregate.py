@@ -17,7 +17,6 @@ from inbedder.report.suites import (
     NO_SEED,
     OVERALL_SUBSETS,
     PAPER_SUITE,
-    ROBUSTNESS_GROUPS,
     SCALE,
     Cell,
     Column,
@@ -25,6 +24,7 @@ from inbedder.report.suites import (
     Suite,
     as_int,
 )
+from inbedder.vocabulary import ROBUSTNESS_GROUPS
 
 
 def hmean(values: Sequence[float]) -> float:

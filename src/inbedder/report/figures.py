@@ -19,7 +19,6 @@ from inbedder.report.suites import (
     IA_AVG,
     PROMPT_MODE,
     RECIPE_NAMES,
-    ROBUSTNESS_GROUPS,
     SCALE,
     Cell,
     Run,
@@ -27,6 +26,7 @@ from inbedder.report.suites import (
     num,
     runs_of,
 )
+from inbedder.vocabulary import ROBUSTNESS_GROUPS
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#999999", "#000000"]
 RECIPE_COLOURS = {"inbedder": "#0072B2", "released": "#56B4E9", "alpaca": "#E69F00", "none": "#8C8C8C"}

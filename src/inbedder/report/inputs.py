@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from inbedder.report.suites import PROJECTION_TASK
+from inbedder.vocabulary import UNTRAINED_RECIPES
 
 REPORT_DIR = Path(__file__).resolve().parents[3] / "report"  # the project's templates, css and captions
-UNTRAINED_RECIPES = ("none", "released")  # recipes that read data/models/ rather than train
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def run_inputs(run_dir: str | os.PathLike, config: Mapping[str, Any], data_dir: 
     """The inputs of a finished run's report, the jobs taken from its scores.csv (for re-rendering by hand)."""
     import pandas as pd
 
-    from inbedder.config import unavailable_reason
+    from inbedder.datasets import unavailable_reason
 
     run_dir = str(run_dir)
     scores = Path(run_dir) / "scores.csv"

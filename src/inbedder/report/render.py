@@ -141,7 +141,7 @@ def conclusion(results: Sequence[ClaimResult]) -> list[dict]:
 
 def _unavailable_reasons(config: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, str]:
     """Why each task (selected or not) cannot run under this config (hub-only data offline, ...)."""
-    from inbedder.config import unavailable_reason
+    from inbedder.datasets import unavailable_reason
 
     out = {}
     for task in tasks:

@@ -17,14 +17,13 @@ from typing import NamedTuple
 import pandas as pd
 
 from inbedder.bootstrap import Estimate
+from inbedder.scores import read_scores
+from inbedder.vocabulary import CI_COLUMNS, ENCODER_MODES, MODES, SCORE_COLUMNS
 
-SCORE_COLUMNS = ("model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "n")
-CI_COLUMNS = ("ci_low", "ci_high")  # optional in scores.csv: the per-row bootstrap CI of `value`
 PAPER_NUMBER_COLUMNS = ("table", "row", "model", "recipe", "mode", "column", "value", "source", "run", "note")
 SCALE = 100.0  # fractions -> the paper's points
 NO_SEED = -1
 OVERALL_SUBSETS = ("all", "overall", "default", "test", "", "en", "none")
-ROBUSTNESS_GROUPS = ("correct", "implicit", "incorrect")
 
 # Decision rules of the claims (stated in the report next to each verdict).
 ANSWER_MODES = ("1st-gen", "avg-gen")  # hidden states of the (expected) answer
@@ -33,14 +32,12 @@ INBEDDER_RECIPES = ("inbedder", "released")
 BASELINE_RECIPES = ("alpaca", "none")
 NO_INSTRUCTION_MODE = "plain"  # a sentence encoder fed the text alone
 GENERIC_MARGIN = 5.0  # points: "competitive" = generic average at most this far below a baseline's
-# The modes only a sentence encoder has: the encode stage stores `plain` and `prefixed` for sentence
-# encoders and for no other kind, so a run's mode says whether its model is one.
-ENCODER_MODES = ("plain", "prefixed")
+# ENCODER_MODES are the modes only a sentence encoder has (the encode stage stores them for sentence
+# encoders and for no other kind), so a run's mode says whether its model is one.
 
 RECIPE_NAMES = {"inbedder": "InBedder", "released": "InBedder[released]", "alpaca": "alpaca", "none": "untuned"}
 RECIPE_ORDER = {"inbedder": 0, "released": 1, "alpaca": 2, "none": 3}
-MODE_ORDER = ["1st-gen", "avg-gen", "last-gen", "avg-ppt", "avg-all", "re-encode", "1st-gen+filter",
-              "avg-gen+filter", "last-gen+filter", "avg-all+filter", "re-encode+filter", "plain", "prefixed"]
+MODE_ORDER = list(MODES)
 
 
 def mode_rank(mode: str) -> int:
@@ -223,21 +220,12 @@ def empty_scores() -> pd.DataFrame:
 
 
 def load_scores(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a tidy scores.csv, check its columns, and type value/seed/n (empty seed -> -1)."""
-    path = Path(path)
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in SCORE_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(SCORE_COLUMNS)}")
-    df = df[list(SCORE_COLUMNS) + [c for c in CI_COLUMNS if c in df.columns]].copy()
-    df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    for col in CI_COLUMNS:
-        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else float("nan")
+    """scores.csv as the report uses it: labels as stripped strings, no seed as NO_SEED (-1)."""
+    df = read_scores(path)
     seed = pd.to_numeric(df["seed"], errors="coerce").fillna(NO_SEED)
     df["seed"] = seed.where(seed >= 0, NO_SEED).astype(int)
-    df["n"] = pd.to_numeric(df["n"], errors="coerce")
     for col in ("model", "recipe", "mode", "layer", "task", "subset", "metric"):
-        df[col] = df[col].astype(str).str.strip()
+        df[col] = df[col].astype("string").fillna("").astype(str).str.strip()
     return df
 
 
