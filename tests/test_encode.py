@@ -668,7 +668,8 @@ def test_encode_task_uses_the_task_table_prompts(minilm, tmp_path):
 
 def test_rule_params_hold_the_settings_that_change_a_cache(root):
     from inbedder.config import load_config
-    from inbedder.encode import re_encoder_name, rule_params
+    from inbedder.encode import re_encoder_name
+    from inbedder.rule_params import encode_params as rule_params
 
     config = load_config(root / "config.yaml", root / "workflow" / "profiles" / "offline" / "run.yaml")
     task = "NLUPPTwoViewTriplets"
@@ -676,7 +677,7 @@ def test_rule_params_hold_the_settings_that_change_a_cache(root):
     assert tuned["kind"] == "causal" and tuned["template"] == config["recipes"]["inbedder"]["template"]
     assert tuned["max_new_tokens"] == config["models"]["smollm2-135m"]["max_new_tokens"]
     assert tuned["layers"] == config.get("layers", [-1]) and tuned["re_encode_multi"] is False
-    assert not {"task_spec", "limit"} & set(tuned)  # the rows come in as the task table (task_kinds.table_params)
+    assert not {"task_spec", "limit"} & set(tuned)  # the rows come in as the task table (rule_params.task_table_params)
     assert rule_params("smollm2-135m", "alpaca", task, config)["template"] == "alpaca"
     assert rule_params("smollm2-135m", "none", task, config)["template"] == "inbedder"
     encoder = rule_params("minilm-l6", "none", task, config)

@@ -89,3 +89,13 @@ def test_the_package_has_no_import_cycle():
 def test_the_checker_sees_a_cycle_through_a_package_init():
     graph = {"p": {"p.a"}, "p.a": {"p"}, "q": set()}
     assert cycles(graph) == [["p", "p.a"]]
+
+
+def test_every_rule_takes_its_params_from_inbedder_rule_params():
+    """The config -> params functions live in one module; rule files import them from there."""
+    root = Path(__file__).resolve().parents[1]
+    for rules in (root / "workflow" / "rules").glob("*.smk"):
+        text = rules.read_text(encoding="utf-8")
+        for line in text.splitlines():
+            if "_params" in line and line.startswith("from inbedder."):
+                assert line.startswith("from inbedder.rule_params import"), f"{rules.name}: {line}"

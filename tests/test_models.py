@@ -12,7 +12,6 @@ import yaml
 from inbedder.files import sha256_file
 from inbedder.models import (
     FINGERPRINT,
-    KINDS,
     check_kind,
     ensure_materialized,
     fingerprint,
@@ -28,6 +27,7 @@ from inbedder.models import (
     resolve,
     unpack_wheels,
 )
+from inbedder.vocabulary import MODEL_KINDS as KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))["models"]
@@ -198,7 +198,7 @@ def test_masked_prompt_and_padding_helpers():
 
 
 def test_materialize_params_name_the_source_or_released_checkpoint():
-    from inbedder.models import materialize_params
+    from inbedder.rule_params import materialize_params
 
     assert materialize_params("roberta-large", MODELS, released=True) == {
         "name": "roberta-large",

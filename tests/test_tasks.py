@@ -381,10 +381,11 @@ def test_pair_subsets_are_the_config_keys_naming_the_instruction(tiny):
 
 
 def test_table_params_hold_what_changes_the_rows(root):
+    from inbedder import rule_params
     from inbedder.config import load_config
 
     config = load_config(root / "config.yaml", root / "workflow" / "profiles" / "offline" / "run.yaml")
-    params = task_kinds.table_params("NLUPPTwoViewTriplets", config)
+    params = rule_params.task_table_params("NLUPPTwoViewTriplets", config)
     assert params == {"spec": config["tasks"]["NLUPPTwoViewTriplets"], "limit": config["limits"]["task_rows"]}
     with pytest.raises(KeyError, match="task 'Nope'"):
-        task_kinds.table_params("Nope", config)
+        rule_params.task_table_params("Nope", config)

@@ -706,7 +706,8 @@ def test_bad_input_gives_clear_errors(tmp_path, data):
 
 def test_rule_params_hold_exactly_the_models_training_settings():
     from inbedder.config import load_config
-    from inbedder.train import job_from_params, rule_params
+    from inbedder.rule_params import train_params as rule_params
+    from inbedder.train import job_from_params
 
     config = load_config(ROOT / "config.yaml", ROOT / "workflow" / "profiles" / "offline" / "run.yaml")
     params = rule_params("smollm2-135m", "inbedder", config)

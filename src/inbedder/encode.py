@@ -44,7 +44,7 @@ from inbedder.text import (
     keep_steps,
     prompt_token_ids,
 )
-from inbedder.vocabulary import SENTENCE_ENCODER, UNTRAINED_RECIPES
+from inbedder.vocabulary import SENTENCE_ENCODER
 
 log = logging.getLogger(__name__)
 
@@ -361,34 +361,3 @@ def re_encoder_name(model: str, task: str, config: Mapping[str, Any]) -> str | N
     if name not in config["models"] or config["models"][name]["kind"] != SENTENCE_ENCODER:
         raise ValueError(f"re_encoder: {name!r} is not a sentence-encoder key of models")
     return str(name)
-
-
-def rule_params(model: str, recipe: str, task: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Params of the encode rule: exactly the settings that change a cache (model folders are inputs).
-
-    Template: the recipe's (`recipes.<r>.template`), "inbedder" for `none` and `released`; answer
-    length `models.<m>.max_new_tokens` (default 3); `layers`, `encode_batch_size`, `device`, `dtype`;
-    re-encode-multi when the model's scored modes include it. The prompts come in as the task table.
-    """
-    from inbedder.task_kinds import modes_for
-
-    models, recipes, tasks = config["models"], config.get("recipes") or {}, config["tasks"]
-    if model not in models:
-        raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
-    if task not in tasks:
-        raise KeyError(f"task {task!r} is not a key of tasks; known: {sorted(tasks)}")
-    if recipe not in recipes and recipe not in UNTRAINED_RECIPES:
-        raise KeyError(f"recipe {recipe!r} is not a key of recipes, 'none' or 'released'")
-    spec = models[model]
-    generative = spec["kind"] != SENTENCE_ENCODER
-    modes = modes_for(tasks[task], spec.get("modes", []))
-    return {
-        "kind": spec["kind"],
-        "template": recipes[recipe]["template"] if recipe in recipes else "inbedder",
-        "max_new_tokens": int(spec["max_new_tokens"]) if generative else 0,
-        "layers": [int(x) for x in config["layers"]] if generative else [-1],
-        "batch_size": int(config.get("encode_batch_size", 32)),
-        "device": config["device"],
-        "dtype": config["dtype"],
-        "re_encode_multi": generative and "re-encode-multi" in modes,
-    }

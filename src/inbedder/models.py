@@ -119,19 +119,6 @@ def materializable_names(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return sorted(names)
 
 
-def materialize_params(name: str, models: Mapping[str, Mapping[str, Any]], released: bool = False) -> dict:
-    """Params of the materialize rules: exactly what decides the folder (name, kind, source)."""
-    if name not in models:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(models))}")
-    spec = models[name]
-    key = "released" if released else "source"
-    if not spec.get(key):
-        raise ValueError(
-            f"models.{name} has no `{key}` (needed for data/models/{name}{RELEASED_SUFFIX if released else ''})"
-        )
-    return {"name": name, "kind": check_kind(name, spec), "source": dict(spec[key])}
-
-
 # ----------------------------------------------------------------------------------------------
 # materialisation
 

@@ -454,10 +454,3 @@ def build_task_table(name: str, spec: Mapping[str, Any], out_path: str | Path, d
     table = task_table(name, spec, data_dir=data_dir, limit=limit)
     write_task_table(table, out_path, task=name, kind=table.attrs["kind"], limit=limit)
     return table
-
-
-def table_params(task: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Params of the task_table rule: exactly what changes a task's rows (the data files are inputs)."""
-    if task not in config["tasks"]:
-        raise KeyError(f"task {task!r} is not a key of tasks; known: {sorted(config['tasks'])}")
-    return {"spec": dict(config["tasks"][task]), "limit": config["limits"]["task_rows"]}

@@ -539,35 +539,6 @@ def train_from_config(
     )
 
 
-def rule_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Params of the train_model rule: exactly the settings that change a fine-tune.
-
-    The model's train block, its kind, the recipe's template and dataset, the held-out check
-    (rows, answer length), the configured device/dtype (resolved at run time) and the training
-    loop's choices (`TRAIN_LOOP`: batching, where the LM head runs).
-    """
-    models, recipes = config["models"], config["recipes"]
-    if model not in models:
-        raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
-    spec = models[model]
-    recipe_spec = check_recipe(model, recipe, recipes)
-    train = dict(spec.get("train") or {})
-    limits = config.get("limits") or {}
-    return {
-        "model": model,
-        "recipe": recipe,
-        "kind": check_kind(model, spec),
-        "template": recipe_spec["template"],
-        "dataset": recipe_spec["dataset"],
-        "train": train,
-        "max_new_tokens": int(train.get("heldout_max_new_tokens") or spec["max_new_tokens"]),
-        "heldout_rows": train.get("heldout_rows") or limits.get("heldout_rows"),
-        "device": config["device"],
-        "dtype": config["dtype"],
-        "loop": TRAIN_LOOP,
-    }
-
-
 def job_from_params(params: Mapping[str, Any]) -> TrainJob:
     """Build a TrainJob from the `params` of the train_model rule."""
     return TrainJob(

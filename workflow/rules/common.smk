@@ -4,6 +4,7 @@ import re
 
 from inbedder.vocabulary import SENTENCE_ENCODER, UNTRAINED_RECIPES
 from inbedder.config import check_runtime
+from inbedder.rule_params import evaluate_params
 from inbedder.datasets import unavailable_reason
 from inbedder.report.inputs import data_manifests, declared_inputs, projection_of
 from inbedder.task_kinds import modes_for
@@ -102,16 +103,6 @@ def eval_layers(model):
     if MODELS[model]["kind"] == SENTENCE_ENCODER:
         return [-1]
     return list(config["layers"])
-
-
-def evaluate_params(wildcards):
-    """Exactly the settings that change one job's scores."""
-    return {
-        "spec": TASKS[wildcards.task],
-        "modes": eval_modes(wildcards.model, wildcards.task),
-        "layers": eval_layers(wildcards.model),
-        "seeds": list(config["seeds"]),
-    }
 
 
 def task_data(wildcards):

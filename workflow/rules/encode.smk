@@ -2,8 +2,9 @@
 # results/<run>/cache/<model>-<recipe>/<task>/ (prompts, answers, hidden states, meta.json last).
 # The prompts are those of the task table (rule task_table). Every embedding mode is pooled from that
 # cache (inbedder.pooling). A cache whose key and checksums still hold is reused, not recomputed.
-# Library: inbedder.encode (params: encode.rule_params); the cache format: inbedder.cache.
-from inbedder.encode import re_encoder_name, rule_params as encode_rule_params
+# Library: inbedder.encode (params: rule_params.encode_params); the cache format: inbedder.cache.
+from inbedder.encode import re_encoder_name
+from inbedder.rule_params import encode_params
 
 
 rule encode:
@@ -22,7 +23,7 @@ rule encode:
     benchmark:
         f"{R}/benchmarks/encode/{{model}}-{{recipe}}/{{task}}.tsv"
     params:
-        settings=lambda wildcards: encode_rule_params(
+        settings=lambda wildcards: encode_params(
             wildcards.model, wildcards.recipe, wildcards.task, config
         ),
     threads: 2

@@ -1,7 +1,7 @@
 # Models stage: each registry model (and each released InBedder checkpoint) is materialised once
 # into data/models/<name>/ as plain safetensors + tokenizer; fingerprint.json, written last, marks
 # the folder complete. Library: inbedder.models (which also computes the rules' params).
-from inbedder.models import materialize_params
+from inbedder.rule_params import materialize_params
 
 
 rule materialize_model:

@@ -2,7 +2,7 @@
 # after `limits.task_rows`, each with its subset and resolved instruction; for mteb tasks the texts mteb
 # will ask for). The encode and evaluate jobs of every model read this one file.
 # Library: inbedder.task_kinds (params: task_kinds.table_params).
-from inbedder.task_kinds import table_params
+from inbedder.rule_params import task_table_params
 
 
 rule task_table:
@@ -13,7 +13,7 @@ rule task_table:
     log:
         f"{R}/logs/tasks/{{task}}.log",
     params:
-        settings=lambda wildcards: table_params(wildcards.task, config),
+        settings=lambda wildcards: task_table_params(wildcards.task, config),
         data_dir="data",
     conda:
         "../../envs/torch.yaml"

@@ -2,7 +2,7 @@
 # paper's objective for its kind. Checkpoints in <out>/checkpoints/ let a killed run resume;
 # train_summary.json, written last, marks the run complete. Library: inbedder.train (which also
 # computes the rule's params, so this file holds rules only).
-from inbedder.train import rule_params
+from inbedder.rule_params import train_params
 
 
 rule train_model:
@@ -29,7 +29,7 @@ rule train_model:
     benchmark:
         f"{R}/benchmarks/train/{{model}}-{{recipe}}.tsv"
     params:
-        job=lambda wildcards: rule_params(wildcards.model, wildcards.recipe, config),
+        job=lambda wildcards: train_params(wildcards.model, wildcards.recipe, config),
     threads: 2
     resources:
         gpu=1,

@@ -1,0 +1,107 @@
+"""The params of every rule that runs a stage: exactly the config settings that change its output.
+
+Snakemake reruns a job when its params change, so each function here returns what decides that
+job's files and nothing else (input files are inputs, not params). The rule files call these and
+nothing else reads the config on their behalf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from inbedder.models import RELEASED_SUFFIX, check_kind
+from inbedder.task_kinds import modes_for
+from inbedder.train import check_recipe
+from inbedder.train_loop import TRAIN_LOOP
+from inbedder.vocabulary import SENTENCE_ENCODER, UNTRAINED_RECIPES
+
+
+def materialize_params(name: str, models: Mapping[str, Mapping[str, Any]], released: bool = False) -> dict:
+    """Params of the materialize rules: exactly what decides the folder (name, kind, source)."""
+    if name not in models:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(models))}")
+    spec = models[name]
+    key = "released" if released else "source"
+    if not spec.get(key):
+        raise ValueError(
+            f"models.{name} has no `{key}` (needed for data/models/{name}{RELEASED_SUFFIX if released else ''})"
+        )
+    return {"name": name, "kind": check_kind(name, spec), "source": dict(spec[key])}
+
+
+def task_table_params(task: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Params of the task_table rule: exactly what changes a task's rows (the data files are inputs)."""
+    if task not in config["tasks"]:
+        raise KeyError(f"task {task!r} is not a key of tasks; known: {sorted(config['tasks'])}")
+    return {"spec": dict(config["tasks"][task]), "limit": config["limits"]["task_rows"]}
+
+
+def train_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Params of the train_model rule: exactly the settings that change a fine-tune.
+
+    The model's train block, its kind, the recipe's template and dataset, the held-out check
+    (rows, answer length), the configured device/dtype (resolved at run time) and the training
+    loop's choices (`TRAIN_LOOP`: batching, where the LM head runs).
+    """
+    models, recipes = config["models"], config["recipes"]
+    if model not in models:
+        raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
+    spec = models[model]
+    recipe_spec = check_recipe(model, recipe, recipes)
+    train = dict(spec.get("train") or {})
+    limits = config.get("limits") or {}
+    return {
+        "model": model,
+        "recipe": recipe,
+        "kind": check_kind(model, spec),
+        "template": recipe_spec["template"],
+        "dataset": recipe_spec["dataset"],
+        "train": train,
+        "max_new_tokens": int(train.get("heldout_max_new_tokens") or spec["max_new_tokens"]),
+        "heldout_rows": train.get("heldout_rows") or limits.get("heldout_rows"),
+        "device": config["device"],
+        "dtype": config["dtype"],
+        "loop": TRAIN_LOOP,
+    }
+
+
+def encode_params(model: str, recipe: str, task: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Params of the encode rule: exactly the settings that change a cache (model folders are inputs).
+
+    Template: the recipe's (`recipes.<r>.template`), "inbedder" for `none` and `released`; answer
+    length `models.<m>.max_new_tokens` (default 3); `layers`, `encode_batch_size`, `device`, `dtype`;
+    re-encode-multi when the model's scored modes include it. The prompts come in as the task table.
+    """
+    models, recipes, tasks = config["models"], config.get("recipes") or {}, config["tasks"]
+    if model not in models:
+        raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
+    if task not in tasks:
+        raise KeyError(f"task {task!r} is not a key of tasks; known: {sorted(tasks)}")
+    if recipe not in recipes and recipe not in UNTRAINED_RECIPES:
+        raise KeyError(f"recipe {recipe!r} is not a key of recipes, 'none' or 'released'")
+    spec = models[model]
+    generative = spec["kind"] != SENTENCE_ENCODER
+    modes = modes_for(tasks[task], spec.get("modes", []))
+    return {
+        "kind": spec["kind"],
+        "template": recipes[recipe]["template"] if recipe in recipes else "inbedder",
+        "max_new_tokens": int(spec["max_new_tokens"]) if generative else 0,
+        "layers": [int(x) for x in config["layers"]] if generative else [-1],
+        "batch_size": int(config.get("encode_batch_size", 32)),
+        "device": config["device"],
+        "dtype": config["dtype"],
+        "re_encode_multi": generative and "re-encode-multi" in modes,
+    }
+
+
+def evaluate_params(model: str, task: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Params of the evaluate_task rule: exactly the settings that change one job's scores."""
+    spec = config["models"][model]
+    generative = spec["kind"] != SENTENCE_ENCODER
+    return {
+        "spec": config["tasks"][task],
+        "modes": modes_for(config["tasks"][task], spec.get("modes", [])),
+        "layers": list(config["layers"]) if generative else [-1],
+        "seeds": list(config["seeds"]),
+    }
