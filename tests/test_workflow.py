@@ -117,7 +117,8 @@ def uninterrupted() -> Path:
 
 def test_smoke_run_scores_every_task_and_renders_the_report(uninterrupted: Path):
     scores = read_scores(uninterrupted)
-    assert list(pd.read_csv(uninterrupted / "scores.csv").columns) == SCORE_COLUMNS
+    assert list(pd.read_csv(uninterrupted / "scores.csv").columns) == SCORE_COLUMNS + ["ci_low", "ci_high"]
+    assert (scores["ci_low"] <= scores["value"] + 1e-9).all() and (scores["value"] <= scores["ci_high"] + 1e-9).all()
     assert SMOKE_TASKS <= set(scores["task"])
     assert scores["value"].map(math.isfinite).all()
     assert {("smollm2-135m", "inbedder"), ("smollm2-135m", "none"), ("minilm-l6", "none")} <= set(
