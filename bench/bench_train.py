@@ -6,8 +6,9 @@ encodes them, batches of 8, max length 256, bf16 autocast on CPU, AdamW. Three v
   what training did before);
 - `answer_only`: random batches, LM head and loss only at the label positions (answer + EOS;
   `inbedder.train_loop.answer_only_loss`);
-- `ours`: what `inbedder.train` does now: answer-only, batches in the order of transformers'
-  LengthGroupedSampler (random megabatches of 50 batches, each sorted by length).
+- `ours`: what `inbedder.train` does now: answer-only, the batches of transformers'
+  LengthGroupedSampler (random megabatches of 50 batches, each sorted by length), taken in a random
+  order so that every variant sees sequences of the same length distribution.
 They run in rounds, one after the other on fresh batches of the same kind, so that load from other
 work on the machine hits them alike; speed-ups are medians of the per-round ratios of tokens/s.
 The peak fraction counts 6 x all parameters x real tokens / step time over the bf16 matmul peak
@@ -67,7 +68,15 @@ def batch_orders(lengths: list[int], batch_size: int, seed: int) -> dict[str, li
         return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
 
     random_batches = chunk(shuffled)
-    return {"full": random_batches, "answer_only": random_batches[::-1], "ours": chunk(grouped)}
+    # grouped batches in a random order: each is still of one length, but the rounds draw short and
+    # long ones alike (the sampler's own order starts with the longest megabatch's longest batches)
+    grouped_batches = chunk(grouped)
+    mixed = torch.randperm(len(grouped_batches), generator=generator).tolist()
+    return {
+        "full": random_batches,
+        "answer_only": random_batches[::-1],
+        "ours": [grouped_batches[i] for i in mixed],
+    }
 
 
 def run_steps(model, optimizer, batches, answer_only: bool) -> dict[str, float]:
