@@ -307,18 +307,24 @@ def test_smollm2_few_steps_loss_falls(tmp_path, smollm2_dir):
     assert summary["loop"] == {"batches": "grouped by length", "lm_head": "label positions only"}
 
 
+# The shape of the tiny causal LMs of the loss and throughput tests (a few thousand parameters).
+TINY_CAUSAL_SHAPE = {
+    "vocab_size": 97,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
+
+
 def _tiny_causal(kind: str):
     """A randomly initialised causal LM of a few thousand parameters (Llama, or Gemma-3 with logit softcapping)."""
     from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig
 
     torch.manual_seed(0)
     shape = {
-        "vocab_size": 97,
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
+        **TINY_CAUSAL_SHAPE,
         "pad_token_id": 0,
     }
     if kind == "gemma":
@@ -362,14 +368,7 @@ def test_parameter_counts_and_peak_fractions():
 
     from inbedder.throughput import count_parameters, train_throughput
 
-    shape = {
-        "vocab_size": 97,
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-    }
+    shape = dict(TINY_CAUSAL_SHAPE)
     for tied in (True, False):
         model = AutoModelForCausalLM.from_config(LlamaConfig(**shape, tie_word_embeddings=tied))
         count = count_parameters(model)
