@@ -295,6 +295,17 @@ def training_arguments(settings: TrainSettings, output_dir: Path, *, bf16: bool,
     )
 
 
+def check_trainable(model: str, spec: Mapping[str, Any]) -> str:
+    """The model's kind, or a ValueError naming it when that kind is never fine-tuned."""
+    kind = check_kind(model, spec)
+    if kind not in TRAINABLE_KINDS:
+        raise ValueError(
+            f"model {model!r} has kind {kind!r}, which is not trained; trainable kinds: "
+            f"{', '.join(TRAINABLE_KINDS)}"
+        )
+    return kind
+
+
 def train_model(
     job: TrainJob,
     base_dir: str | os.PathLike,
@@ -311,12 +322,7 @@ def train_model(
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    check_kind(job.model, {"kind": job.kind})
-    if job.kind not in TRAINABLE_KINDS:
-        raise ValueError(
-            f"model {job.model!r} has kind {job.kind!r}, which is not trained; trainable kinds: "
-            f"{', '.join(TRAINABLE_KINDS)}"
-        )
+    check_trainable(job.model, {"kind": job.kind})
     if job.recipe in UNTRAINED_RECIPES:
         raise ValueError(f"recipe {job.recipe!r} is never trained (model {job.model!r})")
     out = Path(out_dir)
@@ -512,7 +518,7 @@ def train_from_config(
     if model not in models:
         raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
     spec = models[model]
-    kind = check_kind(model, spec)
+    kind = check_trainable(model, spec)
     recipe_spec = check_recipe(model, recipe, recipes)
     settings = TrainSettings.from_config(spec.get("train") or {}, where=f"models.{model}.train")
     job = TrainJob(
