@@ -48,16 +48,17 @@ def test_switches_are_well_formed():
         with pytest.raises(dataclasses.FrozenInstanceError):
             s.authors = s.ours  # type: ignore[misc]
     # the ten differences, by key
-    for key in ("truncation", "special_steps", "filter", "re_encoder", "recipes.alpaca.epochs", "train_answer_cut",
-                "models.<model>.decoding", "re_encode_multi_sampling", "train_target", "models.<model>.dtype",
-                "masked_prompt_modes", "reranking_map"):
+    for key in ("method.truncation", "method.special_steps", "method.filter", "re_encoder",
+                "recipes.<recipe>.epochs", "method.train_answer_cut", "models.<model>.decoding",
+                "method.re_encode_multi_sampling", "method.train_target", "models.<model>.dtype",
+                "method.masked_prompt_modes", "method.reranking_map"):
         assert switch(key).key == key
 
 
 def test_switch_lookup_and_validation_name_the_fault():
-    with pytest.raises(KeyError, match="no fidelity switch 'nope'.*truncation"):
+    with pytest.raises(KeyError, match="no fidelity switch 'nope'.*method.truncation"):
         switch("nope")
-    good = switch("filter")
+    good = switch("method.filter")
     with pytest.raises(ValueError, match="switch 'filter'.*must be among"):
         dataclasses.replace(good, authors="nltk")
     with pytest.raises(ValueError, match="switch 'filter'.*the same"):

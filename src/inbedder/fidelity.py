@@ -97,7 +97,7 @@ _TRAIN_SH = "alpaca_train/scripts/train.sh"
 
 SWITCHES: tuple[Switch, ...] = (
     Switch(
-        key="truncation",
+        key="method.truncation",
         values=("authors", "keep_instruction"),
         authors="authors",
         ours="keep_instruction",
@@ -118,7 +118,7 @@ SWITCHES: tuple[Switch, ...] = (
         moves=("instruction_awareness", "modes"),
     ),
     Switch(
-        key="special_steps",
+        key="method.special_steps",
         values=("authors", "keep_eos"),
         authors="authors",
         ours="keep_eos",
@@ -136,7 +136,7 @@ SWITCHES: tuple[Switch, ...] = (
         moves=("instruction_awareness", "generic", "modes"),
     ),
     Switch(
-        key="filter",
+        key="method.filter",
         values=("authors", "words"),
         authors="authors",
         ours="words",
@@ -176,7 +176,7 @@ SWITCHES: tuple[Switch, ...] = (
         moves=("modes", "filtering"),
     ),
     Switch(
-        key="recipes.alpaca.epochs",
+        key="recipes.<recipe>.epochs",
         values=(3, 1),
         authors=3,
         ours=1,
@@ -189,7 +189,7 @@ SWITCHES: tuple[Switch, ...] = (
         moves=("instruction_awareness", "generic", "modes"),
     ),
     Switch(
-        key="train_answer_cut",
+        key="method.train_answer_cut",
         values=("authors", "quarter"),
         authors="authors",
         ours="quarter",
@@ -217,7 +217,7 @@ SWITCHES: tuple[Switch, ...] = (
         moves=("instruction_awareness", "generic", "modes"),
     ),
     Switch(
-        key="re_encode_multi_sampling",
+        key="method.re_encode_multi_sampling",
         values=("authors", "temperature"),
         authors="authors",
         ours="temperature",
@@ -231,7 +231,7 @@ SWITCHES: tuple[Switch, ...] = (
         moves=("modes",),
     ),
     Switch(
-        key="train_target",
+        key="method.train_target",
         values=("authors", "space"),
         authors="authors",
         ours="space",
@@ -260,7 +260,7 @@ SWITCHES: tuple[Switch, ...] = (
         moves=("instruction_awareness", "generic", "modes"),
     ),
     Switch(
-        key="masked_prompt_modes",
+        key="method.masked_prompt_modes",
         values=("authors", "text_only"),
         authors="authors",
         ours="text_only",
@@ -274,7 +274,7 @@ SWITCHES: tuple[Switch, ...] = (
         moves=("modes",),
     ),
     Switch(
-        key="reranking_map",
+        key="method.reranking_map",
         values=("v1", "map_at_1000"),
         authors="v1",
         ours="map_at_1000",
@@ -310,3 +310,23 @@ def authors_stopwords() -> tuple[str, ...]:
     if len(words) != STOPWORDS_COUNT or len(set(words)) != len(words):
         raise ValueError(f"{path}: {len(words)} words ({len(set(words))} distinct), expected {STOPWORDS_COUNT}")
     return words
+
+
+METHOD_PREFIX = "method."
+
+
+def method_settings(config: dict[str, Any] | None) -> dict[str, str]:
+    """The `method` block of a config with every key filled in: the authors' value where it is left out."""
+    given = dict((config or {}).get("method") or {})
+    out: dict[str, str] = {}
+    for s in SWITCHES:
+        if not s.key.startswith(METHOD_PREFIX):
+            continue
+        name = s.key[len(METHOD_PREFIX):]
+        value = given.pop(name, s.authors)
+        if value not in s.values:
+            raise ValueError(f"{s.key}: {value!r} is not one of {', '.join(map(repr, s.values))}")
+        out[name] = value
+    if given:
+        raise ValueError(f"method: unknown key(s) {sorted(given)}; known: {sorted(out)}")
+    return out
