@@ -59,13 +59,13 @@ def test_switch_lookup_and_validation_name_the_fault():
     with pytest.raises(KeyError, match="no fidelity switch 'nope'.*method.truncation"):
         switch("nope")
     good = switch("method.filter")
-    with pytest.raises(ValueError, match="switch 'filter'.*must be among"):
+    with pytest.raises(ValueError, match="switch 'method.filter'.*must be among"):
         dataclasses.replace(good, authors="nltk")
-    with pytest.raises(ValueError, match="switch 'filter'.*the same"):
+    with pytest.raises(ValueError, match="switch 'method.filter'.*the same"):
         dataclasses.replace(good, ours="authors")
-    with pytest.raises(ValueError, match="switch 'filter'.*cites none"):
+    with pytest.raises(ValueError, match="switch 'method.filter'.*cites none"):
         dataclasses.replace(good, follows=())
-    with pytest.raises(ValueError, match="switch 'filter'.*moves"):
+    with pytest.raises(ValueError, match="switch 'method.filter'.*moves"):
         dataclasses.replace(good, moves=("figure 9",))
     with pytest.raises(ValueError, match="first <= last"):
         Citation("evaluation.py", 5, 4, "x")
@@ -252,3 +252,12 @@ def test_reference_falls_back_to_the_first_generated_token(lm):
             assert _cos(ref.vectors["last-gen"][i], at_first_token) > 0.9999
             assert _cos(ref.vectors["avg-gen"][i], (states[n_prompt - 1] + at_first_token) / 2) > 0.9999
             assert _cos(ref.vectors["avg-all"][i], states[: n_prompt + 1].mean(0)) > 0.9999
+
+
+def test_method_settings_fill_the_authors_values_and_name_a_bad_key():
+    assert fidelity.method_settings({})["filter"] == "authors"
+    assert fidelity.method_settings({"method": {"filter": "words"}})["filter"] == "words"
+    with pytest.raises(ValueError, match="method.filter: 'nltk' is not one of"):
+        fidelity.method_settings({"method": {"filter": "nltk"}})
+    with pytest.raises(ValueError, match=r"method: unknown key\(s\) \['filtre'\]"):
+        fidelity.method_settings({"method": {"filtre": "words"}})
