@@ -413,8 +413,11 @@ def test_render_fixture_provenance_figures_and_self_containment(rendered):
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert pngs == sorted(f"{k}.png" for k, v in summary["figures"].items() if v)
     assert html.count("data:image/png;base64,") == len(pngs)
-    # nothing loaded from elsewhere: opens from disk alone
-    assert not re.search(r'(src|href)="(https?:)?//', html)
+    # nothing loaded from elsewhere: opens from disk alone (the only outside links: the authors' cited lines)
+    assert not re.search(r'src="(https?:)?//', html)
+    outside = re.findall(r'(<a |<[a-z]+ [^>]*)href="((?:https?:)?//[^"]*)"', html)
+    assert outside and all(tag == "<a " and url.startswith("https://github.com/zhang-yu-wei/InBedder/")
+                           for tag, url in outside)
     assert "<link" not in html and "<script" not in html
     # provenance: versions, data checksums, model hashes, wall time from the benchmark files, config
     assert "58736607898d17f7" in html  # nlupp ontology.json sha256 from the manifest
@@ -694,3 +697,214 @@ def test_missing_reasons_task_level_and_run_level():
         "no embedding mode"
     )
     assert reasons.reason(("lm", "inbedder", "avg-gen"), "NLUPPInstructedPairs") == "no score for this run"
+
+
+# ------------------------------------------------------------------------------------------------
+# method fidelity, re-encoder comparability, the filter ablation
+# ------------------------------------------------------------------------------------------------
+
+
+def paper_config() -> dict:
+    return load_config(ROOT / "config.yaml")
+
+
+def test_method_rows_of_the_paper_profile():
+    from inbedder import fidelity
+
+    rows = fidelity.method_rows(paper_config())
+    by_key = {r.key: r for r in rows}
+    # every switch has a row; per-model and per-recipe keys expand to the selected models and recipes
+    assert {r.switch for r in rows} == {s.key for s in fidelity.SWITCHES}
+    assert [r.key for r in rows][:4] == ["method.truncation", "method.special_steps", "method.filter", "re_encoder"]
+    trunc = by_key["method.truncation"]
+    assert (trunc.value, trunc.authors, trunc.agrees, trunc.marker) == ("authors", "authors", True, "\u2713")
+    assert trunc.citations[0] == (
+        "lm_encoders_hf/causallm_encoder_hf.py:55",
+        "https://github.com/zhang-yu-wei/InBedder/blob/e7747148/lm_encoders_hf/causallm_encoder_hf.py#L55-L55")
+    assert ("mteb/abstasks/AbsTaskClustering.py:40-41",
+            "https://github.com/zhang-yu-wei/InBedder/blob/e7747148/mteb/abstasks/AbsTaskClustering.py#L40-L41"
+            ) in trunc.citations
+    reenc = by_key["re_encoder"]
+    assert (reenc.value, reenc.authors, reenc.agrees, reenc.marker) == ("e5-large-v2", "komninos", False, "\u2717")
+    inbedder = by_key["recipes.inbedder.epochs"]
+    assert (inbedder.value, inbedder.authors, inbedder.agrees) == ("1 epoch (roberta-large, opt-350m)", "1", True)
+    assert inbedder.recipe == "inbedder" and inbedder.moves == ("instruction_awareness", "generic", "modes")
+    # a recipe's epochs replace the model's; a model's step budget replaces both
+    config = paper_config()
+    config["recipes"]["alpaca"]["epochs"] = 1
+    config["models"]["opt-350m"]["train"] = {**config["models"]["opt-350m"]["train"], "max_steps": 50}
+    alpaca = next(r for r in fidelity.method_rows(config) if r.key == "recipes.alpaca.epochs")
+    assert (alpaca.value, alpaca.authors, alpaca.agrees) == (
+        "1 epoch (roberta-large); 50 steps (opt-350m) [recipe: 1]", "3", False)
+    # decoding: only models that decode (not the masked roberta-large); OPT was greedy for the authors too
+    assert "models.roberta-large.decoding" not in by_key
+    dec = by_key["models.opt-350m.decoding"]
+    assert (dec.value, dec.authors, dec.agrees, dec.model) == ("greedy", "greedy (OPT, T5 runs)", True, "opt-350m")
+    # dtype auto on device auto: the config alone cannot tell
+    dt = by_key["models.roberta-large.dtype"]
+    assert dt.value == "auto (bfloat16 on CUDA, float32 on CPU)" and dt.agrees is None and dt.marker == "?"
+    assert "models.e5-large-v2.dtype" not in by_key  # sentence encoders have no such switch
+
+
+def test_method_rows_read_per_model_keys_and_refuse_bad_values():
+    from inbedder import fidelity
+
+    config = paper_config()
+    config["device"] = "cpu"
+    config["method"] = {"truncation": "keep_instruction"}
+    config["select"]["models"] = ["llama-2-7b", "opt-350m"]
+    config["models"]["opt-350m"]["dtype"] = "bfloat16"
+    config["models"]["llama-2-7b"]["decoding"] = "greedy"
+    config["recipes"]["alpaca"]["epochs"] = 3
+    by_key = {r.key: r for r in fidelity.method_rows(config)}
+    assert by_key["method.truncation"].agrees is False
+    llama = by_key["models.llama-2-7b.decoding"]
+    assert llama.agrees is False and llama.authors.startswith("sampled (temperature 0.6, top_p 0.9)")
+    assert by_key["models.llama-2-7b.dtype"].value == "auto (float32 on cpu)"
+    assert by_key["models.llama-2-7b.dtype"].agrees is False  # the authors ran Llama-2 in bfloat16
+    assert (by_key["models.opt-350m.dtype"].value, by_key["models.opt-350m.dtype"].agrees) == ("bfloat16", False)
+    assert (by_key["recipes.alpaca.epochs"].value, by_key["recipes.alpaca.epochs"].agrees) == (
+        "3 epochs (llama-2-7b, opt-350m) [recipe: 3]", True)
+    rows = list(by_key.values())
+    # notes: a per-model key only on that model's rows, a training key never on an untuned row
+    assert fidelity.method_notes(rows, "modes", "opt-350m", "inbedder") == [
+        "method.truncation", "models.opt-350m.dtype"]
+    assert fidelity.method_notes(rows, "instruction_awareness", "llama-2-7b", "alpaca") == [
+        "method.truncation", "models.llama-2-7b.decoding", "models.llama-2-7b.dtype"]
+    assert fidelity.method_notes(rows, "filtering", "opt-350m", "none") == []
+    config["models"]["opt-350m"]["decoding"] = "beam"
+    with pytest.raises(ValueError, match=r"models\.opt-350m\.decoding: 'beam'"):
+        fidelity.method_rows(config)
+    config["models"]["opt-350m"]["decoding"] = "greedy"
+    config["recipes"]["alpaca"]["epochs"] = 0
+    with pytest.raises(ValueError, match=r"recipes\.alpaca\.epochs: 0"):
+        fidelity.method_rows(config)
+
+
+def test_method_rows_of_the_offline_profile():
+    from inbedder import fidelity
+
+    rows = fidelity.method_rows(offline_config())
+    by_key = {r.key: r for r in rows}
+    assert by_key["re_encoder"].value == "minilm-l6" and by_key["re_encoder"].agrees is False
+    assert by_key["recipes.alpaca.epochs"].value.startswith("30 steps (smollm2-135m)")
+    assert by_key["recipes.alpaca.epochs"].agrees is False
+    assert by_key["models.smollm2-135m.dtype"].value == "bfloat16"
+    assert fidelity.method_notes(rows, "instruction_awareness") == [
+        "recipes.inbedder.epochs", "recipes.alpaca.epochs", "models.smollm2-135m.dtype"]
+
+
+def test_paper_numbers_name_the_re_encoder_of_every_re_encode_row():
+    paper = report.load_paper_numbers()
+    reenc = paper[paper["mode"].str.startswith("re-encode")]
+    assert len(reenc) == 12
+    # the authors' configs: e5-large-v2 for runs named with it, average_word_embeddings_komninos otherwise
+    for row in reenc.itertuples(index=False):
+        assert row.re_encoder == ("e5-large-v2" if "e5-large-v2" in row.run else "komninos"), row.run
+    assert set(reenc[reenc["table"] == "modes"]["re_encoder"]) == {"komninos"}
+    assert set(reenc[reenc["table"] == "filtering"]["re_encoder"]) == {"e5-large-v2"}
+    assert (paper.loc[~paper["mode"].str.startswith("re-encode"), "re_encoder"] == "").all()
+
+
+def test_paper_numbers_refuse_a_re_encode_row_without_its_re_encoder(tmp_path):
+    paper = report.load_paper_numbers()
+    bad = tmp_path / "paper.csv"
+    paper.assign(re_encoder="").to_csv(bad, index=False)
+    with pytest.raises(ValueError, match=r"column 're_encoder'.*llama-2-7b-chat \(re-encode\)"):
+        report.load_paper_numbers(bad)
+    paper.drop(columns="re_encoder").to_csv(bad, index=False)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['re_encoder'\]"):
+        report.load_paper_numbers(bad)
+
+
+def _modes_table(re_encoder: str, models: dict | None = None, method: list | None = None):
+    rows = []
+    for mode, base in (("1st-gen", 0.9), ("re-encode", 0.7)):
+        rows += ia_rows("opt-350m", "inbedder", mode, base, [0.40, 0.41, 0.42], 0.10, suite="paper")
+    scores = frame(rows)
+    book = report.suite_scores(scores, report.PAPER_SUITE)
+    reasons = report.MissingReasons(scores, {}, None, None)
+    return report.paper_table(report.load_paper_numbers(), "modes", book, reasons, method=method or [],
+                              re_encoder=re_encoder, models=models)
+
+
+def test_a_re_encode_row_is_compared_only_with_the_same_re_encoder():
+    table = _modes_table("minilm-l6")
+    assert table.title.startswith("Embedding modes")
+    row = next(r for r in table.rows if r.label == "opt-350m-InBedder (re-encode)")
+    avg = row.cells[-1]
+    assert avg.paper == 34.96 and avg.ours.ok and avg.diff is None
+    assert row.note.startswith("not comparable: re-encoder differs (paper: komninos, this run: minilm-l6)")
+    first = next(r for r in table.rows if r.label == "opt-350m-InBedder (1st-gen)")
+    assert first.cells[-1].diff == pytest.approx(100 * (0.9 + 0.41 + 0.10) / 3 - 47.72)
+    assert "not comparable" not in first.note
+    assert all(r.group == "paper" for r in table.rows)  # the ablation tables hold the paper's rows alone
+    # the same re-encoder by name, or by its hub source under another registry name
+    for name, models in (("komninos", None),
+                         ("glove", {"glove": {"source": {"hub": "sentence-transformers/average_word_embeddings_komninos"}}})):
+        row = next(r for r in _modes_table(name, models).rows if r.label == "opt-350m-InBedder (re-encode)")
+        assert row.cells[-1].diff == pytest.approx(100 * (0.7 + 0.41 + 0.10) / 3 - 34.96)
+        assert "not comparable" not in row.note
+
+
+def test_paper_rows_note_the_switches_that_differ():
+    from inbedder import fidelity
+
+    config = paper_config()
+    config["method"] = {"special_steps": "keep_eos", "filter": "words"}
+    table = _modes_table("komninos", method=fidelity.method_rows(config))
+    row = next(r for r in table.rows if r.label == "opt-350m-InBedder (1st-gen)")
+    # filter moves only the filtering table; re_encoder is said by the comparability note; alpaca epochs not here
+    assert row.note == "method differs: method.special_steps"
+    untouched = next(r for r in table.rows if r.label == "opt-1.3b-InBedder (1st-gen)")
+    assert "method differs" not in untouched.note  # no number of ours: nothing compared
+
+
+def test_filter_ablation_only_with_words_modes():
+    plain = (ia_rows("lm", "inbedder", "avg-gen", 0.70, [0.30, 0.31], 0.10)
+             + ia_rows("lm", "inbedder", "avg-gen+filter", 0.72, [0.32, 0.33], 0.11))
+    assert report.filter_ablation(book_of(plain), "authors") is None
+    rows = plain + ia_rows("lm", "inbedder", "avg-gen+filter=words", 0.75, [0.35, 0.36], 0.12)
+    table = report.filter_ablation(book_of(rows), "authors")
+    assert table["headers"] == ["unfiltered", "+filter (authors)", "+filter=words"]
+    assert [(r["run"], r["column"]) for r in table["rows"]] == [
+        ("lm-InBedder (avg-gen)", "I.STSB"), ("lm-InBedder (avg-gen)", "IntEmo"),
+        ("lm-InBedder (avg-gen)", "NYT"), ("lm-InBedder (avg-gen)", "Avg")]
+    intemo = table["rows"][1]["cells"]
+    assert [c.value for c in intemo] == pytest.approx([70.0, 72.0, 75.0])
+    assert all(c.has_ci for c in intemo)
+    nyt = table["rows"][2]["cells"]
+    assert [c.value for c in nyt] == pytest.approx([30.5, 32.5, 35.5])
+    # a words mode without its +filter twin: the missing cell says why
+    lone = ia_rows("lm", "alpaca", "avg-gen", 0.6, [0.2], 0.0) + ia_rows("lm", "alpaca", "avg-gen+filter=words",
+                                                                         0.6, [0.2], 0.0)
+    table = report.filter_ablation(book_of(lone, items=False), "words")
+    cells = table["rows"][0]["cells"]
+    assert cells[0].ok and not cells[1].ok and cells[1].reason == "avg-gen+filter not scored" and cells[2].ok
+    assert table["headers"][1] == "+filter (words)"
+
+
+def test_render_method_fidelity_and_filter_ablation(tmp_path):
+    config = offline_config()
+    rows = (ia_rows("smollm2-135m", "inbedder", "avg-gen", 0.70, [0.30, 0.31], 0.10)
+            + ia_rows("smollm2-135m", "inbedder", "avg-gen+filter", 0.72, [0.32, 0.33], 0.11)
+            + ia_rows("smollm2-135m", "inbedder", "avg-gen+filter=words", 0.75, [0.35, 0.36], 0.12))
+    scores = tmp_path / "scores.csv"
+    frame(rows).to_csv(scores, index=False)
+    report.render_report(report.ReportInputs(scores=scores), tmp_path / "index.html", config=config)
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert '<section id="method">' in html and "Method fidelity" in html
+    row = re.search(r"<code>models\.smollm2-135m\.dtype</code>(.*?)</tr>", html, re.DOTALL)
+    assert row is not None and "bfloat16" in row.group(1) and 'title="differs">\u2717<' in row.group(1)
+    assert ('<a href="https://github.com/zhang-yu-wei/InBedder/blob/e7747148/alpaca_train/scripts/train.sh#L46-L46">'
+            "<code>alpaca_train/scripts/train.sh:46</code></a>") in html
+    # the finding about the paper's Alpaca baselines
+    assert "without its instruction" in html and "NYT 21.60" in html and "NYT 12.88" in html
+    # the claims resting on the instruction-awareness table carry the note
+    assert "method differs: recipes.inbedder.epochs, recipes.alpaca.epochs, models.smollm2-135m.dtype" in html
+    # the filter ablation table, with its three columns and CIs absent (no per-item data here)
+    assert "Filter ablation (offline analogs)" in html
+    assert "+filter (authors)" in html and "+filter=words" in html
+    # the paper's re-encode rows say they are not comparable with minilm-l6
+    assert "not comparable: re-encoder differs (paper: komninos, this run: minilm-l6)" in html
+    assert "not comparable: re-encoder differs (paper: e5-large-v2, this run: minilm-l6)" in html

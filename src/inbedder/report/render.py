@@ -13,6 +13,7 @@ from typing import Any
 
 import inbedder.report.figures as fg
 from inbedder.bootstrap import BOOT_SEED, LEVEL, MIN_ITEMS, N_BOOT, ItemData, read_items
+from inbedder.fidelity import AUTHORS_COMMIT, AUTHORS_REPO, method_notes, method_rows, method_settings
 from inbedder.files import atomic_path, sha256_file, write_text
 from inbedder.report.aggregate import (
     SuiteScores,
@@ -58,7 +59,29 @@ from inbedder.report.suites import (
     load_skipped,
     num,
 )
-from inbedder.report.tables import MissingReasons, crossview_groups, offline_table, paper_table
+from inbedder.report.tables import (
+    MissingReasons,
+    crossview_groups,
+    filter_ablation,
+    offline_table,
+    paper_table,
+)
+
+# The paper's tables each claim rests on (a switch that moves one of them moves the claim).
+CLAIM_TABLES = {1: ("instruction_awareness",), 2: ("modes",), 3: ("filtering",), 4: ("instruction_awareness", "generic")}
+
+# A finding about the paper's baselines (docs/fidelity.md, section 1), stated once in the method section.
+TRUNCATION_FINDING = (
+    "The authors' code cuts a prompt longer than 512 tokens from the left for causal and masked models "
+    "(lm_encoders_hf/causallm_encoder_hf.py:55, maskedlm_encoder_hf.py:53) and from the right for seq2seq "
+    "(seq2seqlm_encoder_hf.py:52). The Alpaca template puts \"### Instruction:\" and the instruction first, so "
+    "every NYT article longer than that budget was embedded without its instruction in the Alpaca-template "
+    "baselines of the instruction-awareness table: roberta-large-alpaca (NYT 21.60), opt-350m-alpaca (NYT 15.25) "
+    "and opt-1.3b-alpaca (NYT 12.88, whose clustering texts were also cut to their last 400 words first). The same "
+    "holds for the QA-template seq2seq runs (flan-t5-*-qa), which lose the instruction at the right. The other "
+    "tasks' texts are far below 512 tokens. With method.truncation: keep_instruction this reproduction cuts the "
+    "input text instead and always keeps the instruction."
+)
 
 
 def fmt(v: Any, nd: int = 2) -> str:
@@ -252,9 +275,16 @@ def render_report(
         c["forest"] = forest
     long = long_table(raw, items)
     boot_seconds = (datetime.now(timezone.utc) - boot_started).total_seconds()
+    method = method_rows(config)
+    compare_kw = {"method": method, "re_encoder": config.get("re_encoder"), "models": config.get("models")}
+    for c in claims:
+        keys = method_notes(method, CLAIM_TABLES[c["number"]])
+        c["method_note"] = f"method differs: {', '.join(keys)}" if keys else ""
     tables = {
-        "paper_ia": paper_table(paper, "instruction_awareness", books["paper"], reasons, data_notes),
-        "paper_generic": paper_table(paper, "generic", books["paper"], reasons, data_notes),
+        "paper_ia": paper_table(paper, "instruction_awareness", books["paper"], reasons, data_notes, **compare_kw),
+        "paper_generic": paper_table(paper, "generic", books["paper"], reasons, data_notes, **compare_kw),
+        "paper_modes": paper_table(paper, "modes", books["paper"], reasons, data_notes, **compare_kw),
+        "paper_filtering": paper_table(paper, "filtering", books["paper"], reasons, data_notes, **compare_kw),
         "offline_ia": offline_table(books["offline"], "ia", reasons, data_notes),
         "offline_generic": offline_table(books["offline"], "generic", reasons, data_notes),
     }
@@ -315,6 +345,11 @@ def render_report(
                       "seconds": boot_seconds, "scores": len(items.series)},
         "margin": margin, "min_items": MIN_ITEMS, "notes": notes, "infos": infos, "n_scores": len(raw),
         "css": inputs.css.read_text(encoding="utf-8"), "answer_modes": ANSWER_MODES, "prompt_mode": PROMPT_MODE,
+        "method": method, "method_finding": TRUNCATION_FINDING, "config_re_encoder": config.get("re_encoder") or "none",
+        "authors_code": {"repo": AUTHORS_REPO, "commit": AUTHORS_COMMIT,
+                         "url": f"https://github.com/{AUTHORS_REPO}/tree/{AUTHORS_COMMIT}"},
+        "filter_ablation": [t for t in (filter_ablation(books[name], method_settings(config)["filter"])
+                                        for name in ("paper", "offline")) if t is not None],
     }
     html = _jinja_env(inputs.template.parent).get_template(inputs.template.name).render(**ctx)
     write_text(out_html, html)

@@ -17,10 +17,13 @@ from typing import NamedTuple
 import pandas as pd
 
 from inbedder.bootstrap import Estimate
+from inbedder.fidelity import AUTHORS_RE_ENCODERS
 from inbedder.scores import read_scores
 from inbedder.vocabulary import CI_COLUMNS, ENCODER_MODES, MODES, SCORE_COLUMNS
 
-PAPER_NUMBER_COLUMNS = ("table", "row", "model", "recipe", "mode", "column", "value", "source", "run", "note")
+PAPER_NUMBER_COLUMNS = ("table", "row", "model", "recipe", "mode", "column", "value", "source", "run", "note",
+                        "re_encoder")
+RE_ENCODE_PREFIX = "re-encode"  # modes that embed the generated answer with a sentence encoder
 SCALE = 100.0  # fractions -> the paper's points
 NO_SEED = -1
 OVERALL_SUBSETS = ("all", "overall", "default", "test", "", "en", "none")
@@ -253,6 +256,13 @@ def load_paper_numbers(path: str | os.PathLike | None = None) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{where}: missing column(s) {missing}")
     df["value"] = pd.to_numeric(df["value"], errors="raise")
+    reenc = df["mode"].str.startswith(RE_ENCODE_PREFIX)
+    bad = df[reenc & ~df["re_encoder"].isin(list(AUTHORS_RE_ENCODERS))]
+    if len(bad):
+        first = bad.iloc[0]
+        raise ValueError(f"{where}: column 're_encoder' must name the re-encoder of every re-encode row "
+                         f"({', '.join(sorted(AUTHORS_RE_ENCODERS))}); row {first['row']!r} ({first['column']}) "
+                         f"has {first['re_encoder']!r}")
     return df
 
 

@@ -5,11 +5,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
+from inbedder.fidelity import MethodRow, method_notes, same_re_encoder
 from inbedder.report.aggregate import SuiteScores
-from inbedder.report.suites import GEN_AVG, IA_AVG, OFFLINE_SUITE, PAPER_SUITE, Cell, Column, Run
+from inbedder.report.suites import (
+    GEN_AVG,
+    IA_AVG,
+    OFFLINE_SUITE,
+    PAPER_SUITE,
+    RE_ENCODE_PREFIX,
+    Cell,
+    Column,
+    Run,
+    mode_rank,
+)
+
+# The paper's tables a comparison table shows (paper_numbers.csv, column `table`), and their titles.
+PAPER_TABLES = {
+    "instruction_awareness": "Instruction awareness (paper tasks)",
+    "generic": "Generic embedding tasks (paper tasks)",
+    "modes": "Embedding modes: the authors' released runs, instruction-awareness average (paper tasks)",
+    "filtering": "Filtering ablation, instruction-awareness average (paper tasks)",
+}
+FILTER_WORDS_SUFFIX = "+filter=words"  # the filter of scikit-learn's stopwords (method.filter: words)
+FILTER_SUFFIX = "+filter"  # the filter the run's method.filter selects
 
 
 @dataclass
@@ -18,11 +40,12 @@ class CompareCell:
 
     ours: Cell
     paper: float | None
+    not_comparable: str = ""  # why ours and the paper's are not compared (a different re-encoder)
 
     @property
     def diff(self) -> float | None:
-        """ours - paper where both exist."""
-        if not self.ours.ok or self.paper is None:
+        """ours - paper where both exist and are comparable."""
+        if not self.ours.ok or self.paper is None or self.not_comparable:
             return None
         return self.ours.value - self.paper
 
@@ -113,15 +136,32 @@ def _run_level_reasons(cells: Sequence[CompareCell], cols: Sequence[Column], tas
                               if c.ours.reason and c.ours.reason != task_level[col.label]))
 
 
+def re_encoder_note(paper_re_encoder: str, ours: str | None, models: Mapping[str, Any] | None = None) -> str:
+    """Empty when this run's re-encoder is the one of the paper's row; else why the two are not compared."""
+    if same_re_encoder(paper_re_encoder, ours, dict(models or {})):
+        return ""
+    return f"not comparable: re-encoder differs (paper: {paper_re_encoder}, this run: {ours or 'none'})"
+
+
+def method_note(method: Sequence[MethodRow], table: str, run: Run) -> str:
+    """"method differs: <keys>" for the switches set away from the authors' that can move this row."""
+    keys = method_notes(list(method), table, run.model, run.recipe)
+    return f"method differs: {', '.join(keys)}" if keys else ""
+
+
 def paper_table(paper: pd.DataFrame, table: str, ours: SuiteScores, reasons: MissingReasons,
-                data_notes: Mapping[str, str] | None = None) -> TableView:
-    """The paper's table (its rows and columns) with our number, the paper's and the difference per cell."""
-    if table == "instruction_awareness":
-        cols, avg_key, title = PAPER_SUITE.ia, IA_AVG, "Instruction awareness (paper tasks)"
-    elif table == "generic":
-        cols, avg_key, title = PAPER_SUITE.generic, GEN_AVG, "Generic embedding tasks (paper tasks)"
-    else:
-        raise ValueError(f"unknown paper table {table!r}; expected instruction_awareness or generic")
+                data_notes: Mapping[str, str] | None = None, *, method: Sequence[MethodRow] = (),
+                re_encoder: str | None = None, models: Mapping[str, Any] | None = None) -> TableView:
+    """The paper's table (its rows and columns) with our number, the paper's and the difference per cell.
+
+    `method`: the run's method rows (fidelity.method_rows): a row with a number of ours notes the switches that
+    differ from the authors' and can move this table. `re_encoder` (a name of the `models` registry): a re-encode
+    row is compared only when it is the re-encoder of the paper's row (its `re_encoder` column).
+    """
+    if table not in PAPER_TABLES:
+        raise ValueError(f"unknown paper table {table!r}; expected one of {', '.join(PAPER_TABLES)}")
+    title = PAPER_TABLES[table]
+    cols, avg_key = (PAPER_SUITE.generic, GEN_AVG) if table == "generic" else (PAPER_SUITE.ia, IA_AVG)
     sub = paper[paper["table"] == table]
     task_level = {col.label: reasons.task_reason(col.task) for col in cols}
     rows: list[TableRow] = []
@@ -134,15 +174,24 @@ def paper_table(paper: pd.DataFrame, table: str, ours: SuiteScores, reasons: Mis
         if first["recipe"] == "inbedder":
             candidates.append(candidates[0].with_(recipe="released"))
         found = [r for r in candidates if r in ours.runs]
+        blocked = ""
+        if str(first["mode"]).startswith(RE_ENCODE_PREFIX):
+            blocked = re_encoder_note(str(first["re_encoder"]), re_encoder, models)
         for run in found or candidates[:1]:
             matched.add(run)
             cells = _row_cells(ours, run, cols, avg_key, reasons, paper_vals)
+            for cell in cells:
+                cell.not_comparable = blocked
             label = paper_label if run == candidates[0] else run.label
+            extra_notes = [blocked] if blocked else []
+            if any(c.ours.ok for c in cells):
+                extra_notes += [n for n in [method_note(method, table, run)] if n]
             rows.append(TableRow(label=label, cells=cells, paper_label=paper_label, group="paper",
-                                 note="; ".join(_run_level_reasons(cells, cols, task_level) + notes)))
-    # Runs of ours without a paper row: only those with a paper-only task (not the shared offline 20News).
+                                 note="; ".join(extra_notes + _run_level_reasons(cells, cols, task_level) + notes)))
+    # Runs of ours without a paper row: only those with a paper-only task (not the shared offline 20News), and
+    # only under the headline tables (the ablation tables hold the paper's rows alone).
     shared = set(OFFLINE_SUITE.tasks)
-    extra = sorted((r for r in ours.runs if r not in matched
+    extra = sorted((r for r in ours.runs if r not in matched and table in ("instruction_awareness", "generic")
                     and any(ours.get(r, c.label).ok for c in cols if c.task not in shared)),
                    key=lambda r: r.sort_key)
     for run in extra:
@@ -215,3 +264,27 @@ def crossview_groups(rows: Sequence[dict], headline: Sequence[Run]) -> list[dict
                     "main": [r for r in trows if r["run"] in headline],
                     "more": [r for r in trows if r["run"] not in headline]})
     return out
+
+
+def filter_ablation(book: SuiteScores, filter_setting: str) -> dict | None:
+    """Per run with a `<mode>+filter=words` mode, and per task of the suite (and the IA average): the
+    unfiltered `<mode>`, `<mode>+filter` (the run's `method.filter`, `filter_setting`) and `<mode>+filter=words`,
+    each a Cell with its CI; None when the suite has no `+filter=words` run."""
+    words = sorted((r for r in book.runs if r.mode.endswith(FILTER_WORDS_SUFFIX)),
+                   key=lambda r: (r.sort_key[:3], mode_rank(r.mode[: -len(FILTER_WORDS_SUFFIX)])))
+    if not words:
+        return None
+    columns = [(c.label, c.task) for c in book.suite.ia] + [("Avg", "instruction-awareness average")]
+    keys = [c.label for c in book.suite.ia] + [IA_AVG]
+    rows = []
+    for run in words:
+        base = run.with_(mode=run.mode[: -len(FILTER_WORDS_SUFFIX)])
+        variants = (base, base.with_(mode=base.mode + FILTER_SUFFIX), run)
+        for (label, task), key in zip(columns, keys, strict=True):
+            cells = [book.get(v, key) for v in variants]
+            if not any(c.ok for c in cells):
+                continue
+            cells = [c if c.ok else Cell(reason=f"{v.mode} not scored") for c, v in zip(cells, variants, strict=True)]
+            rows.append({"run": base.label, "column": label, "task": task, "cells": cells})
+    return {"suite": book.suite.title, "filter": filter_setting,
+            "headers": ["unfiltered", f"+filter ({filter_setting})", "+filter=words"], "rows": rows}
