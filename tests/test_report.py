@@ -908,3 +908,4 @@ def test_render_method_fidelity_and_filter_ablation(tmp_path):
     # the paper's re-encode rows say they are not comparable with minilm-l6
     assert "not comparable: re-encoder differs (paper: komninos, this run: minilm-l6)" in html
     assert "not comparable: re-encoder differs (paper: e5-large-v2, this run: minilm-l6)" in html
+    assert "this run re-encodes with minilm-l6, so its re-encode bars are not comparable with theirs." in html

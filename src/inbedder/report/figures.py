@@ -150,7 +150,7 @@ def figure_modes(book: SuiteScores, paper: pd.DataFrame) -> Figure:
     caption = (f"Instruction-awareness average per embedding mode. Answer modes ({', '.join(ANSWER_MODES)}) are "
                f"solid, the prompt mode ({PROMPT_MODE}) hatched. Right: the same ablation in the authors' released "
                "runs (paper_numbers.csv, table `modes`). Claim 2.")
-    runs = [r for r in book.runs if not r.encoder and not r.mode.endswith("+filter")
+    runs = [r for r in book.runs if not r.encoder and "+filter" not in r.mode  # also `+filter=words`
             and book.get(r, IA_AVG).ok]
     pmodes = paper[paper["table"] == "modes"]
     if not runs and pmodes.empty:

@@ -13,7 +13,14 @@ from typing import Any
 
 import inbedder.report.figures as fg
 from inbedder.bootstrap import BOOT_SEED, LEVEL, MIN_ITEMS, N_BOOT, ItemData, read_items
-from inbedder.fidelity import AUTHORS_COMMIT, AUTHORS_REPO, method_notes, method_rows, method_settings
+from inbedder.fidelity import (
+    AUTHORS_COMMIT,
+    AUTHORS_REPO,
+    method_notes,
+    method_rows,
+    method_settings,
+    same_re_encoder,
+)
 from inbedder.files import atomic_path, sha256_file, write_text
 from inbedder.report.aggregate import (
     SuiteScores,
@@ -310,6 +317,13 @@ def render_report(
     if not proj.png:
         proj.reason = why or proj.reason
     figures.append(proj)
+    ours_re_encoder = config.get("re_encoder")
+    for fig in figures:
+        if fig.name.startswith("modes_"):
+            fig.caption += (" The authors' re-encode bars were made with average_word_embeddings_komninos; this "
+                            f"run re-encodes with {ours_re_encoder or 'none'}"
+                            + ("." if same_re_encoder("komninos", ours_re_encoder, config.get("models"))
+                               else ", so its re-encode bars are not comparable with theirs."))
     for i, fig in enumerate(figures, 1):
         fig.title = f"Figure {i}. {fig.title}"
 
