@@ -6,8 +6,9 @@
 from inbedder.files import sha256_json
 
 
-# `config_sha256`: the page prints the whole configuration under Provenance, so any config change
-# rerenders it (a few seconds); the scores themselves come in through the inputs.
+# `config_sha256`: the page prints the whole configuration under Provenance and sets each fidelity switch
+# (method block, re_encoder, per-model decoding / dtype, recipe epochs) beside the authors' value under
+# Method fidelity, so any config change rerenders it (a few seconds); the scores come in through the inputs.
 rule render_report:
     input:
         unpack(report_inputs),
