@@ -261,3 +261,12 @@ def test_method_settings_fill_the_authors_values_and_name_a_bad_key():
         fidelity.method_settings({"method": {"filter": "nltk"}})
     with pytest.raises(ValueError, match=r"method: unknown key\(s\) \['filtre'\]"):
         fidelity.method_settings({"method": {"filtre": "words"}})
+    # the reranking MAP is a known deviation no config selects: not a key of the block
+    rerank = switch("method.reranking_map")
+    assert not rerank.configurable and rerank.ours == "map_at_1000" and rerank.authors == "v1"
+    assert [s.key for s in SWITCHES if not s.configurable] == ["method.reranking_map"]
+    assert "reranking_map" not in fidelity.method_settings({})
+    assert len(fidelity.method_settings({})) == sum(
+        s.key.startswith(fidelity.METHOD_PREFIX) and s.configurable for s in SWITCHES) == 7
+    with pytest.raises(ValueError, match=r"method: unknown key\(s\) \['reranking_map'\]"):
+        fidelity.method_settings({"method": {"reranking_map": "v1"}})

@@ -51,7 +51,10 @@ class Citation:
 
 @dataclass(frozen=True)
 class Switch:
-    """One difference between the authors' method and ours, selectable by a config key."""
+    """One difference between the authors' method and ours, selectable by a config key.
+
+    `configurable` False marks a known deviation that no config key selects: `key` then only names it,
+    `ours` is what every run does, and `method_settings` leaves it out."""
 
     key: str
     values: tuple[Any, ...]
@@ -60,6 +63,7 @@ class Switch:
     follows: tuple[Citation, ...]
     description: str
     moves: tuple[str, ...]
+    configurable: bool = True
 
     def __post_init__(self) -> None:
         where = f"switch {self.key!r}"
@@ -286,9 +290,13 @@ SWITCHES: tuple[Switch, ...] = (
                '"revision": "2000358ca161889fa9c082cb41daa8dcfb161a54"'),
         ),
         description=("v1: the authors' reranking MAP, the mean over queries with a positive and a negative of "
-                     "scikit-learn's average precision of the candidates' cosine scores (ties share one "
-                     "threshold); map_at_1000: mteb 2.x's retrieval MAP over the same candidate lists."),
+                     "scikit-learn's average precision of the candidates' cosine scores (tied scores share one "
+                     "threshold); map_at_1000, what every run reports: mteb 2.x's retrieval MAP over the same "
+                     "candidate lists, the same number unless two or more tied positives have a negative tied "
+                     "with them or above them, and lower then (pytrec_eval breaks ties by document id, "
+                     "negatives first)."),
         moves=("generic",),
+        configurable=False,
     ),
 )
 
@@ -316,11 +324,13 @@ METHOD_PREFIX = "method."
 
 
 def method_settings(config: dict[str, Any] | None) -> dict[str, str]:
-    """The `method` block of a config with every key filled in: the authors' value where it is left out."""
+    """The `method` block of a config with every key filled in: the authors' value where it is left out.
+
+    A deviation no config selects (`configurable` False) is not a key of the block."""
     given = dict((config or {}).get("method") or {})
     out: dict[str, str] = {}
     for s in SWITCHES:
-        if not s.key.startswith(METHOD_PREFIX):
+        if not s.key.startswith(METHOD_PREFIX) or not s.configurable:
             continue
         name = s.key[len(METHOD_PREFIX):]
         value = given.pop(name, s.authors)

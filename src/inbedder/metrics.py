@@ -10,8 +10,9 @@ Exactly as the authors' evaluators (zhang-yu-wei/InBedder, their fork of mteb 1.
 - instruction-awareness average: the mean of the triplet, clustering and pairs scores;
 - robustness: mean V-measure per instruction group, dci = min(correct) - max(incorrect),
   dii = min(implicit) - max(incorrect).
-`reranking_map_v1` is mteb 1.x's reranking MAP (sklearn average precision over each query's candidate
-list); the generic tasks themselves are scored by mteb 2.x, this is only for the agreement check.
+`reranking_map_v1` (embeddings) and `reranking_map_v1_scores` (scores) are mteb 1.x's reranking MAP
+(sklearn average precision over each query's candidate list); the generic tasks themselves are scored by
+mteb 2.x (`map_at_1000`), and tests/test_reranking_map.py measures where the two numbers part.
 """
 
 from __future__ import annotations
@@ -147,19 +148,34 @@ def average_precision_v1(is_relevant: Sequence[bool], scores: Sequence[float]) -
     return float(average_precision_score(np.asarray(is_relevant, dtype=bool), np.asarray(scores)))
 
 
-def reranking_map_v1(
-    queries: np.ndarray, candidates: Sequence[np.ndarray], relevant: Sequence[Sequence[bool]]
-) -> float:
-    """mteb 1.x reranking MAP: mean AP of cosine-ranked candidate lists, skipping lists without a positive or a negative."""
-    queries = _as_2d(queries, "queries")
+def reranking_map_v1_scores(relevance: Sequence[Sequence[bool]], scores: Sequence[Sequence[float]]) -> float:
+    """mteb 1.x reranking MAP from scores: per candidate list, sklearn's average precision of the labels
+    against the scores; a list without a relevant or without an irrelevant candidate is left out; the
+    mean over the lists kept.
+
+    Every entry of a list counts, a repeated candidate once per occurrence; candidates with the same score
+    share one threshold (sklearn): each relevant one among them gets the precision at the end of the tied
+    group, whatever their order."""
     aps = []
-    for q, docs, rel in zip(queries, candidates, relevant, strict=True):
+    for rel, sc in zip(relevance, scores, strict=True):
         rel = [bool(r) for r in rel]
+        if len(rel) != len(sc):
+            raise ValueError(f"reranking_map_v1_scores: {len(rel)} labels but {len(sc)} scores in one list")
         if all(rel) or not any(rel):
             continue
-        docs = _as_2d(docs, "candidates")
-        sims = paired_cosine_similarity(np.repeat(q[None, :], len(docs), axis=0), docs)
-        aps.append(average_precision_v1(rel, sims))
+        aps.append(average_precision_v1(rel, sc))
     if not aps:
         raise ValueError("reranking_map_v1: no query has both a relevant and an irrelevant candidate")
     return float(np.mean(aps))
+
+
+def reranking_map_v1(
+    queries: np.ndarray, candidates: Sequence[np.ndarray], relevant: Sequence[Sequence[bool]]
+) -> float:
+    """mteb 1.x reranking MAP of embeddings: `reranking_map_v1_scores` of each query's cosine with its candidates."""
+    queries = _as_2d(queries, "queries")
+    sims = []
+    for q, docs in zip(queries, candidates, strict=True):
+        docs = _as_2d(docs, "candidates")
+        sims.append(paired_cosine_similarity(np.repeat(q[None, :], len(docs), axis=0), docs))
+    return reranking_map_v1_scores(relevant, sims)
