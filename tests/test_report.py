@@ -736,8 +736,9 @@ def test_method_rows_of_the_paper_profile():
     alpaca = next(r for r in fidelity.method_rows(config) if r.key == "recipes.alpaca.epochs")
     assert (alpaca.value, alpaca.authors, alpaca.agrees) == (
         "1 epoch (roberta-large); 50 steps (opt-350m) [recipe: 1]", "3", False)
-    # decoding: only models that decode (not the masked roberta-large); OPT was greedy for the authors too
-    assert "models.roberta-large.decoding" not in by_key
+    # decoding: a masked LM decodes nothing; OPT was greedy for the authors too
+    masked = by_key["models.roberta-large.decoding"]
+    assert (masked.value, masked.authors, masked.agrees) == ("greedy", "none (the masks are filled in one pass)", True)
     dec = by_key["models.opt-350m.decoding"]
     assert (dec.value, dec.authors, dec.agrees, dec.model) == ("greedy", "greedy (OPT, T5 runs)", True, "opt-350m")
     # dtype auto on device auto: the config alone cannot tell

@@ -439,11 +439,14 @@ def same_re_encoder(paper: str, ours: str | None, models: dict[str, Any] | None 
 
 def _decoding_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
     rows = []
-    for name, spec in _selected_models(config, _GENERATING):
+    for name, spec in _selected_models(config, _LANGUAGE_MODELS):
         key = f"models.{name}.decoding"
         value = spec.get("decoding", "greedy")
         if value not in s.values:
             raise ValueError(f"{key}: {value!r} is not one of {', '.join(map(repr, s.values))}")
+        if spec.get("kind") not in _GENERATING:  # a masked LM decodes nothing: the setting cannot differ
+            rows.append(_row(s, key, value, "none (the masks are filled in one pass)", True, model=name))
+            continue
         theirs = _SAMPLED if _is_llama(name, spec) else "greedy"
         agrees = value == s.authors or value == theirs
         rows.append(_row(s, key, value, f"{theirs} ({'Llama-2' if theirs == _SAMPLED else 'OPT, T5'} runs)",
@@ -514,8 +517,8 @@ def _epoch_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
 def method_rows(config: dict[str, Any] | None) -> list[MethodRow]:
     """Every switch of SWITCHES as this config sets it, beside the authors' value, in the registry's order.
 
-    `method.*` keys come from `method_settings`; `models.<model>.decoding` (language models that decode) and
-    `models.<model>.dtype` (every selected language model) from each selected model's entry, "greedy" and the
+    `method.*` keys come from `method_settings`; `models.<model>.decoding` and `models.<model>.dtype` (every
+    selected language model; a masked LM decodes nothing) from each selected model's entry, "greedy" and the
     run's `dtype` where it has none; `recipes.<recipe>.epochs` from each selected trained recipe, else the
     budget of each selected language model's `train` block; `re_encoder` from the config's `re_encoder`.
     """
