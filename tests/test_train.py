@@ -157,12 +157,18 @@ def test_causal_labels_are_exactly_answer_and_eos(smollm2_dir):
         "input": "Man: Can I book a table for two?",
         "output": "Making seat reservation",
     }
+    # method.train_target: authors (the default): nothing between `### Response:` and the answer
     enc = encode_example(tok, "causal", "inbedder", row, 256)
     prompt = tok(format_prompt("inbedder", row["instruction"], row["input"])).input_ids
-    answer = tok(" Making seat reservation", add_special_tokens=False).input_ids
+    answer = tok("Making seat reservation", add_special_tokens=False).input_ids
     assert enc.input_ids == prompt + answer + [2]
     assert enc.labels == [IGNORE_INDEX] * len(prompt) + answer + [2]
-    assert tok.decode([t for t in enc.labels if t != IGNORE_INDEX]) == " Making seat reservation<|im_end|>"
+    assert tok.decode([t for t in enc.labels if t != IGNORE_INDEX]) == "Making seat reservation<|im_end|>"
+    # space: one space before the answer, tokenised on its own
+    spaced = encode_example(tok, "causal", "inbedder", row, 256, train_target="space")
+    answer = tok(" Making seat reservation", add_special_tokens=False).input_ids
+    assert spaced.input_ids == prompt + answer + [2]
+    assert spaced.labels == [IGNORE_INDEX] * len(prompt) + answer + [2]
 
     # SmolLM2 pads with its EOS (id 2): padding must keep the EOS target and mask by length.
     short = encode_example(tok, "causal", "inbedder", {**row, "output": "Booking"}, 256)
@@ -178,10 +184,17 @@ def test_long_inputs_are_cut_to_max_length(smollm2_dir):
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     row = {"instruction": "What is it about?", "input": "word " * 500, "output": "words"}
+    for cut in ("authors", "quarter"):
+        enc = encode_example(tok, "causal", "inbedder", row, 64, train_target="space", train_answer_cut=cut)
+        assert len(enc.input_ids) <= 64
+        assert tok.decode(enc.input_ids).endswith(
+            "### Instruction:\nWhat is it about?\n\n### Response: words<|im_end|>"
+        )
+    # the authors' cut: the input (longest) keeps 64 - 20 - 5 - 1 = 38 tokens
     enc = encode_example(tok, "causal", "inbedder", row, 64)
-    assert len(enc.input_ids) <= 64
-    assert tok.decode(enc.input_ids).endswith(
-        "### Instruction:\nWhat is it about?\n\n### Response: words<|im_end|>"
+    assert tok.decode(enc.input_ids) == (
+        "### Input:\n" + " ".join(["word"] * 38) + "\n\n### Instruction:\nWhat is it about?\n\n"
+        "### Response:words<|im_end|>"
     )
 
 
@@ -191,11 +204,12 @@ def test_rows_without_input_use_the_no_input_prompt(smollm2_dir):
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     row = {"instruction": "Name a primary colour.", "input": "", "output": "Red"}
     enc = encode_example(tok, "causal", "alpaca", row, 64)
-    assert (
-        tok.decode(enc.input_ids) == "### Instruction:\nName a primary colour.\n\n### Response: Red<|im_end|>"
-    )
+    assert tok.decode(enc.input_ids) == "### Instruction:\nName a primary colour.\n\n### Response:Red<|im_end|>"
     long_instruction = {"instruction": "Explain " * 200, "input": "", "output": "Because"}
-    assert len(encode_example(tok, "causal", "alpaca", long_instruction, 48).input_ids) <= 48
+    for cut in ("authors", "quarter"):
+        enc = encode_example(tok, "causal", "alpaca", long_instruction, 48, train_answer_cut=cut)
+        assert len(enc.input_ids) <= 48
+        assert tok.decode(enc.input_ids).endswith("### Response:Because<|im_end|>")
 
 
 def test_masked_labels_and_one_step(tmp_path, data, bert_tokenizer_dir):
@@ -282,6 +296,8 @@ def test_smollm2_few_steps_loss_falls(tmp_path, smollm2_dir):
     assert losses[-1] < 0.5 * losses[0], losses  # the same 4 examples each step: the loss must fall
     assert summary["steps"] == 4 and summary["last_loss"] < summary["first_loss"]
     assert summary["bf16_autocast"] is True and summary["dtype"] == "bfloat16"
+    assert summary["method"] == {"train_target": "authors", "train_answer_cut": "authors"}
+    assert summary["recipe_epochs"] is None and summary["answers_cut"] == 0
     assert summary["heldout_token_f1_after"] >= summary["heldout_token_f1_before"]
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "checkpoints").exists()
@@ -637,6 +653,64 @@ def test_changed_settings_start_over_and_name_the_changed_key(tmp_path, data, sm
     assert "job.settings.learning_rate: 0.001 -> 0.0005" in summary["fresh_start_reason"]
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"train_target": "space"}, "job.train_target: 'authors' -> 'space'"),
+        ({"train_answer_cut": "quarter"}, "job.train_answer_cut: 'authors' -> 'quarter'"),
+        ({"recipe_epochs": 2}, "job.recipe_epochs: None -> 2"),
+    ],
+)
+def test_a_changed_training_switch_starts_over(change, named, tmp_path, data, smollm2_dir):
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    out = tmp_path / "out"
+    first = job("causal", max_steps=3, save_steps=1, batch_size=2)
+    with pytest.raises(Killed):
+        train_model(first, base, data["train"], data["heldout"], out, extra_callbacks=[_kill_at(2)])
+    saved = json.loads((out / "checkpoints" / "run_settings.json").read_text())
+    assert (saved["job"]["train_target"], saved["job"]["train_answer_cut"]) == ("authors", "authors")
+    assert saved["job"]["recipe_epochs"] is None
+    summary = train_model(replace(first, **change), base, data["train"], data["heldout"], out)
+    assert summary["resumed_from_step"] == 0 and named in summary["fresh_start_reason"]
+    assert summary["method"] == {
+        "train_target": change.get("train_target", "authors"),
+        "train_answer_cut": change.get("train_answer_cut", "authors"),
+    }
+    assert summary["recipe_epochs"] == change.get("recipe_epochs")
+    assert summary["settings"]["epochs"] == 1.0  # max_steps is set: the recipe's epochs do not apply
+
+
+def test_recipe_epochs_replace_the_models_epochs(tmp_path, data, smollm2_dir):
+    models_dir = tmp_path / "models"
+    tiny_model("causal", smollm2_dir, models_dir / "tiny-causal")
+    (tmp_path / "train").mkdir()
+    for name in ("qa.jsonl", "qa.heldout.jsonl"):
+        (tmp_path / "train" / name).write_bytes(data["train" if name == "qa.jsonl" else "heldout"].read_bytes())
+    train = {"learning_rate": 1e-3, "epochs": 1, "max_steps": None, "batch_size": 4, "grad_accum": 1,
+             "max_length": 128, "save_steps": 100, "seed": 0, "warmup_ratio": 0.0}
+    models = {"tiny-causal": {"kind": "causal", "max_new_tokens": 3, "train": train}}
+    recipes = {"qa": {"dataset": "c3_qa", "template": "inbedder", "epochs": 2}}
+    summary = train_from_config(
+        "tiny-causal",
+        "qa",
+        models,
+        recipes,
+        train_dir=tmp_path / "train",
+        models_dir=models_dir,
+        out_dir=tmp_path / "out",
+        method={"train_target": "space", "train_answer_cut": "quarter"},
+        keep_checkpoints=True,
+    )
+    # 8 rows in batches of 4: 2 steps an epoch, 2 epochs
+    assert summary["steps"] == 4 and summary["epochs_done"] == 2.0
+    assert summary["settings"]["epochs"] == 2.0 and summary["recipe_epochs"] == 2
+    assert summary["method"] == {"train_target": "space", "train_answer_cut": "quarter"}
+    assert summary["answers_cut"] == 0  # C3 answers are far below 128 // 4 tokens
+    saved = json.loads((tmp_path / "out" / "checkpoints" / "run_settings.json").read_text())
+    assert saved["job"]["recipe_epochs"] == 2 and saved["job"]["settings"]["epochs"] == 1
+    assert (saved["job"]["train_target"], saved["job"]["train_answer_cut"]) == ("space", "quarter")
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 
@@ -696,6 +770,27 @@ def test_bad_input_gives_clear_errors(tmp_path, data):
             train_dir=tmp_path / "data" / "train",
             out_dir=tmp_path / "o",
         )
+    with pytest.raises(ValueError, match=r"recipes.qa.epochs: must be a number > 0 \(or left out\), got 0"):
+        train_from_config(
+            "smollm2-135m",
+            "qa",
+            models,
+            {"qa": {**recipes["qa"], "epochs": 0}},
+            train_dir=tmp_path / "data" / "train",
+            out_dir=tmp_path / "o",
+        )
+    with pytest.raises(ValueError, match=r"method.train_answer_cut: 'half' is not one of 'authors', 'quarter'"):
+        train_from_config(
+            "smollm2-135m",
+            "qa",
+            models,
+            recipes,
+            train_dir=tmp_path / "data" / "train",
+            out_dir=tmp_path / "o",
+            method={"train_answer_cut": "half"},
+        )
+    with pytest.raises(ValueError, match=r"method.train_target: 'spaces' is not one of 'authors', 'space'"):
+        replace(job("causal"), train_target="spaces")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "q", "input": "t", "output": "a"}\n{"instruction": "q", "input": "t"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: field\(s\) \['output'\] missing"):
@@ -720,5 +815,36 @@ def test_rule_params_hold_exactly_the_models_training_settings():
     assert params["loop"] == TRAIN_LOOP  # a change of the training loop retrains
     job = job_from_params({**params, "device": "cpu", "dtype": "float32"})
     assert job.settings.learning_rate == 1e-4 and job.settings.lr_scheduler == "constant_with_warmup"
+    # the training switches of `method` (the authors' values) and the recipe's epochs
+    assert (params["train_target"], params["train_answer_cut"], params["recipe_epochs"]) == ("authors", "authors", None)
+    assert (job.train_target, job.train_answer_cut, job.recipe_epochs) == ("authors", "authors", None)
+    alpaca = rule_params("smollm2-135m", "alpaca", config)
+    assert alpaca["recipe_epochs"] == 3  # config.yaml's, kept by the offline profile ...
+    alpaca_job = job_from_params({**alpaca, "device": "cpu", "dtype": "float32"})
+    assert alpaca_job.effective_settings().epochs == 1  # ... where the step budget wins
+    assert alpaca_job.effective_settings().max_steps == 30
+    for key, value in (("train_target", "space"), ("train_answer_cut", "quarter")):
+        changed = rule_params("smollm2-135m", "inbedder", {**config, "method": {**config["method"], key: value}})
+        assert changed == {**params, key: value}
+    other = {**config, "method": {**config["method"], "filter": "words", "special_steps": "keep_eos"}}
+    assert rule_params("smollm2-135m", "inbedder", other) == params  # encode-side switches do not retrain
+    with pytest.raises(ValueError, match=r"method.train_target: 'spaces' is not one of 'authors', 'space'"):
+        rule_params("smollm2-135m", "inbedder", {**config, "method": {"train_target": "spaces"}})
     with pytest.raises(ValueError, match="recipe 'none' is never trained"):
         rule_params("smollm2-135m", "none", config)
+
+
+def test_the_paper_profile_trains_alpaca_for_3_epochs():
+    from inbedder.config import load_config
+    from inbedder.rule_params import train_params as rule_params
+    from inbedder.train import job_from_params
+
+    config = load_config(ROOT / "config.yaml")
+    for recipe, epochs in (("alpaca", 3.0), ("inbedder", 1.0)):
+        params = rule_params("opt-350m", recipe, config)
+        job = job_from_params({**params, "device": "cpu", "dtype": "float32"})
+        assert job.settings.epochs == 1 and job.settings.max_steps is None
+        assert job.effective_settings().epochs == epochs
+    config["recipes"]["alpaca"]["epochs"] = 0
+    with pytest.raises(ValueError, match=r"recipes.alpaca.epochs: must be a number > 0"):
+        rule_params("opt-350m", "alpaca", config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from inbedder.fidelity import method_settings
 from inbedder.models import RELEASED_SUFFIX, check_kind
 from inbedder.task_kinds import modes_for
 from inbedder.train import check_recipe
@@ -40,9 +41,10 @@ def task_table_params(task: str, config: Mapping[str, Any]) -> dict[str, Any]:
 def train_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """Params of the train_model rule: exactly the settings that change a fine-tune.
 
-    The model's train block, its kind, the recipe's template and dataset, the held-out check
-    (rows, answer length), the configured device/dtype (resolved at run time) and the training
-    loop's choices (`TRAIN_LOOP`: batching, where the LM head runs).
+    The model's train block, its kind, the recipe's template, dataset and epochs, the held-out check
+    (rows, answer length), the configured device/dtype (resolved at run time), the training
+    loop's choices (`TRAIN_LOOP`: batching, where the LM head runs) and the two `method` switches
+    of training (`train_target`, `train_answer_cut`; not the others, which do not change a fine-tune).
     """
     models, recipes = config["models"], config["recipes"]
     if model not in models:
@@ -51,6 +53,7 @@ def train_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str
     recipe_spec = check_recipe(model, recipe, recipes)
     train = dict(spec.get("train") or {})
     limits = config.get("limits") or {}
+    method = method_settings(config)
     return {
         "model": model,
         "recipe": recipe,
@@ -63,6 +66,9 @@ def train_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str
         "device": config["device"],
         "dtype": config["dtype"],
         "loop": TRAIN_LOOP,
+        "train_target": method["train_target"],
+        "train_answer_cut": method["train_answer_cut"],
+        "recipe_epochs": recipe_spec.get("epochs"),
     }
 
 

@@ -22,11 +22,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from inbedder.checkpoints import RUN_SETTINGS, mark_checkpoint_complete, prepare_checkpoints, scan_checkpoints
+from inbedder.fidelity import method_settings
 from inbedder.files import read_jsonl, sha256_file, sha256_json, write_json, write_jsonl, write_text
 from inbedder.models import (
     TRAINABLE_KINDS,
@@ -38,7 +39,15 @@ from inbedder.models import (
     write_fingerprint,
 )
 from inbedder.text import token_f1
-from inbedder.train_data import Collator, EncodedDataset, encode_example, eos_id, read_rows, training_prompt
+from inbedder.train_data import (
+    Collator,
+    EncodedDataset,
+    check_train_method,
+    encode_example,
+    eos_id,
+    read_rows,
+    training_prompt,
+)
 from inbedder.train_loop import TRAIN_LOOP, StepMeter, make_trainer
 from inbedder.vocabulary import UNTRAINED_RECIPES
 
@@ -91,7 +100,12 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class TrainJob:
-    """Everything one training run needs besides the data: which model, recipe, and how."""
+    """Everything one training run needs besides the data: which model, recipe, and how.
+
+    `train_target` and `train_answer_cut` are the config's `method` switches (the authors' values by
+    default, see `inbedder.train_data`); `recipe_epochs` is the recipe's `epochs`, which replaces
+    `settings.epochs` when `settings.max_steps` is null (`effective_settings`).
+    """
 
     model: str
     recipe: str
@@ -104,6 +118,27 @@ class TrainJob:
     max_new_tokens: int = 8
     heldout_rows: int | None = None
     train_rows: int | None = None
+    train_target: str = "authors"
+    train_answer_cut: str = "authors"
+    recipe_epochs: float | None = None
+
+    def __post_init__(self) -> None:
+        check_train_method(self.train_target, self.train_answer_cut)
+        check_recipe_epochs(self.recipe, self.recipe_epochs)
+
+    def effective_settings(self) -> TrainSettings:
+        """The settings trained with: the recipe's epochs replace the model's when no step budget is set."""
+        if self.recipe_epochs is None or self.settings.max_steps is not None:
+            return self.settings
+        return replace(self.settings, epochs=float(self.recipe_epochs))
+
+
+def check_recipe_epochs(recipe: str, epochs: Any) -> None:
+    """A ValueError naming `recipes.<recipe>.epochs` unless it is absent (None) or a number > 0."""
+    if epochs is None:
+        return
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs > 0:
+        raise ValueError(f"recipes.{recipe}.epochs: must be a number > 0 (or left out), got {epochs!r}")
 
 
 def check_recipe(model: str, recipe: str, recipes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -118,6 +153,7 @@ def check_recipe(model: str, recipe: str, recipes: Mapping[str, Mapping[str, Any
     for key in ("dataset", "template"):
         if not spec.get(key):
             raise ValueError(f"recipes.{recipe}.{key}: missing")
+    check_recipe_epochs(recipe, spec.get("epochs"))
     return spec
 
 
@@ -332,7 +368,7 @@ def train_model(
         heldout_path, f"held-out data of recipe {job.recipe!r} (dataset {job.dataset!r})", job.heldout_rows
     )
     base_fp = read_fingerprint(base_dir)
-    settings = job.settings
+    settings = job.effective_settings()
     bf16 = _mixed_precision(job.device, job.dtype)
     autocast = "bfloat16" if bf16 else None
 
@@ -368,9 +404,27 @@ def train_model(
     from tqdm.auto import tqdm
 
     encoded = [
-        encode_example(tokenizer, job.kind, job.template, r, settings.max_length)
+        encode_example(
+            tokenizer,
+            job.kind,
+            job.template,
+            r,
+            settings.max_length,
+            train_target=job.train_target,
+            train_answer_cut=job.train_answer_cut,
+        )
         for r in tqdm(rows, desc="tokenising", unit="row")
     ]
+    answers_cut = sum(e.answer_cut for e in encoded)
+    log.info(
+        "%s-%s: %d of %d answers cut (train_answer_cut=%s, train_target=%s)",
+        job.model,
+        job.recipe,
+        answers_cut,
+        len(encoded),
+        job.train_answer_cut,
+        job.train_target,
+    )
     dataset = EncodedDataset(encoded)
     args = training_arguments(settings, ckpt_dir, bf16=bf16, device=job.device)
     first_step: list[int] = []
@@ -455,6 +509,9 @@ def train_model(
         "template": job.template,
         "dataset": job.dataset,
         "settings": asdict(settings),
+        "method": {"train_target": job.train_target, "train_answer_cut": job.train_answer_cut},
+        "recipe_epochs": job.recipe_epochs,
+        "answers_cut": answers_cut,
         "device": job.device,
         "dtype": job.dtype,
         "bf16_autocast": bf16,
@@ -509,11 +566,13 @@ def train_from_config(
     dtype: str = "float32",
     heldout_rows: int | None = None,
     train_rows: int | None = None,
+    method: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Resolve a (model, recipe) pair of the config registries and train it (tests, CLI).
 
-    `train_dir` holds `<recipe>.jsonl` and `<recipe>.heldout.jsonl` (results/<run>/train in the workflow).
+    `train_dir` holds `<recipe>.jsonl` and `<recipe>.heldout.jsonl` (results/<run>/train in the workflow);
+    `method` is the config's `method` block (left out: the authors' values).
     """
     if model not in models:
         raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
@@ -521,6 +580,7 @@ def train_from_config(
     kind = check_trainable(model, spec)
     recipe_spec = check_recipe(model, recipe, recipes)
     settings = TrainSettings.from_config(spec.get("train") or {}, where=f"models.{model}.train")
+    switches = method_settings({"method": method})
     job = TrainJob(
         model=model,
         recipe=recipe,
@@ -533,6 +593,9 @@ def train_from_config(
         max_new_tokens=int(settings.heldout_max_new_tokens or spec["max_new_tokens"]),
         heldout_rows=settings.heldout_rows or heldout_rows,
         train_rows=train_rows,
+        train_target=switches["train_target"],
+        train_answer_cut=switches["train_answer_cut"],
+        recipe_epochs=recipe_spec.get("epochs"),
     )
     tables = Path(train_dir)
     return train_model(
@@ -559,4 +622,7 @@ def job_from_params(params: Mapping[str, Any]) -> TrainJob:
         max_new_tokens=int(params["max_new_tokens"]),
         heldout_rows=params.get("heldout_rows"),
         train_rows=params.get("train_rows"),
+        train_target=params["train_target"],
+        train_answer_cut=params["train_answer_cut"],
+        recipe_epochs=params["recipe_epochs"],
     )

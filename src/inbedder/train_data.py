@@ -7,7 +7,18 @@
   once; the MLM loss is on those positions only.
 - seq2seq (t5): the prompt goes to the encoder, `answer + EOS` is the decoder's target.
 
-The answer follows the prompt's final `### Response:` after one space (causal and masked).
+Two config switches (`method.*`, docs/fidelity.md sections 5b and 7) decide how an example is built:
+
+- `train_target`: `authors` tokenises the prompt, the answer and the EOS text as one string, with
+  nothing between `### Response:` and the answer (causal; masked: prompt and answer, the tokenizer
+  closing with its `</s>`/`[SEP]`), and labels every position after the first `len(tokenize(prompt))`;
+  `space` tokenises the prompt and `" " + answer` apart and joins the ids. Seq2seq models are the
+  same under both: the answer is the decoder's target.
+- `train_answer_cut`: `authors` cuts the longest of instruction, input and answer (tokenised alone)
+  only when the three together pass `max_length - 20` tokens, then cuts the whole example to
+  `max_length` tokens from the right (which can take the end of the answer and its EOS); `quarter`
+  cuts every answer to `max_length // 4` tokens and then the prompt's input text (then its
+  instruction) until the example fits.
 """
 
 from __future__ import annotations
@@ -18,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inbedder.fidelity import switch
 from inbedder.files import read_jsonl
-from inbedder.models import TRAINABLE_KINDS, masked_prompt_ids, special_ids
+from inbedder.models import TRAINABLE_KINDS, special_ids
 from inbedder.text import format_prompt
 
 IGNORE_INDEX = -100
@@ -27,6 +39,22 @@ REQUIRED_FIELDS = ("instruction", "input", "output")
 # Rows without an input text (most of Alpaca) are prompted without the input block, for both
 # templates, as in the authors' training code.
 NO_INPUT_PROMPT = "### Instruction:\n{instruction}\n\n### Response:"
+TRAIN_TARGETS: tuple[str, ...] = switch("method.train_target").values
+ANSWER_CUTS: tuple[str, ...] = switch("method.train_answer_cut").values
+# The authors' cut leaves this many tokens of the model length for the template and special tokens.
+AUTHORS_CUT_MARGIN = 20
+# Which part the authors' cut shortens when several are the longest: input, then answer, then instruction.
+AUTHORS_CUT_ORDER = ("input", "output", "instruction")
+
+
+def check_train_method(train_target: str, train_answer_cut: str) -> None:
+    """A ValueError naming the config key when a training switch has an unknown value."""
+    for key, value, allowed in (
+        ("method.train_target", train_target, TRAIN_TARGETS),
+        ("method.train_answer_cut", train_answer_cut, ANSWER_CUTS),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
 def training_prompt(template: str, instruction: str, input: str) -> str:
@@ -38,16 +66,11 @@ def training_prompt(template: str, instruction: str, input: str) -> str:
 
 @dataclass(frozen=True)
 class Encoded:
-    """One tokenised training example: model inputs and the labels of the loss."""
+    """One tokenised training example: model inputs, the labels of the loss, whether the answer was cut."""
 
     input_ids: list[int]
     labels: list[int]
-
-
-def _answer_text(answer: str, kind: str) -> str:
-    """The answer as it follows the prompt: one leading space after `### Response:` for decoders."""
-    answer = answer.strip()
-    return answer if kind == "seq2seq" else " " + answer
+    answer_cut: bool = False
 
 
 def eos_id(tokenizer) -> int:
@@ -57,22 +80,24 @@ def eos_id(tokenizer) -> int:
     return int(eos)
 
 
-def _prompt_ids(tokenizer, kind: str, template: str, row: Mapping[str, str], budget: int) -> list[int]:
-    """Token ids of the formatted prompt, cutting the input text (then the instruction) until they fit."""
+def _text_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def _fit_prompt(tokenizer, kind: str, template: str, row: Mapping[str, str], budget: int) -> tuple[str, list[int]]:
+    """The formatted prompt and its ids, cutting the input text (then the instruction) until they fit."""
     fields_ = {"instruction": row["instruction"], "input": row["input"]}
     add_special = kind != "masked"  # masked prompts get their special tokens around the masks
     for name in ("input", "instruction"):
         for _ in range(8):
-            ids = tokenizer(
-                training_prompt(template, fields_["instruction"], fields_["input"]),
-                add_special_tokens=add_special,
-            ).input_ids
+            text = training_prompt(template, fields_["instruction"], fields_["input"])
+            ids = tokenizer(text, add_special_tokens=add_special).input_ids
             over = len(ids) - budget
             if over <= 0:
-                return ids
+                return text, ids
             if not fields_[name]:
                 break
-            text_ids = tokenizer(fields_[name], add_special_tokens=False).input_ids
+            text_ids = _text_ids(tokenizer, fields_[name])
             keep = max(0, len(text_ids) - over - 2)
             fields_[name] = tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
     raise ValueError(
@@ -81,25 +106,179 @@ def _prompt_ids(tokenizer, kind: str, template: str, row: Mapping[str, str], bud
     )
 
 
-def encode_example(tokenizer, kind: str, template: str, row: Mapping[str, str], max_length: int) -> Encoded:
-    """Tokenise one `instruction, input, output` row with the paper's objective for `kind`."""
+def _prompt_ids(tokenizer, kind: str, template: str, row: Mapping[str, str], budget: int) -> list[int]:
+    """Token ids of the formatted prompt, cutting the input text (then the instruction) until they fit."""
+    return _fit_prompt(tokenizer, kind, template, row, budget)[1]
+
+
+def first_tokens(tokenizer, text: str, n: int) -> str:
+    """The start of `text` that its first `n` tokens (tokenised alone, no special tokens) cover."""
+    if n <= 0:
+        return ""
+    if tokenizer.is_fast:
+        spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return text if n >= len(spans) else text[: spans[n - 1][1]]
+    ids = _text_ids(tokenizer, text)
+    return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(ids[:n]))
+
+
+def authors_row_cut(tokenizer, row: Mapping[str, str], max_length: int) -> dict[str, str]:
+    """The authors' cut of a training row (docs/fidelity.md 5b): the longest part goes, only when needed.
+
+    Instruction, input (when not blank) and answer are tokenised alone; when together they pass
+    `max_length - 20` tokens, the longest of them (ties: input, then answer, then instruction) keeps
+    only as many of its first tokens as leave the three at `max_length - 20` (none when the other two
+    alone pass it; the example is then cut to `max_length` from the right when it is built).
+    """
+    names = ("instruction", "input", "output") if row["input"].strip() else ("instruction", "output")
+    lengths = {name: len(_text_ids(tokenizer, row[name])) for name in names}
+    budget = max_length - AUTHORS_CUT_MARGIN
+    total = sum(lengths.values())
+    out = dict(row)
+    if total <= budget:
+        return out
+    longest = max(lengths.values())
+    name = next(n for n in AUTHORS_CUT_ORDER if lengths.get(n) == longest)
+    out[name] = first_tokens(tokenizer, row[name], budget - (total - lengths[name]))
+    return out
+
+
+@dataclass(frozen=True)
+class _Joined:
+    """A causal or masked example before masking: `ids[:prompt]` the prompt (head special tokens
+    included), the next `answer` ids the answer, the rest its end (EOS, or the closing special token)."""
+
+    ids: list[int]
+    prompt: int
+    answer: int
+
+    def keep_answer(self, n: int) -> _Joined:
+        end = self.ids[self.prompt + self.answer :]
+        return _Joined(self.ids[: self.prompt + n] + end, self.prompt, n)
+
+
+def _join(tokenizer, kind: str, prompt: str, answer: str, train_target: str) -> _Joined:
+    """Prompt and answer as one id sequence of a causal or masked model, per `train_target`."""
+    if kind == "causal":
+        eos = eos_id(tokenizer)
+        prompt_ids = tokenizer(prompt).input_ids
+        if train_target == "space":
+            answer_ids = _text_ids(tokenizer, " " + answer)
+            return _Joined(prompt_ids + answer_ids + [eos], len(prompt_ids), len(answer_ids))
+        ids = tokenizer(prompt + answer + tokenizer.convert_ids_to_tokens(eos)).input_ids
+        if not ids or ids[-1] != eos:
+            raise ValueError(f"tokenizer {tokenizer.name_or_path!r}: its EOS text does not tokenise to id {eos}")
+        n = min(len(prompt_ids), len(ids) - 1)
+        return _Joined(ids, n, len(ids) - 1 - n)
+    head, tail = special_ids(tokenizer)
+    if train_target == "space":
+        prompt_ids = _text_ids(tokenizer, prompt)
+        answer_ids = _text_ids(tokenizer, " " + answer)
+        return _Joined(head + prompt_ids + answer_ids + tail, len(head) + len(prompt_ids), len(answer_ids))
+    ids = tokenizer(prompt + answer).input_ids
+    n = min(len(tokenizer(prompt).input_ids), len(ids)) - len(tail)
+    return _Joined(ids, n, len(ids) - len(tail) - n)
+
+
+def _closing(tokenizer, kind: str) -> list[int]:
+    """The special token(s) the tokenizer closes a masked model's sequence with (none for causal models)."""
+    return special_ids(tokenizer)[1] if kind == "masked" else []
+
+
+def _cut_right(joined: _Joined, end: int, max_length: int) -> _Joined:
+    """The example cut to `max_length` ids from the right, its last `end` ids (a closing token) kept."""
+    if len(joined.ids) <= max_length:
+        return joined
+    ids = joined.ids[: max_length - end] + joined.ids[len(joined.ids) - end :]
+    prompt = min(joined.prompt, max_length - end)
+    return _Joined(ids, prompt, min(joined.answer, max_length - end - prompt))
+
+
+def _quarter_cut(tokenizer, kind: str, template: str, row: Mapping[str, str], max_length: int,
+                 train_target: str) -> _Joined:
+    """The answer cut to `max_length // 4` tokens, then the prompt's input (then instruction) cut to fit."""
+    keep = max(1, max_length // 4)
+    prompt = training_prompt(template, row["instruction"], row["input"])
+    joined = _join(tokenizer, kind, prompt, row["output"], train_target)
+    joined = joined.keep_answer(min(joined.answer, keep))
+    if len(joined.ids) <= max_length:
+        return joined
+    end = len(joined.ids) - joined.prompt - joined.answer
+    head = len(special_ids(tokenizer)[0]) if kind == "masked" else 0
+    prompt, _ = _fit_prompt(tokenizer, kind, template, row, max_length - joined.answer - end - head)
+    joined = _join(tokenizer, kind, prompt, row["output"], train_target)
+    joined = joined.keep_answer(min(joined.answer, keep))
+    over = len(joined.ids) - max_length  # only when a token merges across the prompt's end
+    if over > 0:
+        joined = joined.keep_answer(max(1, joined.answer - over))
+    return _cut_right(joined, len(_closing(tokenizer, kind)), max_length)
+
+
+def _seq2seq(tokenizer, template: str, row: Mapping[str, str], max_length: int, train_answer_cut: str) -> Encoded:
+    """Encoder input: the prompt; decoder target: the answer and EOS."""
+    answer = _text_ids(tokenizer, row["output"])
+    eos = eos_id(tokenizer)
+    if train_answer_cut == "quarter":
+        keep = max(1, max_length // 4)
+        prompt = _prompt_ids(tokenizer, "seq2seq", template, row, max_length)
+        return Encoded(prompt, answer[:keep] + [eos], len(answer) > keep)
+    cut = authors_row_cut(tokenizer, row, max_length)
+    prompt = tokenizer(training_prompt(template, cut["instruction"], cut["input"])).input_ids
+    if len(prompt) > max_length:  # the whole prompt cut from the right, its special tokens kept
+        head, tail = special_ids(tokenizer)
+        text = _text_ids(tokenizer, training_prompt(template, cut["instruction"], cut["input"]))
+        prompt = head + text[: max_length - len(head) - len(tail)] + tail
+    target = _text_ids(tokenizer, cut["output"])
+    kept = target[: max_length - 1]
+    return Encoded(prompt, kept + [eos], cut["output"] != row["output"] or len(kept) < len(target))
+
+
+def encode_example(
+    tokenizer,
+    kind: str,
+    template: str,
+    row: Mapping[str, str],
+    max_length: int,
+    *,
+    train_target: str = "authors",
+    train_answer_cut: str = "authors",
+) -> Encoded:
+    """Tokenise one `instruction, input, output` row with the paper's objective for `kind`.
+
+    `train_target` and `train_answer_cut` are the `method` switches of the module docstring; the
+    authors' values are the defaults. Under `authors` an example whose prompt alone leaves no room for
+    an answer token (never at the paper's lengths: the 20-token margin holds the template) is cut as
+    under `quarter`, so that every example teaches something.
+    """
     if kind not in TRAINABLE_KINDS:
         raise ValueError(f"kind {kind!r} is not trainable; trainable kinds: {', '.join(TRAINABLE_KINDS)}")
-    answer = tokenizer(_answer_text(row["output"], kind), add_special_tokens=False).input_ids
-    answer = answer[: max(1, max_length // 4)]
-    eos = eos_id(tokenizer)
+    check_train_method(train_target, train_answer_cut)
+    row = {**row, "output": row["output"].strip()}
+    if kind == "seq2seq":
+        return _seq2seq(tokenizer, template, row, max_length, train_answer_cut)
+    if train_answer_cut == "quarter":
+        full = _join(tokenizer, kind, training_prompt(template, row["instruction"], row["input"]),
+                     row["output"], train_target)
+        joined = _quarter_cut(tokenizer, kind, template, row, max_length, train_target)
+        was_cut = joined.answer < full.answer
+    else:
+        cut = authors_row_cut(tokenizer, row, max_length)
+        prompt = training_prompt(template, cut["instruction"], cut["input"])
+        full = _join(tokenizer, kind, prompt, cut["output"], train_target)
+        end = len(_closing(tokenizer, kind))
+        joined = _cut_right(full, end, max_length)
+        if len(joined.ids) - joined.prompt - end <= 0:  # no label left
+            joined = _quarter_cut(tokenizer, kind, template, cut, max_length, train_target)
+        was_cut = cut["output"] != row["output"] or len(joined.ids) < len(full.ids)
     if kind == "causal":
-        prompt = _prompt_ids(tokenizer, kind, template, row, max_length - len(answer) - 1)
-        target = answer + [eos]
-        return Encoded(prompt + target, [IGNORE_INDEX] * len(prompt) + target)
-    if kind == "masked":
-        head, tail = special_ids(tokenizer)
-        prompt = _prompt_ids(tokenizer, kind, template, row, max_length - len(answer) - len(head) - len(tail))
-        input_ids = masked_prompt_ids(tokenizer, prompt, len(answer))
-        labels = [IGNORE_INDEX] * (len(head) + len(prompt)) + answer + [IGNORE_INDEX] * len(tail)
-        return Encoded(input_ids, labels)
-    prompt = _prompt_ids(tokenizer, kind, template, row, max_length)
-    return Encoded(prompt, answer + [eos])
+        labels = [IGNORE_INDEX] * joined.prompt + joined.ids[joined.prompt :]
+        return Encoded(joined.ids, labels, was_cut)
+    if tokenizer.mask_token_id is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no mask token; not a masked LM")
+    start, stop = joined.prompt, joined.prompt + joined.answer
+    input_ids = joined.ids[:start] + [tokenizer.mask_token_id] * joined.answer + joined.ids[stop:]
+    labels = [IGNORE_INDEX] * start + joined.ids[start:stop] + [IGNORE_INDEX] * (len(joined.ids) - stop)
+    return Encoded(input_ids, labels, was_cut)
 
 
 class EncodedDataset:
