@@ -139,6 +139,9 @@ def test_a_finished_run_does_nothing_on_rerun(uninterrupted: Path):
     assert jobs_run(result.stdout + result.stderr) == []
 
 
+# Three interrupted runs and one run to the end: the budget is their own timeouts (3 x 600 s + 900 s),
+# not pytest's default per test, which a busy machine exceeds without anything being wrong.
+@pytest.mark.timeout(2700)
 def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_scores(uninterrupted: Path):
     run = "smoke-resume"
     results = fresh(run)
