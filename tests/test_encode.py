@@ -432,14 +432,20 @@ def test_eos_ends_the_answer_and_masks_later_steps(tiny_llama):
         and rows[0]["answer"] == ""
         and rows[0]["tokens"] == [tok.decode([stop])]
     )
-    cache_like = Cache(
-        None,
-        {"first_gen_in_prompt": True, "layer_index": {"-1": 2}, "num_layers": 2},
-        [{"text": "x", "instruction": NEED}] * 3,
-        None,
-        {**ended.tensors, "gen_mask": ended.gen_mask, "prompt_len": ended.prompt_len},
-    )
-    np.testing.assert_allclose(pooling.embed(cache_like, "avg-gen")[0], ended.tensors["first_gen@-1"][0])
+    # the state at the EOS token itself is kept: the authors' stand-in when no later step counts
+    assert ended.tensors["gen@-1"].shape[1] == 2 and np.abs(ended.tensors["gen@-1"][0, 0]).sum() > 0
+
+    def cache_like(special_steps):
+        meta = {"first_gen_in_prompt": True, "layer_index": {"-1": 2}, "num_layers": 2, "kind": "causal",
+                "special_ids": [stop], "method": {"special_steps": special_steps}}
+        tensors = {**ended.tensors, "gen_mask": ended.gen_mask, "gen_ids": ended.gen_ids,
+                   "prompt_len": ended.prompt_len}
+        return Cache(None, meta, [{"text": "x", "instruction": NEED}] * 3, None, tensors)
+
+    first, at_eos = ended.tensors["first_gen@-1"][0], ended.tensors["gen@-1"][0, 0]
+    np.testing.assert_allclose(pooling.embed(cache_like("keep_eos"), "avg-gen")[0], first)
+    np.testing.assert_allclose(pooling.embed(cache_like("authors"), "avg-gen")[0], (first + at_eos) / 2, rtol=1e-6)
+    np.testing.assert_allclose(pooling.embed(cache_like("authors"), "last-gen")[0], at_eos)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,9 +489,11 @@ def test_masked_lm_one_pass_with_masks(tiny_roberta, tmp_path):
             np.testing.assert_allclose(
                 pooling.embed(cache, "1st-gen", layer)[i], h[at.start].numpy(), atol=1e-5
             )
+            # the authors' prompt modes (method.masked_prompt_modes): <s> and the prompt; every position
             np.testing.assert_allclose(
-                pooling.embed(cache, "avg-ppt", layer)[i], h[1 : 1 + len(prompt)].mean(0).numpy(), atol=1e-5
+                pooling.embed(cache, "avg-ppt", layer)[i], h[: 1 + len(prompt)].mean(0).numpy(), atol=1e-5
             )
+            np.testing.assert_allclose(pooling.embed(cache, "avg-all", layer)[i], h.mean(0).numpy(), atol=1e-5)
         assert (
             cache.answers[i]["answer"]
             == tok.decode(cache.tensors["gen_ids"][i], skip_special_tokens=True).strip()
@@ -494,6 +502,16 @@ def test_masked_lm_one_pass_with_masks(tiny_roberta, tmp_path):
         model, tok, Settings("masked", "inbedder", 3, (-1,), 1, "cpu", "float32"), prompts, False
     )
     np.testing.assert_allclose(single.tensors["gen@-1"], cache.tensors["gen@-1"], atol=1e-4)
+    # text_only: the prompt text alone; avg-all its tokens and the masks
+    text_only, _ = run_lm(model, tok, Settings("masked", "inbedder", 3, (-1,), 1, "cpu", "float32",
+                                               masked_prompt_modes="text_only"), prompts[:1], False)
+    prompt = tok(format_prompt("inbedder", prompts[0]["instruction"], prompts[0]["text"]),
+                 add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        h = model(input_ids=torch.tensor([masked_prompt_ids(tok, prompt, 3)]),
+                  output_hidden_states=True).hidden_states[-1][0]
+    np.testing.assert_allclose(text_only.tensors["prompt_mean@-1"][0], h[1 : 1 + len(prompt)].mean(0), atol=1e-5)
+    assert "all_mean@-1" not in text_only.tensors and text_only.prompt_len[0] == len(prompt)
 
 
 def test_seq2seq_encoder_for_prompt_decoder_for_answer(tiny_t5, tmp_path):
@@ -686,3 +704,46 @@ def test_rule_params_hold_the_settings_that_change_a_cache(root):
     assert re_encoder_name("minilm-l6", task, config) is None
     with pytest.raises(KeyError, match="recipe 'sft'"):
         rule_params("smollm2-135m", "sft", task, config)
+    # the method switches, and the instructions of the task the authors' filter drops
+    assert tuned["method"]["filter"] == "authors" and tuned["method"]["truncation"] == "authors"
+    assert tuned["filter_instructions"] == list(config["tasks"][task]["instructions"].values())
+    assert rule_params("smollm2-135m", "none", "NLUPPInstructedPairs", config)["filter_instructions"] == []
+    assert tuned["decoding"] == "greedy" and tuned["dtype"] == config["dtype"]
+    paper = load_config(root / "config.yaml")
+    llama = rule_params("llama-2-7b", "none", "IntentEmotion", paper)
+    assert llama["decoding"] == {"temperature": 0.6, "top_p": 0.9, "seed": 42} and llama["dtype"] == "bfloat16"
+    assert rule_params("opt-350m", "none", "IntentEmotion", paper)["dtype"] == "float32"
+
+
+# ----------------------------------------------------------------------------------------------
+# sampled decoding (config models.<m>.decoding)
+
+
+def test_top_p_draws_only_from_the_nucleus():
+    from inbedder.decoding import _next_tokens
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    drawn = _next_tokens(logits, 1.0, torch.Generator().manual_seed(0), top_p=0.7)
+    counts = torch.bincount(drawn, minlength=4).tolist()
+    assert counts[2] == counts[3] == 0 and counts[0] > counts[1] > 1000  # 0.5 / 0.3 renormalised
+    full = torch.bincount(_next_tokens(logits, 1.0, torch.Generator().manual_seed(0)), minlength=4).tolist()
+    assert full[2] > 0 and full[3] > 0
+
+
+def test_sampled_decoding_is_seeded_and_part_of_the_cache_key(tiny_llama, tmp_path):
+    prompts = banking_prompts(6)
+
+    def run(name, decoding):
+        return encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path / name, max_new_tokens=4,
+                              batch_size=4, device="cpu", dtype="float32", decoding=decoding, progress=False)
+
+    sampled = {"temperature": 0.6, "top_p": 0.9, "seed": 1}
+    a, b = run("a", sampled), run("b", sampled)
+    c, greedy = run("c", {**sampled, "seed": 2}), run("greedy", "greedy")
+    ids = {n: load_cache(tmp_path / n).tensors["gen_ids"].tolist() for n in ("a", "b", "c", "greedy")}
+    assert ids["a"] == ids["b"] and ids["a"] != ids["c"] and ids["a"] != ids["greedy"]
+    assert a["cache_key"] == b["cache_key"] != c["cache_key"] != greedy["cache_key"]
+    assert a["generation"]["decoding"] == {"temperature": 0.6, "top_p": 0.9, "seed": 1}
+    assert greedy["generation"]["decoding"] == "greedy"
+    with pytest.raises(ValueError, match="decoding: expected 'greedy'"):
+        run("bad", {"top_p": 0.9})

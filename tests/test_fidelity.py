@@ -270,3 +270,68 @@ def test_method_settings_fill_the_authors_values_and_name_a_bad_key():
         s.key.startswith(fidelity.METHOD_PREFIX) and s.configurable for s in SWITCHES) == 7
     with pytest.raises(ValueError, match=r"method: unknown key\(s\) \['reranking_map'\]"):
         fidelity.method_settings({"method": {"reranking_map": "v1"}})
+
+
+# ----------------------------------------------------------------------------------------------
+# our encode cache against the reference, on >= 64 real prompts
+
+
+INSTRUCTIONS = ("What does the customer need?", "How does the customer feel?")
+CHAT = "<|im_start|>user\n{say}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _agreement_prompts(mirror) -> list[dict[str, str]]:
+    """56 banking77 queries under two instructions (QA template), and chat turns that end early."""
+    import pandas as pd
+
+    texts = pd.read_csv(mirror / "banking77" / "test.csv")["text"].iloc[::50].head(28).tolist()
+    rows = [{"text": QA.format(input=t, instruction=q), "instruction": q} for t in texts for q in INSTRUCTIONS]
+    shots = "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\nHi<|im_end|>\n"
+    for say in ("Say yes", "Say no", "Say ok", "Say hello", "Say thanks", "Say bye"):
+        rows.append({"text": shots + CHAT.format(say=say), "instruction": INSTRUCTIONS[0]})
+    rows += [{"text": f"Q: What is {a}+{a}?\nA: {2 * a}<|im_end|>\nQ: What is {a + 1}+{a + 1}?\nA:",
+              "instruction": INSTRUCTIONS[1]} for a in (2, 3)]
+    return rows
+
+
+@pytest.mark.slow
+def test_our_cache_equals_the_authors_aggregation_on_smollm2(lm, smollm2, mirror, tmp_path):
+    """Every mode, unfiltered and with the authors' filter, within cosine 0.9999 of tests/authors_reference.py."""
+    from inbedder import pooling
+    from inbedder.cache import load_cache
+    from inbedder.encode import encode_prompts
+
+    model, tok = lm
+    prompts = _agreement_prompts(mirror)
+    assert len(prompts) >= 64
+    encode_prompts(smollm2, "causal", prompts, "{input}", tmp_path, max_new_tokens=MAX_NEW, batch_size=8,
+                   device="cpu", dtype="float32", filter_instructions=INSTRUCTIONS, progress=False,
+                   method={"special_steps": "authors", "filter": "authors", "truncation": "authors"},
+                   loaded=(model, tok))
+    cache = load_cache(tmp_path)
+    texts = [p["text"] for p in prompts]
+    plain = authors_causal(model, tok, texts, max_new_tokens=MAX_NEW, batch_size=1)
+    filtered = authors_causal(model, tok, texts, max_new_tokens=MAX_NEW, batch_size=1,
+                              filter_words=authors_filter_words(INSTRUCTIONS))
+    assert set(cache.meta["filter"]["authors_ids"]) == filter_token_ids(tok, authors_filter_words(INSTRUCTIONS))
+    special = set(tok.all_special_ids)
+    kinds = set()
+    for i, row in enumerate(cache.answers):
+        ref_ids = plain.gen_ids[i]
+        ours = row["token_ids"]
+        assert ours == ref_ids[: len(ours)], (i, row["answer"], plain.answers[i])
+        assert all(t in special for t in ref_ids[len(ours):])  # the reference pads after EOS
+        answer = [t for t in ours if t not in special]
+        kinds.add("hit max_new_tokens" if len(answer) == MAX_NEW else
+                  "1 token, then EOS" if len(answer) == 1 else ">= 2 tokens, then EOS")
+        assert row["answer_filtered"] == filtered.answers_filtered[i].strip()
+    assert kinds == {"hit max_new_tokens", "1 token, then EOS", ">= 2 tokens, then EOS"}, kinds
+    worst = {}
+    for mode in MODES:
+        for ours_mode, ref in ((mode, plain), (f"{mode}+filter", filtered)):
+            if ours_mode.endswith("+filter") and mode in ("1st-gen", "avg-ppt"):
+                continue
+            vectors = pooling.embed(cache, ours_mode)
+            worst[ours_mode] = min(_cos(vectors[i], ref.vectors[mode][i]) for i in range(len(prompts)))
+    assert min(worst.values()) >= 0.9999, worst
+    assert any(filtered.fell_back) and any(plain.fell_back)  # the stand-in step was exercised

@@ -24,8 +24,12 @@ TOKENS = [
 FILLERS = ["Based", " on", "Sure", "!"]
 
 
-def make_cache(tmp_path, layers=(-1, 2), first_gen_in_prompt=True) -> Cache:
-    """A causal cache of a 4-layer model with random states: three prompts, three steps, two layers."""
+def make_cache(tmp_path, layers=(-1, 2), first_gen_in_prompt=True, special_steps="keep_eos", filter="words",
+               kind="causal", authors_ids=(6, 10, 11)) -> Cache:
+    """A cache of a 4-layer model with random states: three prompts, three steps, two layers.
+
+    Token id 2 is the EOS (the only special id); `authors_ids` are the ids the authors' filter drops.
+    """
     rng = np.random.default_rng(0)
     n, steps = len(PROMPTS), 3
     tensors: dict[str, np.ndarray] = {}
@@ -51,13 +55,15 @@ def make_cache(tmp_path, layers=(-1, 2), first_gen_in_prompt=True) -> Cache:
         for i in range(n)
     ]
     settings = Settings(
-        kind="causal",
+        kind=kind,
         template="inbedder",
         max_new_tokens=steps,
         layers=tuple(layers),
         batch_size=2,
         device="cpu",
         dtype="float32",
+        special_steps=special_steps,
+        filter=filter,
     )
     fields = key_fields(settings, "f" * 64, PROMPTS)
     meta = {
@@ -66,7 +72,9 @@ def make_cache(tmp_path, layers=(-1, 2), first_gen_in_prompt=True) -> Cache:
         "num_layers": 4,
         "layer_index": {str(x): (x + 5 if x < 0 else x) for x in layers},
         "first_gen_in_prompt": first_gen_in_prompt,
-        "filter": {"filler_tokens": FILLERS},
+        "eos_ids": [2],
+        "special_ids": [2],
+        "filter": {"authors_ids": list(authors_ids), "words": {"filler_tokens": FILLERS}},
     }
     write_cache(tmp_path, meta, PROMPTS, answers, tensors)
     return load_cache(tmp_path)
@@ -188,8 +196,14 @@ def test_cache_round_trip_lookup_and_modes(tmp_path):
         "avg-ppt",
         "avg-all",
         "avg-gen+filter",
+        "avg-gen+filter=authors",
+        "avg-gen+filter=words",
         "last-gen+filter",
+        "last-gen+filter=authors",
+        "last-gen+filter=words",
         "avg-all+filter",
+        "avg-all+filter=authors",
+        "avg-all+filter=words",
         "re-encode",
     ]
     for mode in modes:
@@ -207,3 +221,64 @@ def test_load_cache_refuses_an_edited_cache(tmp_path):
     path.write_text(path.read_text().replace("Refund", "Refunf"))
     with pytest.raises(CacheError, match="answers.jsonl: sha256 differs"):
         load_cache(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# the authors' rules (config method.special_steps / method.filter: authors)
+
+
+def test_authors_special_steps_drop_the_eos_step_and_stand_in_with_step_1(tmp_path):
+    cache = make_cache(tmp_path, special_steps="authors")
+    t = cache.tensors
+    avg, last, every = (pooling.embed(cache, m) for m in ("avg-gen", "last-gen", "avg-all"))
+    # prompt 0 predicts 5 6 7: nothing special, every step counts
+    np.testing.assert_allclose(avg[0], steps_of(cache, 0).mean(0), rtol=1e-6)
+    # prompt 1: step 1 predicts EOS (id 2) and step 2 never ran, so no step past 0 is left and the
+    # state at the first generated token (step 1) stands in
+    s1 = steps_of(cache, 1)
+    np.testing.assert_allclose(avg[1], s1[:2].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(last[1], s1[1], rtol=1e-6)
+    n_ppt = t["prompt_len"][1] - 1
+    np.testing.assert_allclose(every[1], (t["prompt_mean@-1"][1] * n_ppt + s1[:2].sum(0)) / (n_ppt + 2), rtol=1e-5)
+    np.testing.assert_array_equal(pooling.embed(cache, "1st-gen"), t["first_gen@-1"])
+
+
+def test_authors_filter_drops_ids_never_step_0_and_both_filters_score_from_one_cache(tmp_path):
+    cache = make_cache(tmp_path, special_steps="authors", filter="authors", authors_ids=(6, 10, 11))
+    avg = pooling.embed(cache, "avg-gen+filter")
+    np.testing.assert_array_equal(avg, pooling.embed(cache, "avg-gen+filter=authors"))
+    s0, s2 = steps_of(cache, 0), steps_of(cache, 2)
+    # prompt 0: step 1 predicts id 6 (dropped); steps 0 and 2 stay
+    np.testing.assert_allclose(avg[0], s0[[0, 2]].mean(0), rtol=1e-6)
+    # prompt 2: steps 1 and 2 predict 10 and 11 (dropped): step 0 plus the stand-in step 1
+    np.testing.assert_allclose(avg[2], s2[[0, 1]].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(pooling.embed(cache, "last-gen+filter")[0], s0[2], rtol=1e-6)
+    # the words filter of the same cache: prompt 2's tokens are all stopwords/instruction -> step 0 alone
+    words = pooling.embed(cache, "avg-gen+filter=words")
+    np.testing.assert_allclose(words[2], s2[0], rtol=1e-6)
+    assert not np.allclose(words[2], avg[2])
+    with pytest.raises(KeyError, match="unknown mode"):
+        pooling.embed(cache, "avg-gen+filter=nltk")
+
+
+def test_seq2seq_under_the_authors_rule_any_step_can_go_and_1st_gen_is_the_first_left(tmp_path):
+    cache = make_cache(tmp_path, special_steps="authors", filter="authors", kind="seq2seq",
+                       first_gen_in_prompt=False, authors_ids=(5, 8, 9, 10, 11))
+    s0, s1 = steps_of(cache, 0), steps_of(cache, 1)
+    # unfiltered: prompt 1 keeps step 0 (predicts 8), drops step 1 (EOS)
+    np.testing.assert_allclose(pooling.embed(cache, "avg-gen")[1], s1[0], rtol=1e-6)
+    # filtered: prompt 0 loses step 0 (predicts 5), keeps 1 and 2, so its 1st-gen-like first step is 1
+    np.testing.assert_allclose(pooling.embed(cache, "avg-gen+filter")[0], s0[1:].mean(0), rtol=1e-6)
+    # filtered: prompt 1 loses everything -> the decoder start (step 0) stands in
+    np.testing.assert_allclose(pooling.embed(cache, "avg-gen+filter")[1], s1[0], rtol=1e-6)
+
+
+def test_a_one_token_answer_cache_still_has_the_stand_in_step(tmp_path):
+    """max_new_tokens 1: gen_mask has one step, the state at the first generated token a second."""
+    cache = make_cache(tmp_path, special_steps="authors")
+    one = Cache(cache.path, cache.meta, cache.prompts, cache.answers,
+                {**cache.tensors, "gen_mask": cache.tensors["gen_mask"][:, :1],
+                 "gen_ids": cache.tensors["gen_ids"][:, :1],
+                 "gen@-1": cache.tensors["gen@-1"][:, :1]})
+    np.testing.assert_allclose(pooling.embed(one, "avg-gen")[0], steps_of(cache, 0)[:2].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(pooling.embed(one, "last-gen")[0], steps_of(cache, 0)[1], rtol=1e-6)

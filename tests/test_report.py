@@ -741,8 +741,13 @@ def test_method_rows_of_the_paper_profile():
     assert (masked.value, masked.authors, masked.agrees) == ("greedy", "none (the masks are filled in one pass)", True)
     dec = by_key["models.opt-350m.decoding"]
     assert (dec.value, dec.authors, dec.agrees, dec.model) == ("greedy", "greedy (OPT, T5 runs)", True, "opt-350m")
-    # dtype auto on device auto: the config alone cannot tell
+    # the paper profile sets the authors' precision per model
     dt = by_key["models.roberta-large.dtype"]
+    assert dt.value == "float32" and dt.agrees is True and dt.marker == "\u2713"
+    # a model without one, on device auto with dtype auto: the config alone cannot tell
+    config = paper_config()
+    del config["models"]["roberta-large"]["dtype"]
+    dt = {r.key: r for r in fidelity.method_rows(config)}["models.roberta-large.dtype"]
     assert dt.value == "auto (bfloat16 on CUDA, float32 on CPU)" and dt.agrees is None and dt.marker == "?"
     assert "models.e5-large-v2.dtype" not in by_key  # sentence encoders have no such switch
 
@@ -756,6 +761,7 @@ def test_method_rows_read_per_model_keys_and_refuse_bad_values():
     config["select"]["models"] = ["llama-2-7b", "opt-350m"]
     config["models"]["opt-350m"]["dtype"] = "bfloat16"
     config["models"]["llama-2-7b"]["decoding"] = "greedy"
+    del config["models"]["llama-2-7b"]["dtype"]
     config["recipes"]["alpaca"]["epochs"] = 3
     by_key = {r.key: r for r in fidelity.method_rows(config)}
     assert by_key["method.truncation"].agrees is False
@@ -910,3 +916,15 @@ def test_render_method_fidelity_and_filter_ablation(tmp_path):
     assert "not comparable: re-encoder differs (paper: komninos, this run: minilm-l6)" in html
     assert "not comparable: re-encoder differs (paper: e5-large-v2, this run: minilm-l6)" in html
     assert "this run re-encodes with minilm-l6, so its re-encode bars are not comparable with theirs." in html
+
+
+def test_method_rows_read_the_sampling_settings_of_the_paper_profile():
+    from inbedder import fidelity
+
+    config = paper_config()
+    config["select"]["models"] = ["llama-2-7b"]
+    row = {r.key: r for r in fidelity.method_rows(config)}["models.llama-2-7b.decoding"]
+    assert (row.value, row.agrees) == ("sampled (temperature 0.6, top_p 0.9, seed 42)", True)
+    config["models"]["llama-2-7b"]["decoding"] = {"temperature": 0.8}
+    row = {r.key: r for r in fidelity.method_rows(config)}["models.llama-2-7b.decoding"]
+    assert (row.value, row.agrees) == ("sampled (temperature 0.8, top_p 1)", False)

@@ -11,15 +11,23 @@ file atomically and `meta.json` last (the completion marker):
   e.g. `first_gen@-1`):
     `first_gen@L [N,H]`   state at the last prompt token: it predicts the first answer token;
     `prompt_mean@L [N,H]` mean over the prompt tokens except the last (masked LMs: the prompt text
-                          tokens, no special tokens; seq2seq: every encoder token);
-    `gen@L [N,T-1,H]`     states AT generated tokens 1..T-1, each predicting the next token; with
-                          `first_gen` they are the T generation steps (masked LMs: the T mask states);
+                          tokens, after `<s>` too under `method.masked_prompt_modes: authors`;
+                          seq2seq: every encoder token);
+    `all_mean@L [N,H]`    masked LMs under `method.masked_prompt_modes: authors`: mean over every
+                          position (`<s>`, prompt, masks, `</s>`);
+    `gen@L [N,G,H]`       states AT generated tokens 1..G, each predicting the next token; with
+                          `first_gen` they are the generation steps (masked LMs: the T mask states);
+                          causal LMs: G = max(T-1, 1), the state at the first generated token is
+                          always there (the authors' stand-in step);
   and `gen_ids [N,T]` (token predicted by each step, -1 where no step ran), `gen_mask [N,T]` (steps
-  up to and including the first EOS), `prompt_len [N]` (prompt tokens; masked LMs: text tokens only);
+  up to and including the first EOS), `prompt_len [N]` (the prompt tokens `prompt_mean` averages,
+  plus the last one for causal LMs);
   sentence encoders: `plain [N,H]` (the text) and `prefixed [N,H]` ("{instruction}: {text}");
   with a re-encoder: `re-encode [N,H]`, `re-encode+filter [N,H]` (and `re-encode-multi [N,H]`);
-- `meta.json`: the model fingerprint, template, generation and compute settings, layers, the prompt
-  list's sha256, and `cache_key` = sha256 of all of these; plus the size and sha256 of every file.
+- `meta.json`: the model fingerprint, template, generation and compute settings, layers, the config
+  `method` switches (with the task's filter instructions), the prompt list's sha256, and `cache_key`
+  = sha256 of all of these; plus the size and sha256 of every file, the special token ids and the
+  ids the authors' filter drops (`filter.authors_ids`).
 
 A cache is reused only when `validate_cache` finds `meta.json` with the expected key and every file
 intact; a changed prompt set or setting is a new key, a truncated or corrupt file is recomputed.
@@ -49,14 +57,16 @@ from inbedder.vocabulary import GENERATIVE_KINDS, MODEL_KINDS
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 PROMPTS, ANSWERS, HIDDEN, META = "prompts.jsonl", "answers.jsonl", "hidden.safetensors", "meta.json"
 # re-encode-multi: answers sampled per prompt and their temperature (part of the key)
 MULTI_SAMPLES, MULTI_TEMPERATURE = 10, 0.8
 
 # the meta.json fields the cache key hashes (key_fields)
-_KEY_NAMES = ("format", "kind", "model_fingerprint", "template", "template_text", "generation", "layers",
-              "compute", "re_encoder", "prompts")
+KEY_NAMES = ("format", "kind", "model_fingerprint", "template", "template_text", "generation", "layers",
+              "compute", "method", "re_encoder", "prompts")
+# nucleus of the re-encode-multi draws under method.re_encode_multi_sampling: authors
+MULTI_TOP_P = 0.9
 
 
 class CacheError(ValueError):
@@ -78,8 +88,22 @@ class Settings:
     re_encode: bool = False
     re_encode_multi: bool = False
     seed: int = 0
+    # config `method` (inbedder.fidelity): the authors' value first
+    truncation: str = "authors"
+    special_steps: str = "authors"
+    filter: str = "authors"
+    masked_prompt_modes: str = "authors"
+    re_encode_multi_sampling: str = "authors"
+    filter_instructions: tuple[str, ...] = ()
+    # config `models.<m>.decoding`: greedy when temperature is None
+    temperature: float | None = None
+    top_p: float | None = None
+    sample_seed: int = 42
 
     def __post_init__(self) -> None:
+        from inbedder.fidelity import method_settings
+
+        method_settings({"method": self.method()})  # a ValueError naming the key of a wrong value
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"kind {self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
         if self.kind in GENERATIVE_KINDS and self.max_new_tokens < 1:
@@ -90,6 +114,19 @@ class Settings:
             raise ValueError("layers: at least one layer is needed (-1 = last)")
         if self.re_encode_multi and self.kind != "causal" and self.kind != "seq2seq":
             raise ValueError(f"re-encode-multi samples answers; a {self.kind} model cannot (causal or seq2seq only)")
+
+
+    def decoding(self) -> str | dict[str, float | int | None]:
+        """"greedy", or the sampling settings (config `models.<m>.decoding`)."""
+        if self.temperature is None or self.kind == "masked":
+            return "greedy"
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.sample_seed}
+
+    def method(self) -> dict[str, str]:
+        """The `method` switches that change this cache."""
+        return {"truncation": self.truncation, "special_steps": self.special_steps, "filter": self.filter,
+                "masked_prompt_modes": self.masked_prompt_modes,
+                "re_encode_multi_sampling": self.re_encode_multi_sampling}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,12 +172,15 @@ def key_fields(settings: Settings, model_fp: str, prompts: Sequence[Mapping[str,
         "model_fingerprint": model_fp,
         "template": settings.template if generative else "instructor",
         "template_text": TEMPLATES.get(settings.template, settings.template) if generative else TEMPLATES["instructor"],
-        "generation": {"decoding": "greedy", "max_new_tokens": settings.max_new_tokens,
+        "generation": {"decoding": settings.decoding(), "max_new_tokens": settings.max_new_tokens,
                        "max_length": settings.max_length} if generative else None,
         "layers": [int(x) for x in settings.layers] if generative else None,
         "compute": {"device": settings.device, "dtype": settings.dtype, "batch_size": settings.batch_size},
+        "method": {**settings.method(), "filter_instructions": list(settings.filter_instructions)}
+        if generative else None,
         "re_encoder": ({"fingerprint": re_encoder_fp,
-                        "multi": {"samples": MULTI_SAMPLES, "temperature": MULTI_TEMPERATURE, "seed": settings.seed}
+                        "multi": {"samples": MULTI_SAMPLES, "temperature": MULTI_TEMPERATURE, "seed": settings.seed,
+                                  "top_p": MULTI_TOP_P if settings.re_encode_multi_sampling == "authors" else None}
                         if settings.re_encode_multi else None}
                        if settings.re_encode and generative else None),
         "prompts": {"n": len(prompts), "sha256": prompts_sha256(prompts)},
@@ -190,7 +230,7 @@ def validate_cache(out_dir: str | os.PathLike, expected_key: str | None = None) 
         return f"{meta_path}: stale (cache_key {str(meta.get('cache_key'))[:12]} != expected {expected_key[:12]})"
     if meta.get("format") != CACHE_FORMAT:
         return f"{meta_path}: format {meta.get('format')!r}, this code reads format {CACHE_FORMAT}"
-    if meta.get("cache_key") != cache_key({k: meta.get(k) for k in _KEY_NAMES}):
+    if meta.get("cache_key") != cache_key({k: meta.get(k) for k in KEY_NAMES}):
         return f"{meta_path}: cache_key does not match its own fields (edited or corrupt)"
     files = meta.get("files") or {}
     for name in (PROMPTS, HIDDEN):

@@ -123,12 +123,18 @@ def _record_step(nxt, done, pad_id, eos_t, batch_ids, batch_mask):
     return token, done | torch.isin(token, eos_t)
 
 
-def _next_tokens(logits, temperature: float | None, generator):
+def _next_tokens(logits, temperature: float | None, generator, top_p: float | None = None):
+    """Greedy without a temperature; else a draw at `temperature`, from the nucleus `top_p` when given."""
     import torch
 
     if not temperature:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        ordered, order = probs.sort(dim=-1, descending=True)
+        before = ordered.cumsum(-1) - ordered  # mass of the tokens ranked above each one
+        ordered = torch.where(before < top_p, ordered, 0.0)  # the top token always stays
+        probs = torch.zeros_like(probs).scatter(-1, order, ordered)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -145,9 +151,14 @@ def _left_pad(batch_ids: Sequence[Sequence[int]], pad_id: int, device):
 
 
 def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int, layers: Sequence[int],
-               batch_size: int, eos: set[int], pad_id: int, temperature: float | None = None,
+               batch_size: int, eos: set[int], pad_id: int, temperature: float | None = None, top_p: float | None = None,
                generator=None, keep_states: bool = True, progress: Callable[[int], None] | None = None) -> StepStates:
-    """Greedy (or sampled) decoding with the KV cache, keeping only the configured layers' states."""
+    """Greedy (or sampled) decoding with the KV cache, keeping only the configured layers' states.
+
+    The state at the first generated token (`gen[:, 0]`) is always computed when states are kept, even
+    when every answer of a batch ends at its first token or `max_new_tokens` is 1: the authors' rule
+    falls back to it when no later step is kept (`inbedder.pooling`).
+    """
     import torch
 
     n_layers = model.config.get_text_config().num_hidden_layers
@@ -157,6 +168,7 @@ def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int
     head = model.get_output_embeddings()
     device = next(model.parameters()).device
     n, steps = len(token_ids), max_new_tokens
+    passes = max(steps, 2) if keep_states else steps  # forward passes after the prompt's, plus one
     store = _Store(n)
     gen_ids = np.full((n, steps), -1, dtype=np.int64)
     gen_mask = np.zeros((n, steps), dtype=bool)
@@ -177,12 +189,12 @@ def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int
                     body = torch.where(real, h[:, :-1].float(), 0.0).sum(1) / count.clamp(min=1)
                     # a one-token prompt has no "prompt except the last": its mean is that token's state
                     store.put(f"prompt_mean@{layer}", rows, torch.where(count > 0, body, h[:, -1].float()))
-            token = _next_tokens(_softcap(model, head(last)), temperature, generator)
+            token = _next_tokens(_softcap(model, head(last)), temperature, generator, top_p)
             done = torch.isin(token, eos_t)
             batch_ids, batch_mask = [token], [torch.ones_like(done)]
             cache = out.past_key_values
-            for t in range(1, steps):
-                if bool(done.all()):
+            for t in range(1, passes):
+                if t > 1 and bool(done.all()):
                     break
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 position = position[:, -1:] + 1
@@ -194,22 +206,17 @@ def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int
                     for layer, h in _pick(out, indices, n_layers).items():
                         name = f"gen@{layer}"
                         if name not in store.arrays:
-                            store.arrays[name] = np.zeros((n, steps - 1, h.shape[-1]), dtype=np.float32)
+                            store.arrays[name] = np.zeros((n, passes - 1, h.shape[-1]), dtype=np.float32)
                         store.arrays[name][rows, t - 1] = h[:, 0].float().cpu().numpy()
-                nxt = _next_tokens(_softcap(model, head(out.last_hidden_state[:, -1])), temperature, generator)
+                if t >= steps:  # the extra pass only computes the state at the first generated token
+                    break
+                nxt = _next_tokens(_softcap(model, head(out.last_hidden_state[:, -1])), temperature, generator,
+                                   top_p)
                 token, done = _record_step(nxt, done, pad_id, eos_t, batch_ids, batch_mask)
             gen_ids[rows, : len(batch_ids)] = torch.stack(batch_ids, 1).cpu().numpy()
             gen_mask[rows, : len(batch_mask)] = torch.stack(batch_mask, 1).cpu().numpy()
             if progress:
                 progress(len(rows))
-    if keep_states and steps > 1:
-        for layer in indices:
-            if f"gen@{layer}" not in store.arrays:  # every answer ended at its first token
-                h = store.arrays[f"first_gen@{layer}"].shape[-1]
-                store.arrays[f"gen@{layer}"] = np.zeros((n, steps - 1, h), dtype=np.float32)
-    if keep_states and steps == 1:
-        for layer in indices:
-            store.arrays[f"gen@{layer}"] = np.zeros((n, 0, store.arrays[f"first_gen@{layer}"].shape[-1]), np.float32)
     return StepStates(store.arrays, gen_ids, gen_mask, np.array([len(x) for x in token_ids], dtype=np.int64),
                       {str(k): v for k, v in indices.items()}, n_layers, True)
 
@@ -224,8 +231,15 @@ def _mlm_head(model):
 
 
 def run_masked(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, n_masks: int, layers: Sequence[int],
-               batch_size: int, progress: Callable[[int], None] | None = None) -> StepStates:
-    """One forward pass with `n_masks` masks after each prompt: the answer is the argmax at each mask."""
+               batch_size: int, progress: Callable[[int], None] | None = None,
+               specials_in_prompt_modes: bool = True) -> StepStates:
+    """One forward pass with `n_masks` masks after each prompt: the answer is the argmax at each mask.
+
+    With `specials_in_prompt_modes` (config `method.masked_prompt_modes: authors`) `prompt_mean` also
+    averages the leading special token (`<s>`) and `all_mean` holds the mean over every position
+    (`<s>`, prompt, masks, `</s>`): the authors' avg-ppt and avg-all. `prompt_len` counts the
+    positions `prompt_mean` averages.
+    """
     import torch
 
     from inbedder.models import masked_prompt_ids, pad_right, special_ids
@@ -246,7 +260,8 @@ def run_masked(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, n_masks
             start = len(head_ids)
             lens = torch.tensor([len(prompt_ids[r]) for r in rows], device=device)
             where = torch.arange(ids.shape[1], device=device)[None]
-            prompt_pos = (where >= start) & (where < start + lens[:, None])
+            first = 0 if specials_in_prompt_modes else start
+            prompt_pos = (where >= first) & (where < start + lens[:, None])
             mask_pos = start + lens[:, None] + torch.arange(n_masks, device=device)[None]  # [B, n]
             if head is None:
                 out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
@@ -265,16 +280,22 @@ def run_masked(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, n_masks
                 count = prompt_pos.sum(1, keepdim=True).clamp(min=1).float()
                 store.put(f"prompt_mean@{layer}", rows,
                           torch.where(prompt_pos[..., None], h.float(), 0.0).sum(1) / count)
+                if specials_in_prompt_modes:
+                    real = mask.bool()[..., None]
+                    store.put(f"all_mean@{layer}", rows,
+                              torch.where(real, h.float(), 0.0).sum(1) / real.sum(1).clamp(min=1).float())
             if progress:
                 progress(len(rows))
+    extra = len(head_ids) if specials_in_prompt_modes else 0
     return StepStates(store.arrays, gen_ids, np.ones((n, n_masks), dtype=bool),
-                      np.array([len(x) for x in prompt_ids], dtype=np.int64),
+                      np.array([len(x) + extra for x in prompt_ids], dtype=np.int64),
                       {str(k): v for k, v in indices.items()}, n_layers, False)
 
 
 def run_seq2seq(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int, layers: Sequence[int],
                 batch_size: int, eos: set[int], pad_id: int, temperature: float | None = None, generator=None,
-                keep_states: bool = True, progress: Callable[[int], None] | None = None) -> StepStates:
+                keep_states: bool = True, progress: Callable[[int], None] | None = None,
+                top_p: float | None = None) -> StepStates:
     """Encoder states for the prompt modes, decoder states (greedy decoding, KV cache) for the answer modes."""
     import torch
 
@@ -322,7 +343,7 @@ def run_seq2seq(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: in
                             if name not in store.arrays:
                                 store.arrays[name] = np.zeros((n, steps - 1, h.shape[-1]), dtype=np.float32)
                             store.arrays[name][rows, t - 1] = h.float().cpu().numpy()
-                nxt = _next_tokens(_softcap(model, out.logits[:, -1]), temperature, generator)
+                nxt = _next_tokens(_softcap(model, out.logits[:, -1]), temperature, generator, top_p)
                 token, done = _record_step(nxt, done, pad_id, eos_t, batch_ids, batch_mask)
             gen_ids[rows, : len(batch_ids)] = torch.stack(batch_ids, 1).cpu().numpy()
             gen_mask[rows, : len(batch_mask)] = torch.stack(batch_mask, 1).cpu().numpy()

@@ -23,6 +23,7 @@ from inbedder.cache import (
     META,
     MULTI_SAMPLES,
     MULTI_TEMPERATURE,
+    MULTI_TOP_P,
     Settings,
     cache_key,
     check_cache,
@@ -37,6 +38,7 @@ from inbedder.decoding import StepStates, eos_ids, run_causal, run_masked, run_s
 from inbedder.text import (
     STOPWORD_LIST_NAME,
     TEMPLATES,
+    authors_filter_ids,
     decode_tokens,
     filler_tokens,
     format_prompt,
@@ -88,9 +90,14 @@ def _resolve(device: str, dtype: str) -> tuple[str, str]:
 
 
 def answer_rows(tokenizer, prompts: Sequence[Mapping[str, str]], states: StepStates, eos: set[int],
-                fillers: Sequence[str]) -> list[dict[str, Any]]:
-    """answers.jsonl rows: the greedy answer, its token ids, decoded tokens and the filtered answer."""
+                fillers: Sequence[str], filter_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """answers.jsonl rows: the answer, its token ids, decoded tokens and the filtered answer.
+
+    The filtered answer (what `re-encode+filter` embeds) leaves out the ids of `filter_ids` (config
+    `method.filter: authors`) or, without them, the tokens the `words` filter drops.
+    """
     instr_cache: dict[str, list[str]] = {}
+    drop = None if filter_ids is None else {int(t) for t in filter_ids}
     rows = []
     for i, prompt in enumerate(prompts):
         valid = [int(t) for t, m in zip(states.gen_ids[i], states.gen_mask[i], strict=True) if m]
@@ -101,7 +108,10 @@ def answer_rows(tokenizer, prompts: Sequence[Mapping[str, str]], states: StepSta
             answer_ids.append(t)
         tokens = decode_tokens(tokenizer, valid)
         instr = instr_cache.setdefault(prompt["instruction"], instruction_tokens(tokenizer, prompt["instruction"]))
-        keep = keep_steps(tokens, [True] * len(tokens), instr, fillers, fallback=False)
+        if drop is None:
+            keep = keep_steps(tokens, [True] * len(tokens), instr, fillers, fallback=False)
+        else:
+            keep = [t not in drop for t in valid]
         kept = [t for t, k in zip(valid, keep, strict=True) if k and t not in eos]
         rows.append({
             "id": i,
@@ -130,19 +140,34 @@ def encode_prompts(
     re_encode_multi: bool = False,
     max_length: int = 512,
     seed: int = 0,
+    method: Mapping[str, str] | None = None,
+    filter_instructions: Sequence[str] = (),
+    decoding: str | Mapping[str, Any] = "greedy",
     progress: bool = True,
     loaded: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the encode cache of `prompts` into `out_dir` (reused when valid); return its meta."""
+    """Write the encode cache of `prompts` into `out_dir` (reused when valid); return its meta.
+
+    `method` holds config `method` keys (the authors' value for any left out); `filter_instructions`
+    are the task's instructions the authors' filter drops the tokens of; `decoding` is "greedy" or
+    config `models.<m>.decoding` (temperature, top_p, seed).
+    """
+    from inbedder.fidelity import method_settings
+
     out = Path(out_dir)
     prompts = distinct_prompts(prompts)
     if not prompts:
         raise ValueError(f"{out}: no prompts to encode")
     device, dtype = _resolve(device, dtype)
+    switches = method_settings({"method": dict(method or {})})
     settings = Settings(kind=kind, template=template, max_new_tokens=int(max_new_tokens if kind != SENTENCE_ENCODER
                         else 0), layers=tuple(int(x) for x in layers), batch_size=int(batch_size), device=device,
                         dtype=dtype, max_length=int(max_length), re_encode=re_encoder_dir is not None,
-                        re_encode_multi=bool(re_encode_multi), seed=int(seed))
+                        re_encode_multi=bool(re_encode_multi), seed=int(seed),
+                        **{k: switches[k] for k in ("truncation", "special_steps", "filter", "masked_prompt_modes",
+                                                    "re_encode_multi_sampling")},
+                        filter_instructions=tuple(dict.fromkeys(str(x) for x in filter_instructions)),
+                        **_sampling(decoding))
     if kind in GENERATIVE_KINDS and template not in TEMPLATES and "{input}" not in template:
         raise ValueError(f"template {template!r} is neither a known name ({sorted(TEMPLATES)}) nor has {{input}}")
     re_fp = model_fingerprint(re_encoder_dir) if settings.re_encode and kind in GENERATIVE_KINDS else None
@@ -184,6 +209,18 @@ def encode_prompts(
     return write_cache(out, meta, prompts, answers, tensors)
 
 
+def _sampling(decoding: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Settings fields of config `models.<m>.decoding`."""
+    if decoding == "greedy" or decoding is None:
+        return {}
+    if not isinstance(decoding, Mapping) or "temperature" not in decoding:
+        raise ValueError(f"decoding: expected 'greedy' or {{temperature, top_p, seed}}, got {decoding!r}")
+    top_p = decoding.get("top_p")
+    return {"temperature": float(decoding["temperature"]),
+            "top_p": None if top_p is None or float(top_p) >= 1.0 else float(top_p),
+            "sample_seed": int(decoding.get("seed", 42))}
+
+
 def _versions() -> dict[str, str]:
     import torch
     import transformers
@@ -211,12 +248,13 @@ def load_model(model_dir: str | os.PathLike, kind: str, device: str, dtype: str,
 def _tokenize(tokenizer, settings: Settings, prompts: Sequence[Mapping[str, str]]) -> list[list[int]]:
     from inbedder.models import special_ids
 
+    cut = {"truncation": settings.truncation, "side": "right" if settings.kind == "seq2seq" else "left"}
     if settings.kind == "masked":
         head, tail = special_ids(tokenizer)
         budget = settings.max_length - settings.max_new_tokens - len(head) - len(tail)
         return [prompt_token_ids(tokenizer, settings.template, p["text"], p["instruction"], budget,
-                                 add_special_tokens=False) for p in prompts]
-    return [prompt_token_ids(tokenizer, settings.template, p["text"], p["instruction"], settings.max_length)
+                                 add_special_tokens=False, **cut) for p in prompts]
+    return [prompt_token_ids(tokenizer, settings.template, p["text"], p["instruction"], settings.max_length, **cut)
             for p in prompts]
 
 
@@ -231,21 +269,29 @@ def _pad_id(tokenizer, eos: set[int]) -> int:
 def run_lm(model, tokenizer, settings: Settings, prompts: Sequence[Mapping[str, str]],
            progress: bool = True) -> tuple[StepStates, set[int]]:
     """Tokenise and run a loaded language model over the prompts: (states, EOS ids)."""
+    import torch
+
     ids = _tokenize(tokenizer, settings, prompts)
     eos = eos_ids(model, tokenizer)
     bar = _progress_bar(len(prompts), f"encode ({settings.kind}, {settings.dtype})", progress)
+    sampling = {}
+    if settings.temperature is not None:
+        device = next(model.parameters()).device
+        sampling = {"temperature": settings.temperature, "top_p": settings.top_p,
+                    "generator": torch.Generator(device=device).manual_seed(settings.sample_seed)}
     try:
         if settings.kind == "causal":
             states = run_causal(model, ids, max_new_tokens=settings.max_new_tokens, layers=settings.layers,
                                 batch_size=settings.batch_size, eos=eos, pad_id=_pad_id(tokenizer, eos),
-                                progress=bar.update)
+                                progress=bar.update, **sampling)
         elif settings.kind == "masked":
             states = run_masked(model, tokenizer, ids, n_masks=settings.max_new_tokens, layers=settings.layers,
-                                batch_size=settings.batch_size, progress=bar.update)
+                                batch_size=settings.batch_size, progress=bar.update,
+                                specials_in_prompt_modes=settings.masked_prompt_modes == "authors")
         else:
             states = run_seq2seq(model, ids, max_new_tokens=settings.max_new_tokens, layers=settings.layers,
                                  batch_size=settings.batch_size, eos=eos, pad_id=_pad_id(tokenizer, eos),
-                                 progress=bar.update)
+                                 progress=bar.update, **sampling)
     finally:
         bar.close()
     return states, eos
@@ -256,7 +302,9 @@ def _encode_lm(model_dir, settings: Settings, prompts, progress: bool, loaded):
                                                                      settings.dtype)
     states, eos = run_lm(model, tokenizer, settings, prompts, progress)
     fillers = filler_tokens(tokenizer)
-    answers = answer_rows(tokenizer, prompts, states, eos, fillers)
+    filter_ids = authors_filter_ids(tokenizer, settings.filter_instructions)
+    answers = answer_rows(tokenizer, prompts, states, eos, fillers,
+                          filter_ids if settings.filter == "authors" else None)
     tensors = dict(states.tensors)
     tensors["gen_ids"] = states.gen_ids
     tensors["gen_mask"] = states.gen_mask
@@ -267,9 +315,11 @@ def _encode_lm(model_dir, settings: Settings, prompts, progress: bool, loaded):
         "hidden_size": {k: int(v.shape[-1]) for k, v in states.tensors.items() if k.startswith("first_gen@")},
         "first_gen_in_prompt": states.first_gen_in_prompt,
         "eos_ids": sorted(eos),
-        "filter": {"stopwords": STOPWORD_LIST_NAME, "filler_tokens": fillers,
-                   "step_token": "the token each generation step predicts, decoded alone, space marker "
-                                 "stripped, lower-cased"},
+        "special_ids": sorted({int(t) for t in tokenizer.all_special_ids} | eos),
+        "filter": {"authors_ids": filter_ids,
+                   "words": {"stopwords": STOPWORD_LIST_NAME, "filler_tokens": fillers,
+                             "step_token": "the token each generation step predicts, decoded alone, space marker "
+                                           "stripped, lower-cased"}},
         "answers": {"mean_tokens": float(states.gen_mask.sum(1).mean()),
                     "ended_by_eos": float(np.mean([any(int(t) in eos for t in row if t >= 0)
                                                    for row in states.gen_ids]))},
@@ -309,7 +359,8 @@ def _re_encode_multi(model_dir, settings: Settings, prompts, re_encoder_dir, pro
         bar = _progress_bar(len(prompts), f"re-encode-multi sample {sample + 1}/{MULTI_SAMPLES}", progress)
         states = runner(model, ids, max_new_tokens=settings.max_new_tokens, layers=settings.layers,
                         batch_size=settings.batch_size, eos=eos, pad_id=_pad_id(tokenizer, eos),
-                        temperature=MULTI_TEMPERATURE, generator=generator, keep_states=False, progress=bar.update)
+                        temperature=MULTI_TEMPERATURE, generator=generator, keep_states=False, progress=bar.update,
+                        top_p=MULTI_TOP_P if settings.re_encode_multi_sampling == "authors" else None)
         bar.close()
         texts = []
         for row, m in zip(states.gen_ids, states.gen_mask, strict=True):
@@ -335,6 +386,9 @@ def encode_task(
     dtype: str = "auto",
     re_encoder_dir: str | os.PathLike | None = None,
     re_encode_multi: bool = False,
+    method: Mapping[str, str] | None = None,
+    filter_instructions: Sequence[str] = (),
+    decoding: str | Mapping[str, Any] = "greedy",
     progress: bool = True,
 ) -> dict[str, Any]:
     """The encode rule's entry point: the distinct prompts of a task table file, then encode_prompts."""
@@ -344,7 +398,8 @@ def encode_task(
     prompts = table_prompts(read_task_table(table))
     return encode_prompts(model_dir, kind, prompts, template, out_dir, max_new_tokens=max_new_tokens,
                           layers=layers, batch_size=batch_size, device=device, dtype=dtype,
-                          re_encoder_dir=re_encoder_dir, re_encode_multi=re_encode_multi, progress=progress)
+                          re_encoder_dir=re_encoder_dir, re_encode_multi=re_encode_multi, method=method,
+                          filter_instructions=filter_instructions, decoding=decoding, progress=progress)
 
 
 def re_encoder_name(model: str, task: str, config: Mapping[str, Any]) -> str | None:

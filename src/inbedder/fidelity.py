@@ -442,13 +442,26 @@ def _decoding_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
     for name, spec in _selected_models(config, _LANGUAGE_MODELS):
         key = f"models.{name}.decoding"
         value = spec.get("decoding", "greedy")
-        if value not in s.values:
-            raise ValueError(f"{key}: {value!r} is not one of {', '.join(map(repr, s.values))}")
+        if isinstance(value, dict):  # the config's sampling settings: {temperature, top_p, seed}
+            if "temperature" not in value:
+                raise ValueError(f"{key}: a sampling setting needs `temperature`, got {value!r}")
+            sampled = (float(value["temperature"]), float(value.get("top_p", 1.0)))
+            value = (f"sampled (temperature {sampled[0]:g}, top_p {sampled[1]:g}"
+                     f"{', seed ' + str(value['seed']) if 'seed' in value else ''})")
+            matches_theirs = sampled == (0.6, 0.9)
+        elif value not in s.values:
+            raise ValueError(f"{key}: {value!r} is not one of {', '.join(map(repr, s.values))} "
+                             f"or {{temperature, top_p, seed}}")
+        else:
+            matches_theirs = None
         if spec.get("kind") not in _GENERATING:  # a masked LM decodes nothing: the setting cannot differ
             rows.append(_row(s, key, value, "none (the masks are filled in one pass)", True, model=name))
             continue
         theirs = _SAMPLED if _is_llama(name, spec) else "greedy"
-        agrees = value == s.authors or value == theirs
+        if matches_theirs is None:
+            agrees = value == s.authors or value == theirs
+        else:
+            agrees = matches_theirs and theirs == _SAMPLED
         rows.append(_row(s, key, value, f"{theirs} ({'Llama-2' if theirs == _SAMPLED else 'OPT, T5'} runs)",
                          agrees, model=name))
     return rows

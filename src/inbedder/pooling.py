@@ -4,21 +4,32 @@ Generation steps: step 0 is `first_gen` (the last prompt token's state; masked L
 seq2seq: the decoder start), step t >= 1 is `gen[:, t-1]` (the state AT generated token t). Step t
 predicts token `gen_ids[:, t]`; `gen_mask` marks the steps up to and including the first EOS.
 
-- `1st-gen`  step 0;
-- `avg-gen`  mean of the valid steps (1st-gen and the generated tokens' states);
-- `last-gen` the last valid step;
-- `avg-ppt`  `prompt_mean` (the prompt tokens except the last);
-- `avg-all`  mean over the prompt tokens and the valid steps (causal: every prompt token, since the
-             last prompt token is step 0; masked LMs: text tokens and masks; seq2seq: encoder tokens
-             and decoder steps);
-- `re-encode`, `re-encode+filter`, `re-encode-multi`, `plain`, `prefixed`: stored as computed;
-- `avg-gen+filter`, `last-gen+filter`, `avg-all+filter`: as above over the steps the filter keeps.
+Which steps the generation modes average follows config `method.special_steps`, recorded in the
+cache's meta:
+- `authors` (their lm_encoders_hf): a step whose predicted token is special (EOS, pad, ...) is left
+  out. Causal LMs: step 0 always counts, and when no later step is left the state at the first
+  generated token (step 1) stands in. Seq2seq: any step can be left out, the decoder start stands
+  in when none is left, and 1st-gen is the first step left. Masked LMs: every mask counts;
+- `keep_eos`: every step in `gen_mask` counts, the EOS-predicting one included.
 
-The filter (`inbedder.text.keep_steps`, beside its word lists) drops a step whose token (the token the
-step predicts, decoded on its own, the tokenizer's space marker stripped, lower-cased) is a stopword, a
-token of the prompt's instruction, or a token of the filler phrases "Based on" / "Sure!".
-Step 0 can be dropped like any other; when every step is dropped, the filter keeps step 0 alone, so
-`avg-gen+filter` falls back to `1st-gen` (documented fallback, never an empty mean).
+- `1st-gen`  step 0 (seq2seq under `authors`: the first counted step);
+- `avg-gen`  mean of the counted steps;
+- `last-gen` the last counted step;
+- `avg-ppt`  `prompt_mean` (the prompt tokens except the last);
+- `avg-all`  mean over the prompt tokens and the counted steps (causal: every prompt token, since the
+             last prompt token is step 0; masked LMs under `method.masked_prompt_modes: authors`:
+             `all_mean`, every position; seq2seq: encoder tokens and decoder steps);
+- `re-encode`, `re-encode+filter`, `re-encode-multi`, `plain`, `prefixed`: stored as computed;
+- `avg-gen+filter`, `last-gen+filter`, `avg-all+filter`: as above over the steps the filter keeps,
+  with the filter the cache was made with (`method.filter`); `+filter=authors` and `+filter=words`
+  name one explicitly, so one cache scores both (the filter ablation).
+
+The `authors` filter also leaves out the steps whose predicted token id is one of the cache's
+`filter.authors_ids` (`inbedder.text.authors_filter_ids`), never step 0 of a causal LM, with the same
+stand-in when nothing is left. The `words` filter (`inbedder.text.keep_steps`) drops a step whose
+token, decoded on its own, space marker stripped and lower-cased, is a stopword, a token of the
+prompt's instruction or of a filler phrase; step 0 can be dropped, and when every step is dropped
+step 0 alone is kept.
 """
 
 from __future__ import annotations
@@ -41,17 +52,65 @@ def _as_cache(cache: Cache | str | os.PathLike) -> Cache:
 # the filter
 
 
-def step_mask(cache: Cache, filtered: bool) -> np.ndarray:
-    """[N, T] bool: the steps a generation mode averages (valid steps; with `filtered`, those kept)."""
+FILTER_VARIANTS = ("authors", "words")
+
+
+def _method(cache: Cache) -> dict[str, str]:
+    return cache.meta.get("method") or {}
+
+
+def _special_kept(cache: Cache, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[N, T] the valid steps whose predicted token is not special (the authors' rule, before stand-ins)."""
+    special = np.asarray(cache.meta.get("special_ids") or cache.meta.get("eos_ids") or [], dtype=np.int64)
+    return mask & ~np.isin(ids, special)
+
+
+def _stand_in(keep: np.ndarray, first_counts: bool, width: int) -> np.ndarray:
+    """Pad `keep` to `width` steps and put the authors' stand-in where no step past the fixed ones is left."""
+    out = np.zeros((keep.shape[0], width), dtype=bool)
+    out[:, : keep.shape[1]] = keep
+    if first_counts:  # causal: step 0 always counts; step 1 stands in when no later step is left
+        out[:, 0] = True
+        empty = ~out[:, 1:].any(1)
+        out[empty, 1] = True
+    else:  # seq2seq: the decoder start stands in
+        empty = ~out.any(1)
+        out[empty, 0] = True
+    return out
+
+
+def step_mask(cache: Cache, filtered: bool | str, width: int | None = None) -> np.ndarray:
+    """[N, width] bool: the steps a generation mode averages.
+
+    `filtered`: False (no filter), True (the cache's `method.filter`), or a filter name
+    (`FILTER_VARIANTS`). `width` is the number of step states (default: the steps of `gen_mask`).
+    """
     mask = np.asarray(cache.tensors["gen_mask"], dtype=bool)
-    if not filtered:
-        return mask
-    if cache.answers is None:
-        raise ValueError(f"{cache.path}: no answers.jsonl, so no tokens to filter")
-    fillers = cache.meta.get("filter", {}).get("filler_tokens", [])
-    out = np.zeros_like(mask)
-    for i, row in enumerate(cache.answers):
-        out[i] = keep_steps(row["tokens"], mask[i], row["instruction_tokens"], fillers)
+    ids = np.asarray(cache.tensors["gen_ids"], dtype=np.int64)
+    width = mask.shape[1] if width is None else width
+    method = _method(cache)
+    variant = (method.get("filter", "words") if filtered is True else filtered) or None
+    if variant is not None and variant not in FILTER_VARIANTS:
+        raise KeyError(f"unknown filter {variant!r}; known: {', '.join(FILTER_VARIANTS)}")
+    authors_steps = method.get("special_steps") == "authors" and cache.meta.get("kind") != "masked"
+    base = _special_kept(cache, ids, mask) if authors_steps else mask
+    if variant == "words":
+        if cache.answers is None:
+            raise ValueError(f"{cache.path}: no answers.jsonl, so no tokens to filter")
+        fillers = ((cache.meta.get("filter") or {}).get("words") or {}).get("filler_tokens", [])
+        out = np.zeros((mask.shape[0], width), dtype=bool)
+        for i, row in enumerate(cache.answers):
+            out[i, : mask.shape[1]] = keep_steps(row["tokens"], base[i], row["instruction_tokens"], fillers)
+        return out
+    if variant == "authors":
+        drop = (cache.meta.get("filter") or {}).get("authors_ids")
+        if drop is None:
+            raise ValueError(f"{cache.path}: the cache records no authors' filter ids (filter.authors_ids)")
+        base = base & ~np.isin(ids, np.asarray(drop, dtype=np.int64))
+    if authors_steps or variant == "authors":
+        return _stand_in(base, bool(cache.meta.get("first_gen_in_prompt")), width)
+    out = np.zeros((mask.shape[0], width), dtype=bool)
+    out[:, : mask.shape[1]] = base
     return out
 
 
@@ -79,7 +138,8 @@ def available_modes(cache: Cache | str | os.PathLike) -> list[str]:
     stored = [m for m in STORED_MODES if m in cache.tensors]
     if "gen_mask" not in cache.tensors:
         return stored
-    filtered = list(FILTERED_MODES) if cache.answers is not None else []
+    filtered = ([f"{m}{v}" for m in FILTERED_MODES for v in ("", *(f"={f}" for f in FILTER_VARIANTS))]
+                if cache.answers is not None else [])
     return [*GENERATION_MODES, *filtered, *stored]
 
 
@@ -91,19 +151,27 @@ def embed(cache: Cache | str | os.PathLike, mode: str, layer: int = -1) -> np.nd
             raise KeyError(f"{cache.path}: mode {mode!r} was not computed (available: {available_modes(cache)})")
         return np.asarray(cache.tensors[mode], dtype=np.float32)
     base, _, suffix = mode.partition("+")
-    if base not in GENERATION_MODES or suffix not in ("", "filter") or (suffix and base in ("1st-gen", "avg-ppt")):
+    suffix, _, variant = suffix.partition("=")
+    if (base not in GENERATION_MODES or suffix not in ("", "filter") or (suffix and base in ("1st-gen", "avg-ppt"))
+            or (variant and (not suffix or variant not in FILTER_VARIANTS))):
         raise KeyError(f"unknown mode {mode!r}; modes of {cache.path}: {available_modes(cache)}")
     if "gen_mask" not in cache.tensors:
         raise KeyError(f"{cache.path}: a sentence-encoder cache has no {mode!r} (available: {available_modes(cache)})")
     name = _layer_name(cache, layer)
     first = np.asarray(cache.tensors[f"first_gen@{name}"], dtype=np.float32)
-    if base == "1st-gen":
+    seq2seq_authors = cache.meta.get("kind") == "seq2seq" and _method(cache).get("special_steps") == "authors"
+    if base == "1st-gen" and not seq2seq_authors:
         return first
     prompt_mean = np.asarray(cache.tensors[f"prompt_mean@{name}"], dtype=np.float32)
     if base == "avg-ppt":
         return prompt_mean
+    if base == "avg-all" and not suffix and f"all_mean@{name}" in cache.tensors:
+        return np.asarray(cache.tensors[f"all_mean@{name}"], dtype=np.float32)
     steps = np.concatenate([first[:, None], np.asarray(cache.tensors[f"gen@{name}"], dtype=np.float32)], axis=1)
-    weights = step_mask(cache, suffix == "filter").astype(np.float32)
+    filtered = (variant or True) if suffix else False
+    weights = step_mask(cache, filtered, steps.shape[1]).astype(np.float32)
+    if base == "1st-gen":
+        return steps[np.arange(len(steps)), np.argmax(weights > 0, axis=1)]
     count = weights.sum(1, keepdims=True)
     if (count == 0).any():
         raise ValueError(f"{cache.path}: prompt {int(np.argmin(count[:, 0]))} has no valid generation step")

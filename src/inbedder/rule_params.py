@@ -76,8 +76,10 @@ def encode_params(model: str, recipe: str, task: str, config: Mapping[str, Any])
     """Params of the encode rule: exactly the settings that change a cache (model folders are inputs).
 
     Template: the recipe's (`recipes.<r>.template`), "inbedder" for `none` and `released`; answer
-    length `models.<m>.max_new_tokens` (default 3); `layers`, `encode_batch_size`, `device`, `dtype`;
-    re-encode-multi when the model's scored modes include it. The prompts come in as the task table.
+    length `models.<m>.max_new_tokens` (default 3) and `models.<m>.decoding`; `layers`,
+    `encode_batch_size`, `device`, `dtype` (`models.<m>.dtype` first); re-encode-multi when the
+    model's scored modes include it; the `method` switches and the instructions the authors' filter
+    drops. The prompts come in as the task table.
     """
     models, recipes, tasks = config["models"], config.get("recipes") or {}, config["tasks"]
     if model not in models:
@@ -96,9 +98,24 @@ def encode_params(model: str, recipe: str, task: str, config: Mapping[str, Any])
         "layers": [int(x) for x in config["layers"]] if generative else [-1],
         "batch_size": int(config.get("encode_batch_size", 32)),
         "device": config["device"],
-        "dtype": config["dtype"],
+        "dtype": spec.get("dtype") or config["dtype"],
+        "decoding": spec.get("decoding", "greedy") if spec["kind"] in ("causal", "seq2seq") else "greedy",
         "re_encode_multi": generative and "re-encode-multi" in modes,
+        "method": method_settings(config) if generative else None,
+        "filter_instructions": filter_instructions(tasks[task]) if generative else [],
     }
+
+
+def filter_instructions(spec: Mapping[str, Any]) -> list[str]:
+    """The instructions whose tokens the authors' filter drops on a task: every instruction the task
+    names in the config, none for pairs tasks (whose instructions come with each pair, as the
+    authors' InstructSTSB filter held only the fillers)."""
+    if spec.get("kind") == "pairs":
+        return []
+    out: list[str] = []
+    for value in (spec.get("instructions") or {}).values():
+        out += [value] if isinstance(value, str) else list(value)
+    return list(dict.fromkeys(out))
 
 
 def evaluate_params(model: str, task: str, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,16 @@
 """Words shared by every stage: prompt building, the step filter with its word lists, answer normalisation.
 
 Prompt building is `format_prompt` (a template filled with an instruction and a text) and
-`prompt_token_ids` (its token ids, an over-long text cut to fit). The step filter (which generation
-steps the `+filter` modes and `re-encode+filter` keep) is decided here from the word lists below
-and the tokens of the instruction: `keep_steps`, fed by `instruction_tokens` and `filler_tokens`.
-The filter drops a step whose token (decoded on its own, the tokenizer's space marker stripped,
-lower-cased) is a stopword, a token of the prompt's instruction, or a token of the filler phrases.
+`prompt_token_ids` (its token ids, an over-long prompt cut to fit by config `method.truncation`).
+
+The step filter (which generation steps the `+filter` modes and `re-encode+filter` keep) has two
+variants (config `method.filter`):
+- `authors`: a step is dropped when the token id it predicts is one of `authors_filter_ids`: every id
+  of NLTK's English stopwords, of the task's instructions and of the fillers "Based on " / "Sure! ",
+  each string encoded on its own with the tokenizer's special tokens (case-sensitive);
+- `words`: `keep_steps`, fed by `instruction_tokens` and `filler_tokens`: a step is dropped when its
+  token (decoded on its own, the tokenizer's space marker stripped, lower-cased) is one of
+  scikit-learn's stopwords, a token of the row's own instruction, or a token of the filler phrases.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from inbedder.fidelity import AUTHORS_FILLERS, authors_stopwords
 
 # Templates of the paper (section 3 of DESIGN.md). `{input}` is the text, `{instruction}` the question.
 TEMPLATES: dict[str, str] = {
@@ -49,11 +56,34 @@ def format_prompt(template: str, instruction: str, input: str) -> str:
     return pattern.format(instruction=instruction, input=input)
 
 
+TRUNCATIONS = ("authors", "keep_instruction")
+
+
 def prompt_token_ids(tokenizer, template: str, text: str, instruction: str, budget: int,
-                     add_special_tokens: bool = True) -> list[int]:
-    """Token ids of the formatted prompt; an over-long input text is cut at its end until it fits `budget`."""
-    ids = tokenizer(format_prompt(template, instruction, text), add_special_tokens=add_special_tokens).input_ids
+                     add_special_tokens: bool = True, truncation: str = "keep_instruction",
+                     side: str = "left") -> list[int]:
+    """Token ids of the formatted prompt, at most `budget` of them.
+
+    `truncation="authors"`: the whole prompt is cut on `side` (left: its start goes, the tail of the
+    text, the instruction block of the InBedder template and `### Response:` stay; right: its end
+    goes), special tokens added after the cut, as a tokenizer with `truncation_side` set does.
+    `"keep_instruction"`: the input text is cut at its end until the prompt fits.
+    """
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"method.truncation: {truncation!r} is not one of {TRUNCATIONS}")
+    prompt = format_prompt(template, instruction, text)
+    ids = tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids
     if len(ids) <= budget:
+        return list(ids)
+    if truncation == "authors":
+        if side not in ("left", "right"):
+            raise ValueError(f"truncation side must be 'left' or 'right', got {side!r}")
+        before = tokenizer.truncation_side
+        tokenizer.truncation_side = side
+        try:
+            ids = tokenizer(prompt, add_special_tokens=add_special_tokens, truncation=True, max_length=budget).input_ids
+        finally:
+            tokenizer.truncation_side = before
         return list(ids)
     text_ids = tokenizer(text, add_special_tokens=False).input_ids
     keep = max(0, len(text_ids) - (len(ids) - budget) - 2)
@@ -70,6 +100,22 @@ def prompt_token_ids(tokenizer, template: str, text: str, instruction: str, budg
 
 # ----------------------------------------------------------------------------------------------
 # the step filter
+
+
+FILTERS = ("authors", "words")
+
+
+def authors_filter_words(instructions: Sequence[str]) -> list[str]:
+    """The strings of the authors' filter for a task: its instructions, the fillers, NLTK's stopwords."""
+    return list(dict.fromkeys([*instructions, *AUTHORS_FILLERS, *authors_stopwords()]))
+
+
+def authors_filter_ids(tokenizer, instructions: Sequence[str]) -> list[int]:
+    """Sorted ids the authors' filter drops: each filter string encoded on its own, special tokens included."""
+    ids: set[int] = set()
+    for word in authors_filter_words(instructions):
+        ids.update(int(t) for t in tokenizer(word).input_ids)
+    return sorted(ids)
 
 
 def decode_tokens(tokenizer, ids: Sequence[int]) -> list[str]:

@@ -19,7 +19,8 @@ RELEASED = "released"
 UNTRAINED_RECIPES: tuple[str, ...] = (UNTUNED, RELEASED)
 
 # Embedding modes. Generation modes are pooled from the cached hidden states at any layer; the
-# `+filter` variants drop uninformative answer steps first; stored modes are computed whole at encode
+# `+filter` variants drop uninformative answer steps first (with config `method.filter`, or the filter
+# named after `=`: `+filter=authors`, `+filter=words`); stored modes are computed whole at encode
 # time (sentence encoders: the text alone, `plain`, or behind the instruction, `prefixed`).
 GENERATION_MODES: tuple[str, ...] = ("1st-gen", "avg-gen", "last-gen", "avg-ppt", "avg-all")
 FILTERED_MODES: tuple[str, ...] = ("avg-gen+filter", "last-gen+filter", "avg-all+filter")
@@ -38,6 +39,12 @@ MODES: tuple[str, ...] = (
     "avg-gen+filter",
     "last-gen+filter",
     "avg-all+filter",
+    "avg-gen+filter=authors",
+    "last-gen+filter=authors",
+    "avg-all+filter=authors",
+    "avg-gen+filter=words",
+    "last-gen+filter=words",
+    "avg-all+filter=words",
     "re-encode+filter",
     "plain",
     "prefixed",

@@ -29,6 +29,9 @@ with rule_log(snakemake.log[0]) as log_file:
             dtype=s["dtype"],
             re_encoder_dir=Path(re_encoder[0]).parent if re_encoder else None,
             re_encode_multi=s["re_encode_multi"],
+            method=s["method"],
+            filter_instructions=s["filter_instructions"],
+            decoding=s["decoding"],
         )
     except Exception:
         log.exception("encoding %s on %s failed", snakemake.wildcards.model, snakemake.wildcards.task)
