@@ -37,7 +37,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# tiny models (random weights, real tokenizers)
+# tiny models (random weights, real tokenizers; tiny_roberta and tiny_t5 are in tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -60,50 +60,6 @@ def tiny_llama(tmp_path_factory, smollm2):
     )
     LlamaForCausalLM(cfg).save_pretrained(path)
     AutoTokenizer.from_pretrained(smollm2).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_roberta(tmp_path_factory, minilm):
-    from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-roberta")
-    cfg = RobertaConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        pad_token_id=0,
-        max_position_embeddings=600,
-        type_vocab_size=1,
-    )
-    RobertaForMaskedLM(cfg).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_t5(tmp_path_factory, minilm):
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-t5")
-    cfg = T5Config(
-        vocab_size=30522,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        pad_token_id=0,
-        eos_token_id=102,
-        decoder_start_token_id=0,
-    )
-    T5ForConditionalGeneration(cfg).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm).save_pretrained(path)
     return path
 
 

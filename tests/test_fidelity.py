@@ -335,3 +335,43 @@ def test_our_cache_equals_the_authors_aggregation_on_smollm2(lm, smollm2, mirror
             worst[ours_mode] = min(_cos(vectors[i], ref.vectors[mode][i]) for i in range(len(prompts)))
     assert min(worst.values()) >= 0.9999, worst
     assert any(filtered.fell_back) and any(plain.fell_back)  # the stand-in step was exercised
+
+
+# ----------------------------------------------------------------------------------------------
+# the authors' filter ids on a sentencepiece tokenizer (Gemma-3's: BOS added, no dummy prefix)
+
+
+def test_filter_ids_on_gemma3_sentencepiece_carry_bos_and_only_the_unprefixed_word_forms():
+    from conftest import packaged_model
+    from transformers import AutoTokenizer
+
+    from inbedder.text import authors_filter_ids
+
+    tok = AutoTokenizer.from_pretrained(str(packaged_model("gemma3-270m")))
+    ids = tok.convert_tokens_to_ids
+    stop_ids = set(authors_filter_ids(tok, []))
+    task_ids = set(authors_filter_ids(tok, INSTRUCTIONS))
+    # our ids are the reference's: every filter string encoded on its own, the union
+    assert task_ids == filter_token_ids(tok, authors_filter_words(INSTRUCTIONS))
+    assert stop_ids == filter_token_ids(tok, authors_filter_words([]))
+    assert (len(stop_ids), len(task_ids)) == (155, 163)
+    # a word encoded alone opens with <bos>, a special id (the special-token rule drops it anyway), no <eos>
+    assert tok.convert_ids_to_tokens(tok.encode("the")) == ["<bos>", "the"]
+    assert tok.bos_token_id in stop_ids and tok.bos_token_id in tok.all_special_ids
+    assert tok.eos_token_id not in task_ids
+    # no dummy prefix: a word alone is its unprefixed piece; inside a text a word is the "\u2581" piece,
+    # which the stopwords never bring and the instruction sentences do
+    the, space_the = ids("the"), ids("\u2581the")
+    assert the != space_the and the in stop_ids and space_the not in stop_ids and space_the in task_ids
+    in_text = tok("I want to top up the card", add_special_tokens=False).input_ids
+    assert space_the in in_text and the not in in_text
+    # case-sensitive: "how" is a stopword, "How" comes from the instruction, neither prefixed form is in
+    how, cap_how = ids("how"), ids("How")
+    assert tok.encode("how")[1:] == [how] and tok.encode("How")[1:] == [cap_how] and how != cap_how
+    assert how in stop_ids and cap_how not in stop_ids and cap_how in task_ids
+    assert not {ids("\u2581how"), ids("\u2581How")} & task_ids
+    # "Based on " adds the mid-text "\u2581on" and a lone "\u2581"; a word in pieces adds every piece
+    assert tok.convert_ids_to_tokens(tok.encode("Based on ")) == ["<bos>", "Based", "\u2581on", "\u2581"]
+    assert {ids("\u2581on"), ids("\u2581"), ids("on")} <= stop_ids
+    assert tok.convert_ids_to_tokens(tok.encode("needn")) == ["<bos>", "need", "n"]
+    assert {ids("need"), ids("n")} <= stop_ids
