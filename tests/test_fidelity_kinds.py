@@ -247,11 +247,8 @@ def test_masked_every_mode_equals_the_authors_aggregation(masked_run, prompts):
     assert min(worst.values()) >= 0.9999, worst
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "maskedlm_encoder_hf.py takes filter_words and never uses it (encode, lines 101-109 and 140-186), so "
-    "the authors' masked avg-gen with a filter is their avg-gen; pooling.step_mask drops the masks whose "
-    "argmax id is a filter id (first mask standing in), so our masked avg-gen+filter differs on the rows "
-    "where a mask predicts one. No config scores a +filter mode of a masked model."))
+# maskedlm_encoder_hf.py takes filter_words and never uses them (lines 101-109 and 140-186): the authors'
+# masked avg-gen with a filter is their avg-gen, and so is ours under method.filter: authors.
 def test_masked_filter_modes_are_the_authors_unfiltered_ones(masked_run):
     from inbedder import pooling
 

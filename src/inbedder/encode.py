@@ -303,8 +303,10 @@ def _encode_lm(model_dir, settings: Settings, prompts, progress: bool, loaded):
     states, eos = run_lm(model, tokenizer, settings, prompts, progress)
     fillers = filler_tokens(tokenizer)
     filter_ids = authors_filter_ids(tokenizer, settings.filter_instructions)
+    # the authors' masked encoder never applies its filter words, so nothing leaves its answers
+    authors_ids = [] if settings.kind == "masked" else filter_ids
     answers = answer_rows(tokenizer, prompts, states, eos, fillers,
-                          filter_ids if settings.filter == "authors" else None)
+                          authors_ids if settings.filter == "authors" else None)
     tensors = dict(states.tensors)
     tensors["gen_ids"] = states.gen_ids
     tensors["gen_mask"] = states.gen_mask

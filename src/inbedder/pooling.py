@@ -26,7 +26,8 @@ cache's meta:
 
 The `authors` filter also leaves out the steps whose predicted token id is one of the cache's
 `filter.authors_ids` (`inbedder.text.authors_filter_ids`), never step 0 of a causal LM, with the same
-stand-in when nothing is left. The `words` filter (`inbedder.text.keep_steps`) drops a step whose
+stand-in when nothing is left; for masked LMs it drops nothing (their masked encoder takes the filter
+words and never applies them). The `words` filter (`inbedder.text.keep_steps`) drops a step whose
 token, decoded on its own, space marker stripped and lower-cased, is a stopword, a token of the
 prompt's instruction or of a filler phrase; step 0 can be dropped, and when every step is dropped
 step 0 alone is kept.
@@ -101,6 +102,11 @@ def step_mask(cache: Cache, filtered: bool | str, width: int | None = None) -> n
         out = np.zeros((mask.shape[0], width), dtype=bool)
         for i, row in enumerate(cache.answers):
             out[i, : mask.shape[1]] = keep_steps(row["tokens"], base[i], row["instruction_tokens"], fillers)
+        return out
+    if variant == "authors" and cache.meta.get("kind") == "masked":
+        # the authors' masked encoder takes filter words and never applies them: nothing is dropped
+        out = np.zeros((mask.shape[0], width), dtype=bool)
+        out[:, : mask.shape[1]] = base
         return out
     if variant == "authors":
         drop = (cache.meta.get("filter") or {}).get("authors_ids")
