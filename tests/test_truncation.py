@@ -108,3 +108,20 @@ def test_short_prompts_are_never_cut_and_a_bad_value_is_named(smol):
             format_prompt("inbedder", NEED, short["text"])).input_ids
     with pytest.raises(ValueError, match="method.truncation: 'middle'"):
         prompt_token_ids(smol, "inbedder", "x " * 600, NEED, 16, truncation="middle")
+
+
+def test_keep_last_words_cuts_the_text_before_the_prompt_and_only_on_clustering_tasks(smol, root):
+    from inbedder.config import load_config
+    from inbedder.rule_params import encode_params
+
+    text = "one two three four five six seven"
+    settings = Settings(kind="causal", template="inbedder", max_new_tokens=3, layers=(-1,), batch_size=1,
+                        device="cpu", dtype="float32", keep_last_words=3)
+    (ids,) = _tokenize(smol, settings, [{"text": text, "instruction": NEED}])
+    assert ids == smol(format_prompt("inbedder", NEED, "five six seven")).input_ids
+    paper = load_config(root / "config.yaml")
+    assert encode_params("opt-1.3b", "alpaca", "NYTClustering", paper)["keep_last_words"] == 400
+    assert encode_params("opt-1.3b", "alpaca", "TwentyNewsgroupsClustering", paper)["keep_last_words"] == 400
+    assert encode_params("opt-1.3b", "alpaca", "IntentEmotion", paper)["keep_last_words"] is None
+    assert encode_params("opt-1.3b", "inbedder", "NYTClustering", paper)["keep_last_words"] is None
+    assert encode_params("opt-350m", "alpaca", "NYTClustering", paper)["keep_last_words"] is None

@@ -99,6 +99,8 @@ class Settings:
     temperature: float | None = None
     top_p: float | None = None
     sample_seed: int = 42
+    # config `models.<m>.keep_last_words`: each text cut to its last N space-separated words first
+    keep_last_words: int | None = None
 
     def __post_init__(self) -> None:
         from inbedder.fidelity import method_settings
@@ -173,7 +175,8 @@ def key_fields(settings: Settings, model_fp: str, prompts: Sequence[Mapping[str,
         "template": settings.template if generative else "instructor",
         "template_text": TEMPLATES.get(settings.template, settings.template) if generative else TEMPLATES["instructor"],
         "generation": {"decoding": settings.decoding(), "max_new_tokens": settings.max_new_tokens,
-                       "max_length": settings.max_length} if generative else None,
+                       "max_length": settings.max_length, "keep_last_words": settings.keep_last_words}
+        if generative else None,
         "layers": [int(x) for x in settings.layers] if generative else None,
         "compute": {"device": settings.device, "dtype": settings.dtype, "batch_size": settings.batch_size},
         "method": {**settings.method(), "filter_instructions": list(settings.filter_instructions)}

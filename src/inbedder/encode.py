@@ -143,6 +143,7 @@ def encode_prompts(
     method: Mapping[str, str] | None = None,
     filter_instructions: Sequence[str] = (),
     decoding: str | Mapping[str, Any] = "greedy",
+    keep_last_words: int | None = None,
     progress: bool = True,
     loaded: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
@@ -150,7 +151,8 @@ def encode_prompts(
 
     `method` holds config `method` keys (the authors' value for any left out); `filter_instructions`
     are the task's instructions the authors' filter drops the tokens of; `decoding` is "greedy" or
-    config `models.<m>.decoding` (temperature, top_p, seed).
+    config `models.<m>.decoding` (temperature, top_p, seed); `keep_last_words` cuts each text to its
+    last N space-separated words before it is prompted (the prompts keep their full text as keys).
     """
     from inbedder.fidelity import method_settings
 
@@ -167,6 +169,7 @@ def encode_prompts(
                         **{k: switches[k] for k in ("truncation", "special_steps", "filter", "masked_prompt_modes",
                                                     "re_encode_multi_sampling")},
                         filter_instructions=tuple(dict.fromkeys(str(x) for x in filter_instructions)),
+                        keep_last_words=None if keep_last_words is None else int(keep_last_words),
                         **_sampling(decoding))
     if kind in GENERATIVE_KINDS and template not in TEMPLATES and "{input}" not in template:
         raise ValueError(f"template {template!r} is neither a known name ({sorted(TEMPLATES)}) nor has {{input}}")
@@ -249,12 +252,17 @@ def _tokenize(tokenizer, settings: Settings, prompts: Sequence[Mapping[str, str]
     from inbedder.models import special_ids
 
     cut = {"truncation": settings.truncation, "side": "right" if settings.kind == "seq2seq" else "left"}
+    words = settings.keep_last_words
+
+    def text(p: Mapping[str, str]) -> str:
+        return p["text"] if words is None else " ".join(p["text"].split(" ")[-words:])
+
     if settings.kind == "masked":
         head, tail = special_ids(tokenizer)
         budget = settings.max_length - settings.max_new_tokens - len(head) - len(tail)
-        return [prompt_token_ids(tokenizer, settings.template, p["text"], p["instruction"], budget,
+        return [prompt_token_ids(tokenizer, settings.template, text(p), p["instruction"], budget,
                                  add_special_tokens=False, **cut) for p in prompts]
-    return [prompt_token_ids(tokenizer, settings.template, p["text"], p["instruction"], settings.max_length, **cut)
+    return [prompt_token_ids(tokenizer, settings.template, text(p), p["instruction"], settings.max_length, **cut)
             for p in prompts]
 
 
@@ -391,6 +399,7 @@ def encode_task(
     method: Mapping[str, str] | None = None,
     filter_instructions: Sequence[str] = (),
     decoding: str | Mapping[str, Any] = "greedy",
+    keep_last_words: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The encode rule's entry point: the distinct prompts of a task table file, then encode_prompts."""
@@ -401,7 +410,8 @@ def encode_task(
     return encode_prompts(model_dir, kind, prompts, template, out_dir, max_new_tokens=max_new_tokens,
                           layers=layers, batch_size=batch_size, device=device, dtype=dtype,
                           re_encoder_dir=re_encoder_dir, re_encode_multi=re_encode_multi, method=method,
-                          filter_instructions=filter_instructions, decoding=decoding, progress=progress)
+                          filter_instructions=filter_instructions, decoding=decoding,
+                          keep_last_words=keep_last_words, progress=progress)
 
 
 def re_encoder_name(model: str, task: str, config: Mapping[str, Any]) -> str | None:

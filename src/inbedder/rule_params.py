@@ -103,7 +103,24 @@ def encode_params(model: str, recipe: str, task: str, config: Mapping[str, Any])
         "re_encode_multi": generative and "re-encode-multi" in modes,
         "method": method_settings(config) if generative else None,
         "filter_instructions": filter_instructions(tasks[task]) if generative else [],
+        "keep_last_words": keep_last_words(spec, recipe, task, tasks[task]) if generative else None,
     }
+
+
+def keep_last_words(spec: Mapping[str, Any], recipe: str, task: str, task_spec: Mapping[str, Any]) -> int | None:
+    """`models.<m>.keep_last_words[<recipe>]` on a clustering task (the authors' `truncate_to_length`,
+    applied by their clustering task class alone), else None."""
+    words = (spec.get("keep_last_words") or {}).get(recipe)
+    if words is None:
+        return None
+    kind = task_spec.get("kind")
+    if kind == "mteb":
+        from inbedder.mteb_tasks import is_legacy_clustering, mteb_task_class
+
+        clustering = is_legacy_clustering(mteb_task_class(task_spec.get("mteb_task", task)))
+    else:
+        clustering = kind in ("clustering", "robustness")
+    return int(words) if clustering else None
 
 
 def filter_instructions(spec: Mapping[str, Any]) -> list[str]:

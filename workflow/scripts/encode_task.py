@@ -32,6 +32,7 @@ with rule_log(snakemake.log[0]) as log_file:
             method=s["method"],
             filter_instructions=s["filter_instructions"],
             decoding=s["decoding"],
+            keep_last_words=s["keep_last_words"],
         )
     except Exception:
         log.exception("encoding %s on %s failed", snakemake.wildcards.model, snakemake.wildcards.task)
