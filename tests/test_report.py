@@ -889,6 +889,12 @@ def test_filter_ablation_only_with_words_modes():
     cells = table["rows"][0]["cells"]
     assert cells[0].ok and not cells[1].ok and cells[1].reason == "avg-gen+filter not scored" and cells[2].ok
     assert table["headers"][1] == "+filter (words)"
+    # words modes scored on none of the suite's instruction-awareness tasks (only a generic one): no table
+    generic = [("lm", "inbedder", mode, "STSBenchmark", "default", "cosine_spearman", 0.7, None)
+               for mode in ("avg-gen", "avg-gen+filter", "avg-gen+filter=words")]
+    book = book_of(generic, items=False)
+    assert any(r.mode == "avg-gen+filter=words" for r in book.runs)
+    assert report.filter_ablation(book, "authors") is None
 
 
 def test_render_method_fidelity_and_filter_ablation(tmp_path):

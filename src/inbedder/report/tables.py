@@ -269,7 +269,7 @@ def crossview_groups(rows: Sequence[dict], headline: Sequence[Run]) -> list[dict
 def filter_ablation(book: SuiteScores, filter_setting: str) -> dict | None:
     """Per run with a `<mode>+filter=words` mode, and per task of the suite (and the IA average): the
     unfiltered `<mode>`, `<mode>+filter` (the run's `method.filter`, `filter_setting`) and `<mode>+filter=words`,
-    each a Cell with its CI; None when the suite has no `+filter=words` run."""
+    each a Cell with its CI; None when the suite has no `+filter=words` run scored on its tasks."""
     words = sorted((r for r in book.runs if r.mode.endswith(FILTER_WORDS_SUFFIX)),
                    key=lambda r: (r.sort_key[:3], mode_rank(r.mode[: -len(FILTER_WORDS_SUFFIX)])))
     if not words:
@@ -286,5 +286,7 @@ def filter_ablation(book: SuiteScores, filter_setting: str) -> dict | None:
                 continue
             cells = [c if c.ok else Cell(reason=f"{v.mode} not scored") for c, v in zip(cells, variants, strict=True)]
             rows.append({"run": base.label, "column": label, "task": task, "cells": cells})
+    if not rows:  # the words modes were scored on none of this suite's tasks
+        return None
     return {"suite": book.suite.title, "filter": filter_setting,
             "headers": ["unfiltered", f"+filter ({filter_setting})", "+filter=words"], "rows": rows}
