@@ -934,3 +934,14 @@ def test_method_rows_read_the_sampling_settings_of_the_paper_profile():
     config["models"]["llama-2-7b"]["decoding"] = {"temperature": 0.8}
     row = {r.key: r for r in fidelity.method_rows(config)}["models.llama-2-7b.decoding"]
     assert (row.value, row.agrees) == ("sampled (temperature 0.8, top_p 1)", False)
+
+
+def test_best_mode_leaves_out_the_filter_ablation_variants():
+    from inbedder.report.claims import best_mode
+
+    rows = (ia_rows("lm", "inbedder", "avg-gen", 0.70, [0.30], 0.10)
+            + ia_rows("lm", "inbedder", "avg-gen+filter", 0.71, [0.31], 0.11)
+            + ia_rows("lm", "inbedder", "avg-gen+filter=words", 0.90, [0.50], 0.30))
+    book = book_of(rows, items=False)
+    assert best_mode(book, "lm", "inbedder").mode == "avg-gen+filter"
+    assert best_mode(book, "lm", "inbedder", ["avg-gen+filter=words"]).mode == "avg-gen+filter=words"

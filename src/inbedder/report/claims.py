@@ -128,11 +128,14 @@ def _has_ia(cells: dict[str, Cell]) -> bool:
 
 
 def best_mode(book: SuiteScores, model: str, recipe: str, modes: Iterable[str] | None = None) -> Run | None:
-    """The run of (model, recipe) with the highest instruction-awareness average, optionally among modes."""
+    """The run of (model, recipe) with the highest instruction-awareness average, optionally among modes.
+
+    Without `modes`, the filter ablation's explicit variants (`+filter=words`, `+filter=authors`) are
+    not candidates: a headline mode is one of the method's, and `+filter` is the run's own filter."""
     allowed = set(modes) if modes is not None else None
     cands = [run for run, cells in book.runs.items()
              if run.model == model and run.recipe == recipe and _has_ia(cells)
-             and (allowed is None or run.mode in allowed)]
+             and (run.mode in allowed if allowed is not None else "+filter=" not in run.mode)]
     return max(cands, key=lambda r: book.get(r, IA_AVG).value) if cands else None
 
 
