@@ -945,3 +945,6 @@ def test_best_mode_leaves_out_the_filter_ablation_variants():
     book = book_of(rows, items=False)
     assert best_mode(book, "lm", "inbedder").mode == "avg-gen+filter"
     assert best_mode(book, "lm", "inbedder", ["avg-gen+filter=words"]).mode == "avg-gen+filter=words"
+    baseline = ia_rows("enc", "none", "plain", 0.60, [0.20], 0.0)
+    result = report.claim_4(book_of(rows + baseline, items=False), "offline")
+    assert result.evidence and all("filter=words" not in e.label for e in result.evidence)

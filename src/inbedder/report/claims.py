@@ -261,7 +261,8 @@ def claim_4(book: SuiteScores, scope: str, margin: float = GENERIC_MARGIN) -> Cl
             f"minus the baseline's (threshold 0), and its generic average minus the baseline's (threshold "
             f"-{margin:.1f}: 'competitive' allows trailing by at most {margin:.1f} points). "
             + CI_RULE.format(thr="the threshold"))
-    inb_runs = [r for r, c in book.runs.items() if r.recipe in INBEDDER_RECIPES and _has_ia(c)]
+    inb_runs = [r for r, c in book.runs.items() if r.recipe in INBEDDER_RECIPES and _has_ia(c)
+                and "+filter=" not in r.mode]  # the filter ablation's variants are not headline modes
     baselines = [r for r, c in book.runs.items() if r.mode == NO_INSTRUCTION_MODE and r.recipe == "none"
                  and _has_ia(c)]
     if not inb_runs or not baselines:
