@@ -42,51 +42,44 @@ def minilm() -> Path:
     return packaged_model("minilm-l6")
 
 
-# tiny masked and seq2seq models: random weights (no real small one ships offline), the real
-# all-MiniLM-L6-v2 WordPiece tokenizer
+# tiny models: random weights (no real small masked or seq2seq model ships offline), real tokenizers
+
+
+def save_tiny_model(tmp_path_factory, name: str, model_class, config, tokenizer_dir: Path) -> Path:
+    """A randomly initialised model (seed 0) of `config` saved with a real tokenizer; its folder."""
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp(name)
+    model_class(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, smollm2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                      pad_token_id=2, tie_word_embeddings=True)
+    return save_tiny_model(tmp_path_factory, "tiny-llama", LlamaForCausalLM, cfg, smollm2)
 
 
 @pytest.fixture(scope="module")
 def tiny_roberta(tmp_path_factory, minilm):
-    import torch
-    from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
+    from transformers import RobertaConfig, RobertaForMaskedLM
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-roberta")
-    cfg = RobertaConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        pad_token_id=0,
-        max_position_embeddings=600,
-        type_vocab_size=1,
-    )
-    RobertaForMaskedLM(cfg).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm).save_pretrained(path)
-    return path
+    cfg = RobertaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, pad_token_id=0, max_position_embeddings=600, type_vocab_size=1)
+    return save_tiny_model(tmp_path_factory, "tiny-roberta", RobertaForMaskedLM, cfg, minilm)
 
 
 @pytest.fixture(scope="module")
 def tiny_t5(tmp_path_factory, minilm):
-    import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-t5")
-    cfg = T5Config(
-        vocab_size=30522,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        pad_token_id=0,
-        eos_token_id=102,
-        decoder_start_token_id=0,
-    )
-    T5ForConditionalGeneration(cfg).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm).save_pretrained(path)
-    return path
+    cfg = T5Config(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                   num_heads=4, pad_token_id=0, eos_token_id=102, decoder_start_token_id=0)
+    return save_tiny_model(tmp_path_factory, "tiny-t5", T5ForConditionalGeneration, cfg, minilm)

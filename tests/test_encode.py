@@ -37,30 +37,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# tiny models (random weights, real tokenizers; tiny_roberta and tiny_t5 are in tests/conftest.py)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, smollm2):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    AutoTokenizer.from_pretrained(smollm2).save_pretrained(path)
-    return path
+# models (the tiny random ones, tiny_llama, tiny_roberta and tiny_t5, are in tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

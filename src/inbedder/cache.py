@@ -67,6 +67,8 @@ KEY_NAMES = ("format", "kind", "model_fingerprint", "template", "template_text",
               "compute", "method", "re_encoder", "prompts")
 # nucleus of the re-encode-multi draws under method.re_encode_multi_sampling: authors
 MULTI_TOP_P = 0.9
+# the config `method` switches that change an encode cache (each a Settings field)
+METHOD_KEYS = ("truncation", "special_steps", "filter", "masked_prompt_modes", "re_encode_multi_sampling")
 
 
 class CacheError(ValueError):
@@ -126,9 +128,7 @@ class Settings:
 
     def method(self) -> dict[str, str]:
         """The `method` switches that change this cache."""
-        return {"truncation": self.truncation, "special_steps": self.special_steps, "filter": self.filter,
-                "masked_prompt_modes": self.masked_prompt_modes,
-                "re_encode_multi_sampling": self.re_encode_multi_sampling}
+        return {key: getattr(self, key) for key in METHOD_KEYS}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import numpy as np
 from inbedder.cache import (
     GENERATIVE_KINDS,
     META,
+    METHOD_KEYS,
     MULTI_SAMPLES,
     MULTI_TEMPERATURE,
     MULTI_TOP_P,
@@ -166,8 +167,7 @@ def encode_prompts(
                         else 0), layers=tuple(int(x) for x in layers), batch_size=int(batch_size), device=device,
                         dtype=dtype, max_length=int(max_length), re_encode=re_encoder_dir is not None,
                         re_encode_multi=bool(re_encode_multi), seed=int(seed),
-                        **{k: switches[k] for k in ("truncation", "special_steps", "filter", "masked_prompt_modes",
-                                                    "re_encode_multi_sampling")},
+                        **{k: switches[k] for k in METHOD_KEYS},
                         filter_instructions=tuple(dict.fromkeys(str(x) for x in filter_instructions)),
                         keep_last_words=None if keep_last_words is None else int(keep_last_words),
                         **_sampling(decoding))
@@ -310,11 +310,10 @@ def _encode_lm(model_dir, settings: Settings, prompts, progress: bool, loaded):
                                                                      settings.dtype)
     states, eos = run_lm(model, tokenizer, settings, prompts, progress)
     fillers = filler_tokens(tokenizer)
-    filter_ids = authors_filter_ids(tokenizer, settings.filter_instructions)
-    # the authors' masked encoder never applies its filter words, so nothing leaves its answers
-    authors_ids = [] if settings.kind == "masked" else filter_ids
+    # the authors' masked encoder takes filter words and never applies them: no ids to drop there
+    filter_ids = [] if settings.kind == "masked" else authors_filter_ids(tokenizer, settings.filter_instructions)
     answers = answer_rows(tokenizer, prompts, states, eos, fillers,
-                          authors_ids if settings.filter == "authors" else None)
+                          filter_ids if settings.filter == "authors" else None)
     tensors = dict(states.tensors)
     tensors["gen_ids"] = states.gen_ids
     tensors["gen_mask"] = states.gen_mask

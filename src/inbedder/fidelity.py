@@ -17,6 +17,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from inbedder.vocabulary import GENERATIVE_KINDS, UNTRAINED_RECIPES
+
 AUTHORS_REPO = "zhang-yu-wei/InBedder"
 AUTHORS_COMMIT = "e7747148"
 STOPWORDS_FILE = "nltk_english_stopwords.txt"
@@ -357,8 +359,6 @@ AUTHORS_EPOCHS: dict[str, int] = {"alpaca": 3, "inbedder": 1}
 _SAMPLED = "sampled (temperature 0.6, top_p 0.9)"
 _DTYPES = ("float32", "bfloat16")
 _GENERATING = ("causal", "seq2seq")  # kinds that decode an answer (a masked LM fills its masks in one pass)
-_LANGUAGE_MODELS = ("causal", "masked", "seq2seq")
-_UNTRAINED = ("none", "released")
 # Switches of the fine-tuning: they cannot move a row of an untuned model or of the authors' checkpoint.
 _TRAINING_SWITCHES = ("method.train_answer_cut", "method.train_target", "recipes.<recipe>.epochs")
 
@@ -439,7 +439,7 @@ def same_re_encoder(paper: str, ours: str | None, models: dict[str, Any] | None 
 
 def _decoding_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
     rows = []
-    for name, spec in _selected_models(config, _LANGUAGE_MODELS):
+    for name, spec in _selected_models(config, GENERATIVE_KINDS):
         key = f"models.{name}.decoding"
         value = spec.get("decoding", "greedy")
         if isinstance(value, dict):  # the config's sampling settings: {temperature, top_p, seed}
@@ -471,7 +471,7 @@ def _dtype_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
     rows = []
     run_dtype = config.get("dtype", "auto")
     device = config.get("device", "auto")
-    for name, spec in _selected_models(config, _LANGUAGE_MODELS):
+    for name, spec in _selected_models(config, GENERATIVE_KINDS):
         key = f"models.{name}.dtype"
         value = spec.get("dtype", run_dtype)
         if value not in (*s.values, *_DTYPES):
@@ -497,9 +497,9 @@ def _epoch_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
     when set, else the recipe's `epochs`, else the model's `train.epochs`), beside the authors' epochs."""
     rows = []
     recipes = config.get("recipes") or {}
-    trained = _selected_models(config, _LANGUAGE_MODELS)
+    trained = _selected_models(config, GENERATIVE_KINDS)
     for recipe in (config.get("select") or {}).get("recipes") or []:
-        if recipe in _UNTRAINED:
+        if recipe in UNTRAINED_RECIPES:
             continue
         key = f"recipes.{recipe}.epochs"
         if recipe not in recipes:
@@ -573,7 +573,7 @@ def method_notes(rows: list[MethodRow], tables: str | tuple[str, ...], model: st
             continue
         if recipe is not None and r.recipe is not None and r.recipe != recipe:
             continue
-        if recipe in _UNTRAINED and r.switch in _TRAINING_SWITCHES:
+        if recipe in UNTRAINED_RECIPES and r.switch in _TRAINING_SWITCHES:
             continue
         out.append(r.key)
     return list(dict.fromkeys(out))

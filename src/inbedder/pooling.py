@@ -26,8 +26,8 @@ cache's meta:
 
 The `authors` filter also leaves out the steps whose predicted token id is one of the cache's
 `filter.authors_ids` (`inbedder.text.authors_filter_ids`), never step 0 of a causal LM, with the same
-stand-in when nothing is left; for masked LMs it drops nothing (their masked encoder takes the filter
-words and never applies them). The `words` filter (`inbedder.text.keep_steps`) drops a step whose
+stand-in when nothing is left; a masked LM's cache records no such ids (their masked encoder takes
+the filter words and never applies them), so there it drops nothing. The `words` filter (`inbedder.text.keep_steps`) drops a step whose
 token, decoded on its own, space marker stripped and lower-cased, is a stopword, a token of the
 prompt's instruction or of a filler phrase; step 0 can be dropped, and when every step is dropped
 step 0 alone is kept.
@@ -41,6 +41,7 @@ import os
 import numpy as np
 
 from inbedder.cache import Cache, load_cache
+from inbedder.fidelity import switch
 from inbedder.text import keep_steps
 from inbedder.vocabulary import FILTERED_MODES, GENERATION_MODES, STORED_MODES
 
@@ -53,7 +54,7 @@ def _as_cache(cache: Cache | str | os.PathLike) -> Cache:
 # the filter
 
 
-FILTER_VARIANTS = ("authors", "words")
+FILTER_VARIANTS = switch("method.filter").values
 
 
 def _method(cache: Cache) -> dict[str, str]:
@@ -62,21 +63,24 @@ def _method(cache: Cache) -> dict[str, str]:
 
 def _special_kept(cache: Cache, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[N, T] the valid steps whose predicted token is not special (the authors' rule, before stand-ins)."""
-    special = np.asarray(cache.meta.get("special_ids") or cache.meta.get("eos_ids") or [], dtype=np.int64)
-    return mask & ~np.isin(ids, special)
+    return mask & ~np.isin(ids, np.asarray(cache.meta.get("special_ids", []), dtype=np.int64))
 
 
-def _stand_in(keep: np.ndarray, first_counts: bool, width: int) -> np.ndarray:
-    """Pad `keep` to `width` steps and put the authors' stand-in where no step past the fixed ones is left."""
+def _padded(keep: np.ndarray, width: int) -> np.ndarray:
+    """`keep` [N, T] widened to `width` step states (a causal cache has the stand-in state past T)."""
     out = np.zeros((keep.shape[0], width), dtype=bool)
     out[:, : keep.shape[1]] = keep
+    return out
+
+
+def _stand_in(keep: np.ndarray, first_counts: bool) -> np.ndarray:
+    """The authors' stand-in where no step past the fixed ones is left (`keep` already padded)."""
+    out = keep.copy()
     if first_counts:  # causal: step 0 always counts; step 1 stands in when no later step is left
         out[:, 0] = True
-        empty = ~out[:, 1:].any(1)
-        out[empty, 1] = True
+        out[~out[:, 1:].any(1), 1] = True
     else:  # seq2seq: the decoder start stands in
-        empty = ~out.any(1)
-        out[empty, 0] = True
+        out[~out.any(1), 0] = True
     return out
 
 
@@ -94,30 +98,21 @@ def step_mask(cache: Cache, filtered: bool | str, width: int | None = None) -> n
     if variant is not None and variant not in FILTER_VARIANTS:
         raise KeyError(f"unknown filter {variant!r}; known: {', '.join(FILTER_VARIANTS)}")
     authors_steps = method.get("special_steps") == "authors" and cache.meta.get("kind") != "masked"
-    base = _special_kept(cache, ids, mask) if authors_steps else mask
+    keep = _special_kept(cache, ids, mask) if authors_steps else mask
     if variant == "words":
         if cache.answers is None:
             raise ValueError(f"{cache.path}: no answers.jsonl, so no tokens to filter")
         fillers = ((cache.meta.get("filter") or {}).get("words") or {}).get("filler_tokens", [])
-        out = np.zeros((mask.shape[0], width), dtype=bool)
-        for i, row in enumerate(cache.answers):
-            out[i, : mask.shape[1]] = keep_steps(row["tokens"], base[i], row["instruction_tokens"], fillers)
-        return out
-    if variant == "authors" and cache.meta.get("kind") == "masked":
-        # the authors' masked encoder takes filter words and never applies them: nothing is dropped
-        out = np.zeros((mask.shape[0], width), dtype=bool)
-        out[:, : mask.shape[1]] = base
-        return out
+        return _padded(np.array([keep_steps(row["tokens"], keep[i], row["instruction_tokens"], fillers)
+                                 for i, row in enumerate(cache.answers)], dtype=bool).reshape(mask.shape), width)
     if variant == "authors":
         drop = (cache.meta.get("filter") or {}).get("authors_ids")
         if drop is None:
             raise ValueError(f"{cache.path}: the cache records no authors' filter ids (filter.authors_ids)")
-        base = base & ~np.isin(ids, np.asarray(drop, dtype=np.int64))
+        keep = keep & ~np.isin(ids, np.asarray(drop, dtype=np.int64))
     if authors_steps or variant == "authors":
-        return _stand_in(base, bool(cache.meta.get("first_gen_in_prompt")), width)
-    out = np.zeros((mask.shape[0], width), dtype=bool)
-    out[:, : mask.shape[1]] = base
-    return out
+        return _stand_in(_padded(keep, width), bool(cache.meta.get("first_gen_in_prompt")))
+    return _padded(keep, width)
 
 
 # ----------------------------------------------------------------------------------------------

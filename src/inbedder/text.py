@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from inbedder.fidelity import AUTHORS_FILLERS, authors_stopwords
+from inbedder.fidelity import AUTHORS_FILLERS, authors_stopwords, switch
 
 # Templates of the paper (section 3 of DESIGN.md). `{input}` is the text, `{instruction}` the question.
 TEMPLATES: dict[str, str] = {
@@ -56,7 +56,7 @@ def format_prompt(template: str, instruction: str, input: str) -> str:
     return pattern.format(instruction=instruction, input=input)
 
 
-TRUNCATIONS = ("authors", "keep_instruction")
+TRUNCATIONS = switch("method.truncation").values
 
 
 def prompt_token_ids(tokenizer, template: str, text: str, instruction: str, budget: int,
@@ -70,7 +70,7 @@ def prompt_token_ids(tokenizer, template: str, text: str, instruction: str, budg
     `"keep_instruction"`: the input text is cut at its end until the prompt fits.
     """
     if truncation not in TRUNCATIONS:
-        raise ValueError(f"method.truncation: {truncation!r} is not one of {TRUNCATIONS}")
+        raise ValueError(f"method.truncation: {truncation!r} is not one of {', '.join(TRUNCATIONS)}")
     prompt = format_prompt(template, instruction, text)
     ids = tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids
     if len(ids) <= budget:
@@ -100,9 +100,6 @@ def prompt_token_ids(tokenizer, template: str, text: str, instruction: str, budg
 
 # ----------------------------------------------------------------------------------------------
 # the step filter
-
-
-FILTERS = ("authors", "words")
 
 
 def authors_filter_words(instructions: Sequence[str]) -> list[str]:
