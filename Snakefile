@@ -18,10 +18,11 @@ report: "report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
-# Wildcards name the experimental axes; model names may hold hyphens, recipes and tasks do not.
+# Wildcards name the experimental axes; model names may hold hyphens, recipes and tasks do not; a
+# fine-tune's further training seed follows its recipe after "@" (inbedder@1).
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
-    recipe="[A-Za-z0-9_]+",
+    recipe="[A-Za-z0-9_]+(@[0-9]+)?",
     task="[A-Za-z0-9_]+",
 
 

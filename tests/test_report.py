@@ -43,6 +43,7 @@ def frame(rows: list[tuple]) -> pd.DataFrame:
     df["layer"] = "-1"
     df["n"] = 100
     df["seed"] = df["seed"].fillna(-1).astype(int)
+    df["train_seed"] = -1
     return df[list(report.SCORE_COLUMNS)]
 
 

@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 MIRROR = Path(os.environ.get("INBEDDER_DATA_MIRROR", ROOT.parent / "shared" / "data")).resolve()
-SCORE_COLUMNS = ["model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "n"]
+SCORE_COLUMNS = ["model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "train_seed", "n"]
 SMOKE_TASKS = {"NLUPPTwoViewTriplets", "NLUPPTwoViewClustering", "NLUPPInstructedPairs", "STSBenchmark"}
 
 pytestmark = pytest.mark.slow

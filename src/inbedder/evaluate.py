@@ -2,7 +2,8 @@
 
 Output of `evaluate_task` (one Snakemake job per model, recipe and task):
 - `<scores>.csv` with the columns `SCORE_COLUMNS`: one row per score and, for clustering, per seed
-  (`seed` empty for deterministic scores). Modes are the model's (`models.<m>.modes`, restricted by
+  (`seed` empty for deterministic scores; `train_seed` the fine-tune's training seed, empty for an
+  untrained model: a run `<recipe>@<seed>` writes recipe `<recipe>` and that seed). Modes are the model's (`models.<m>.modes`, restricted by
   `tasks.<t>.modes`), layers the config's `layers` (sentence encoders: -1).
   Each row also has `ci_low`, `ci_high`: the 95% percentile bootstrap CI of `value` over the task's
   items, its seed fixed (`inbedder.bootstrap.score_intervals`; empty where a score keeps no per-item data:
@@ -80,6 +81,7 @@ class Run:
     layers: tuple[int, ...] = (-1,)
     seeds: tuple[int, ...] = (0, 1, 2)
     cache_key: str = "nocache"
+    train_seed: int | None = None  # the fine-tune's training seed (its cache, hence revision, differs); None untrained
 
     def model_meta(self, mode: str, layer: int, seed: int | None = None) -> Any:
         """mteb ModelMeta named for this model+recipe, revision unique per (mode, layer, cache)."""
@@ -165,11 +167,12 @@ def evaluate_task(
                 _write_mteb_layout(run, task, mode, layer, outcome.scores, out_dir, revision, seconds)
             rows += [
                 {"model": run.model, "recipe": run.recipe, "mode": mode, "layer": layer, "task": run.task,
-                 "subset": s.subset, "metric": s.metric, "value": s.value, "seed": s.seed, "n": s.n}
+                 "subset": s.subset, "metric": s.metric, "value": s.value, "seed": s.seed,
+                 "train_seed": run.train_seed, "n": s.n}
                 for s in outcome.scores
             ]
             items += [{"model": run.model, "recipe": run.recipe, "task": run.task, "mode": mode, "layer": layer,
-                       "train_seed": NO_SEED, **item} for item in outcome.items]
+                       "train_seed": NO_SEED if run.train_seed is None else run.train_seed, **item} for item in outcome.items]
             for c in outcome.clusterings:
                 explanations.append(_explanation(c, mode, layer, answers))
                 if task.writes_assignments:
@@ -185,6 +188,7 @@ def evaluate_task(
     log.info("%s-%s %s: CIs of %d scores from %d per-item rows in %.1fs", run.model, run.recipe, run.task,
              int(frame["ci_low"].notna().sum()), len(item_table), time.monotonic() - start)
     frame["seed"] = frame["seed"].astype("Int64")
+    frame["train_seed"] = frame["train_seed"].astype("Int64")
     write_scores(frame, out_csv)
     write_items(item_table, out_items if out_items is not None else items_path(out_csv))
     write_json(out_dir / "explanations.json", {
@@ -247,6 +251,7 @@ def evaluate_cache(
     layers: Sequence[int] = (-1,),
     seeds: Sequence[int] = (0, 1, 2),
     out_items: str | Path | None = None,
+    train_seed: int | None = None,
 ) -> pd.DataFrame:
     """Score a task table from its encode cache (results/<run>/cache/<model>-<recipe>/<task>/): the rule's entry point."""
     from inbedder import pooling
@@ -257,7 +262,8 @@ def evaluate_cache(
     if not isinstance(table, pd.DataFrame):
         table = read_task_table(table)
     run = Run(model=model, recipe=recipe, task=task, spec=dict(spec), modes=tuple(modes), layers=tuple(layers),
-              seeds=tuple(seeds), cache_key=str(cache.meta.get("cache_key") or sha256_json(cache.meta)))
+              seeds=tuple(seeds), cache_key=str(cache.meta.get("cache_key") or sha256_json(cache.meta)),
+              train_seed=train_seed)
     return evaluate_task(run, table, lambda mode, layer: pooling.lookup(cache, mode, layer), out_csv, out_dir,
                          answers=answers_of(cache.prompts, cache.answers), out_items=out_items)
 

@@ -13,9 +13,52 @@ from typing import Any
 from inbedder.fidelity import method_settings
 from inbedder.models import RELEASED_SUFFIX, check_kind
 from inbedder.task_kinds import modes_for
-from inbedder.train import check_recipe
+from inbedder.train import TrainSettings, check_recipe
 from inbedder.train_loop import TRAIN_LOOP
-from inbedder.vocabulary import SENTENCE_ENCODER, UNTRAINED_RECIPES
+from inbedder.vocabulary import SENTENCE_ENCODER, TRAIN_SEED_SEP, UNTRAINED_RECIPES, split_recipe
+
+
+def train_seeds(model: str, spec: Mapping[str, Any]) -> list[int]:
+    """The training seeds of a model: `train.seeds` when set, else [`train.seed`]."""
+    train = spec.get("train") or {}
+    seeds = train.get("seeds")
+    if seeds is None:
+        return [int(train.get("seed", TrainSettings.seed))]
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"models.{model}.train.seeds: a non-empty list of distinct integers, got {seeds!r}")
+    return [int(s) for s in seeds]
+
+
+def recipe_runs(model: str, recipe: str, config: Mapping[str, Any]) -> list[str]:
+    """The runs of one (model, recipe): the recipe itself, and `<recipe>@<seed>` for each further training seed."""
+    if recipe in UNTRAINED_RECIPES:
+        return [recipe]
+    seeds = train_seeds(model, config["models"][model])
+    return [recipe] + [f"{recipe}{TRAIN_SEED_SEP}{s}" for s in seeds[1:]]
+
+
+def resolve_run(model: str, name: str, config: Mapping[str, Any]) -> tuple[str, int | None]:
+    """A run's name (`inbedder`, `inbedder@1`, `none`) -> (recipe, training seed); None for untrained models."""
+    recipe, seed = split_recipe(name)
+    if recipe in UNTRAINED_RECIPES:
+        if seed is not None:
+            raise ValueError(f"{model}-{name}: recipe {recipe!r} is not trained, so it has no training seed")
+        return recipe, None
+    seeds = train_seeds(model, config["models"][model])
+    if seed is None:
+        return recipe, seeds[0]
+    if seed not in seeds[1:]:
+        raise ValueError(f"{model}-{name}: training seed {seed} is not one of models.{model}.train.seeds after "
+                         f"the first ({seeds[1:]}; the first seed's run is the plain {recipe!r})")
+    return recipe, seed
+
+
+def run_name(model: str, recipe: str, train_seed: int | None, config: Mapping[str, Any]) -> str:
+    """The inverse of resolve_run: (recipe, training seed) -> the run's name."""
+    if recipe in UNTRAINED_RECIPES or train_seed is None:
+        return recipe
+    first = train_seeds(model, config["models"][model])[0]
+    return recipe if int(train_seed) == first else f"{recipe}{TRAIN_SEED_SEP}{int(train_seed)}"
 
 
 def materialize_params(name: str, models: Mapping[str, Mapping[str, Any]], released: bool = False) -> dict:
@@ -38,10 +81,12 @@ def task_table_params(task: str, config: Mapping[str, Any]) -> dict[str, Any]:
     return {"spec": dict(config["tasks"][task]), "limit": config["limits"]["task_rows"]}
 
 
-def train_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str, Any]:
+def train_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """Params of the train_model rule: exactly the settings that change a fine-tune.
 
-    The model's train block, its kind, the recipe's template, dataset and epochs, the held-out check
+    `run` is the recipe, or `<recipe>@<seed>` for a further training seed (`train.seeds`); the train
+    block goes with `seed` set to the run's training seed and `seeds` left out, so the first seed's
+    params do not change when seeds are added. The model's train block, its kind, the recipe's template, dataset and epochs, the held-out check
     (rows, answer length), the configured device/dtype (resolved at run time), the training
     loop's choices (`TRAIN_LOOP`: batching, where the LM head runs) and the two `method` switches
     of training (`train_target`, `train_answer_cut`; not the others, which do not change a fine-tune).
@@ -50,8 +95,11 @@ def train_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str
     if model not in models:
         raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
     spec = models[model]
+    recipe, seed = resolve_run(model, run, config)
     recipe_spec = check_recipe(model, recipe, recipes)
-    train = dict(spec.get("train") or {})
+    train = {k: v for k, v in (spec.get("train") or {}).items() if k != "seeds"}
+    if seed != train.get("seed", TrainSettings.seed):
+        train["seed"] = seed
     limits = config.get("limits") or {}
     method = method_settings(config)
     return {
@@ -72,7 +120,7 @@ def train_params(model: str, recipe: str, config: Mapping[str, Any]) -> dict[str
     }
 
 
-def encode_params(model: str, recipe: str, task: str, config: Mapping[str, Any]) -> dict[str, Any]:
+def encode_params(model: str, run: str, task: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """Params of the encode rule: exactly the settings that change a cache (model folders are inputs).
 
     Template: the recipe's (`recipes.<r>.template`), "inbedder" for `none` and `released`; answer
@@ -86,6 +134,7 @@ def encode_params(model: str, recipe: str, task: str, config: Mapping[str, Any])
         raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
     if task not in tasks:
         raise KeyError(f"task {task!r} is not a key of tasks; known: {sorted(tasks)}")
+    recipe = split_recipe(run)[0]
     if recipe not in recipes and recipe not in UNTRAINED_RECIPES:
         raise KeyError(f"recipe {recipe!r} is not a key of recipes, 'none' or 'released'")
     spec = models[model]
@@ -135,11 +184,15 @@ def filter_instructions(spec: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def evaluate_params(model: str, task: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Params of the evaluate_task rule: exactly the settings that change one job's scores."""
+def evaluate_params(model: str, run: str, task: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Params of the evaluate_task rule: exactly the settings that change one job's scores (the run's
+    recipe and training seed label its rows)."""
     spec = config["models"][model]
     generative = spec["kind"] != SENTENCE_ENCODER
+    recipe, train_seed = resolve_run(model, run, config)
     return {
+        "recipe": recipe,
+        "train_seed": train_seed,
         "spec": config["tasks"][task],
         "modes": modes_for(config["tasks"][task], spec.get("modes", [])),
         "layers": list(config["layers"]) if generative else [-1],

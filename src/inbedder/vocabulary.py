@@ -18,6 +18,22 @@ UNTUNED = "none"
 RELEASED = "released"
 UNTRAINED_RECIPES: tuple[str, ...] = (UNTUNED, RELEASED)
 
+# A fine-tune's training seed beyond the model's first: `<recipe>@<seed>` names its folders
+# (results/<run>/models/<model>-inbedder@1/, its caches and score tables); the first seed keeps the
+# plain recipe name, so adding seeds reuses the fine-tune already made.
+TRAIN_SEED_SEP = "@"
+
+
+def split_recipe(name: str) -> tuple[str, int | None]:
+    """`inbedder@1` -> ("inbedder", 1); a plain recipe -> (recipe, None)."""
+    recipe, sep, seed = str(name).partition(TRAIN_SEED_SEP)
+    if not sep:
+        return recipe, None
+    if not seed.isdigit():
+        raise ValueError(f"{name!r}: the training seed after {TRAIN_SEED_SEP!r} must be an integer >= 0")
+    return recipe, int(seed)
+
+
 # Embedding modes. Generation modes are pooled from the cached hidden states at any layer; the
 # `+filter` variants drop uninformative answer steps first (with config `method.filter`, or the filter
 # named after `=`: `+filter=authors`, `+filter=words`); stored modes are computed whole at encode
@@ -50,8 +66,13 @@ MODES: tuple[str, ...] = (
     "prefixed",
 )
 
-# results/<run>/scores.csv: one row per score; the CI columns hold its bootstrap interval.
-SCORE_COLUMNS: tuple[str, ...] = ("model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "n")
+# results/<run>/scores.csv: one row per score; the CI columns hold its bootstrap interval. `recipe` is
+# the plain recipe, `train_seed` the fine-tune's training seed (empty for untrained models), `seed` the
+# k-means seed of a clustering score (empty for deterministic scores).
+SCORE_COLUMNS: tuple[str, ...] = ("model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed",
+                                  "train_seed", "n")
+# Written by versions before training seeds: read as empty.
+LATER_SCORE_COLUMNS: tuple[str, ...] = ("train_seed",)
 CI_COLUMNS: tuple[str, ...] = ("ci_low", "ci_high")
 
 # Instruction groups of the robustness tasks.

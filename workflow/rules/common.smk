@@ -4,7 +4,8 @@ import re
 
 from inbedder.vocabulary import SENTENCE_ENCODER, UNTRAINED_RECIPES
 from inbedder.config import check_runtime
-from inbedder.rule_params import evaluate_params
+from inbedder.rule_params import evaluate_params, recipe_runs
+from inbedder.vocabulary import split_recipe
 from inbedder.datasets import unavailable_reason
 from inbedder.report.inputs import data_manifests, declared_inputs, projection_of
 from inbedder.task_kinds import modes_for
@@ -34,13 +35,14 @@ def task_spec(name):
 
 
 def recipes_for(model):
-    """Recipes run for a model: sentence encoders only untuned, language models every selected recipe."""
+    """Runs of a model: sentence encoders only untuned, language models every selected recipe, a
+    fine-tuned recipe once per training seed (`inbedder`, `inbedder@1`, ...: rule_params.recipe_runs)."""
     if MODELS[model]["kind"] == SENTENCE_ENCODER:
         return ["none"]
     recipes = list(config["select"]["recipes"])
     if "released" in recipes and "released" not in MODELS[model]:
         recipes.remove("released")
-    return recipes
+    return [run for recipe in recipes for run in recipe_runs(model, recipe, config)]
 
 
 def runnable_tasks():
@@ -149,7 +151,7 @@ def report_inputs(wildcards):
         R,
         jobs=jobs,
         model_folders=folders,
-        manifests=data_manifests(config, runnable_tasks(), [r for _, r in trained_pairs()]),
+        manifests=data_manifests(config, runnable_tasks(), [split_recipe(r)[0] for _, r in trained_pairs()]),
         projection=projection_of(config, runnable_tasks()),
         items=True,
     )

@@ -53,6 +53,8 @@ rule training_table:
         heldout=f"{R}/train/{{recipe}}.heldout.jsonl",
     log:
         f"{R}/logs/data/training_table/{{recipe}}.log",
+    wildcard_constraints:
+        recipe="[A-Za-z0-9_]+",  # a recipe, never one training seed's run of it
     params:
         train_rows=config["limits"]["train_rows"],
         heldout_rows=config["limits"]["heldout_rows"],

@@ -14,7 +14,7 @@ rule evaluate_task:
     benchmark:
         f"{R}/benchmarks/evaluate/{{model}}-{{recipe}}/{{task}}.tsv"
     params:
-        settings=lambda wildcards: evaluate_params(wildcards.model, wildcards.task, config),
+        settings=lambda wildcards: evaluate_params(wildcards.model, wildcards.recipe, wildcards.task, config),
     threads: 1
     conda:
         "../../envs/torch.yaml"

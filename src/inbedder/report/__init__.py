@@ -22,6 +22,7 @@ from inbedder.report.aggregate import (
     paper_suite_scores,
     robustness_rows,
     suite_scores,
+    train_seed_spread,
 )
 from inbedder.report.claims import (
     CLAIMS,
@@ -37,6 +38,8 @@ from inbedder.report.figures import Figure, figure_projection
 from inbedder.report.inputs import ReportInputs, declared_inputs, run_inputs
 from inbedder.report.render import main, render_report
 from inbedder.report.suites import (
+    GEN_AVG,
+    IA_AVG,
     OFFLINE_SUITE,
     PAPER_NUMBER_COLUMNS,
     PAPER_SUITE,
@@ -55,6 +58,8 @@ from inbedder.report.tables import MissingReasons, TableView, filter_ablation, o
 
 __all__ = [
     "CLAIMS",
+    "GEN_AVG",
+    "IA_AVG",
     "OFFLINE_SUITE",
     "PAPER_NUMBER_COLUMNS",
     "PAPER_SUITE",
@@ -97,4 +102,5 @@ __all__ = [
     "robustness_rows",
     "run_inputs",
     "suite_scores",
+    "train_seed_spread",
 ]

@@ -57,32 +57,45 @@ def column_cells(scores: pd.DataFrame, column: Column, items: ItemData | None = 
         if per_seed.empty:
             continue
         mean, sd = mean_sd(per_seed.to_numpy(dtype=float) * SCALE)
-        n_seeds = int((per_seed.index != NO_SEED).sum())
-        cell = Cell(value=mean, sd=sd, n_seeds=n_seeds, metric=metric, note=note)
+        cell = Cell(value=mean, sd=sd, n_seeds=count_seed_units(rows), metric=metric, note=note)
         cell.est, cell.ci_reason = cell_estimate(items, Run(*run), column, rows, mean)
         out[Run(*run)] = cell
     return out
 
 
+def seed_units(rows: pd.DataFrame) -> pd.Series:
+    """Each row's seed unit as one integer code: its (training seed, k-means seed) pair, factorised."""
+    codes, _ = pd.factorize(pd.Series(list(zip(rows["train_seed"], rows["seed"], strict=True)), index=rows.index))
+    return pd.Series(codes, index=rows.index, name="unit")
+
+
+def count_seed_units(rows: pd.DataFrame) -> int:
+    """Distinct (training seed, k-means seed) units among rows, not counting rows with neither."""
+    pairs = rows[["train_seed", "seed"]].drop_duplicates()
+    return int(((pairs["train_seed"] != NO_SEED) | (pairs["seed"] != NO_SEED)).sum())
+
+
 def per_seed_values(rows: pd.DataFrame, combine: str) -> tuple[pd.Series, str]:
-    """One value per seed for a run's rows of one metric, and a note on how subsets were combined."""
+    """One value per seed unit (training seed x k-means seed) for a run's rows of one metric, and a note on
+    how subsets were combined."""
+    rows = rows.assign(unit=seed_units(rows))
     subsets = list(dict.fromkeys(rows["subset"]))
-    by_subset = rows.groupby(["seed", "subset"])["value"].mean()
+    by_subset = rows.groupby(["unit", "subset"])["value"].mean()
     if combine == "hmean":
         if "hmean" in subsets:
-            return rows[rows["subset"] == "hmean"].groupby("seed")["value"].mean(), ""
+            return rows[rows["subset"] == "hmean"].groupby("unit")["value"].mean(), ""
         parts = by_subset.drop("hmean", level="subset", errors="ignore")
         if parts.index.get_level_values("subset").nunique() < 2:
             return pd.Series(dtype=float), ""
         names = sorted(set(parts.index.get_level_values("subset")))
-        return (parts.groupby(level="seed").agg(lambda s: hmean(s.tolist())),
+        return (parts.groupby(level="unit").agg(lambda s: hmean(s.tolist())),
                 "harmonic mean computed by the report from " + ", ".join(names))
     chosen = next((s for s in OVERALL_SUBSETS if s in subsets), None)
     if chosen is None and len(subsets) == 1:
         chosen = subsets[0]
     if chosen is not None:
-        return rows[rows["subset"] == chosen].groupby("seed")["value"].mean(), ""
-    return by_subset.groupby(level="seed").mean(), "mean over subsets " + ", ".join(sorted(subsets))
+        return rows[rows["subset"] == chosen].groupby("unit")["value"].mean(), ""
+    return by_subset.groupby(level="unit").mean(), "mean over subsets " + ", ".join(sorted(subsets))
 
 
 def combine_plan(rows: pd.DataFrame, combine: str) -> tuple[str, list[str]]:
@@ -204,6 +217,28 @@ def headline_runs(book: SuiteScores) -> list[Run]:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def train_seed_spread(scores: pd.DataFrame, suite: Suite, runs: Sequence[Run]) -> list[dict]:
+    """The spread across training seeds of each given run fine-tuned under more than one seed: its IA and
+    generic averages per training seed, their mean and sd (the authors trained one seed per model)."""
+    out = []
+    for run in runs:
+        mine = scores[(scores["model"] == run.model) & (scores["recipe"] == run.recipe)
+                      & (scores["mode"] == run.mode)]
+        seeds = sorted(s for s in set(mine["train_seed"]) if s != NO_SEED)
+        if len(seeds) < 2:
+            continue
+        books = {s: suite_scores(mine[mine["train_seed"] == s], suite) for s in seeds}
+        for label in (IA_AVG, GEN_AVG):
+            cells = [books[s].get(run, label) for s in seeds]
+            if not all(c.ok for c in cells):
+                continue
+            values = [c.value for c in cells]
+            mean, sd = mean_sd(np.array(values))
+            out.append({"run": run, "label": run.label, "column": label, "seeds": seeds, "values": values,
+                        "mean": mean, "sd": sd, "range": max(values) - min(values)})
+    return out
+
+
 def robustness_group(subset: str) -> str | None:
     """The instruction group of a robustness subset (`correct/03`, `implicit`, ...), or None."""
     s = subset.lower()
@@ -280,7 +315,7 @@ def long_table(scores: pd.DataFrame, items: ItemData | None = None) -> list[dict
         n = grp["n"].dropna()
         row = dict(zip(keys, key, strict=True)) | {
             "mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if vals.size > 1 else None,
-            "n_seeds": int((grp["seed"] != NO_SEED).sum()), "n": int(n.iloc[0]) if len(n) else None,
+            "n_seeds": count_seed_units(grp), "n": int(n.iloc[0]) if len(n) else None,
             "low": None, "high": None, "few": False}
         task, model, recipe, mode, layer, subset, metric = key
         item_key = (model, recipe, task, mode, as_int(layer), subset, metric)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inbedder.report.suites import PROJECTION_TASK
-from inbedder.vocabulary import UNTRAINED_RECIPES
+from inbedder.vocabulary import UNTRAINED_RECIPES, split_recipe
 
 REPORT_DIR = Path(__file__).resolve().parents[3] / "report"  # the project's templates, css and captions
 
@@ -132,15 +132,19 @@ def run_inputs(run_dir: str | os.PathLike, config: Mapping[str, Any], data_dir: 
     scores = Path(run_dir) / "scores.csv"
     jobs: list[tuple[str, str, str]] = []
     if scores.is_file():
+        from inbedder.rule_params import run_name
+
         frame = pd.read_csv(scores, dtype=str, keep_default_na=False)
-        jobs = sorted(set(zip(frame["model"], frame["recipe"], frame["task"], strict=True)))
+        train_seeds = frame["train_seed"] if "train_seed" in frame.columns else [""] * len(frame)
+        jobs = sorted({(m, run_name(m, r, int(s) if s else None, config), t)
+                       for m, r, s, t in zip(frame["model"], frame["recipe"], train_seeds, frame["task"], strict=True)})
     runnable = [t for t in config["select"]["tasks"] if unavailable_reason(t, dict(config)) is None]
     folders = [m if r != "released" else f"{m}-released" for m, r, _ in jobs]
     folders += [config["re_encoder"]] if config.get("re_encoder") else []
     named = declared_inputs(
         run_dir, jobs=jobs, model_folders=folders, projection=projection_of(config, runnable), data_dir=data_dir,
         items=True,
-        manifests=data_manifests(config, runnable, [r for _, r, _ in jobs], data_dir))
+        manifests=data_manifests(config, runnable, [split_recipe(r)[0] for _, r, _ in jobs], data_dir))
     # by hand, a piece may be missing (a run stopped early): it is left out and the page says what it lacks
     present = {k: [p for p in v if Path(p).exists()] for k, v in named.items()
                if k not in ("scores", "skipped", "projection_table")}

@@ -51,7 +51,7 @@ def training_rows(training: Sequence[dict]) -> list[dict]:
     for t in training:
         s = t["summary"]
         rows.append({
-            "name": t["name"], "steps": s.get("steps"), "seconds_per_step": num(s.get("seconds_per_step")),
+            "name": t["name"], "train_seed": (s.get("settings") or {}).get("seed"), "steps": s.get("steps"), "seconds_per_step": num(s.get("seconds_per_step")),
             "first_loss": num(s.get("first_loss")), "last_loss": num(s.get("last_loss")),
             "f1_before": num(s.get("heldout_token_f1_before")), "f1_after": num(s.get("heldout_token_f1_after")),
             "train_rows": s.get("train_rows"), "device": s.get("device"), "dtype": s.get("dtype"),

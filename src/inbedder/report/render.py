@@ -30,6 +30,7 @@ from inbedder.report.aggregate import (
     paper_suite_scores,
     robustness_rows,
     suite_scores,
+    train_seed_spread,
 )
 from inbedder.report.claims import CLAIMS, ClaimResult, evaluate_claims
 from inbedder.report.inputs import ReportInputs, run_inputs
@@ -352,6 +353,10 @@ def render_report(
         "claims": claims, "tables": tables, "mapping": ANALOG_MAPPING, "figures": figures,
         "crossview": crossview_groups(crossview_table(scores), all_headline),
         "training": training_rows(training),
+        "seed_spread": [{"scope": scope, "rows": rows} for scope, rows in
+                        (("offline analogs", train_seed_spread(scores, books["offline"].suite, headline["offline"])),
+                         ("paper tasks", train_seed_spread(scores, books["paper"].suite, headline["paper"])))
+                        if rows],
         "robustness": [r for r in robust if r["groups"] or r.get("dci") is not None],
         "explanations": load_explanations(inputs.explanations, all_headline),
         "skipped": dict(sorted(skipped.items())), "provenance": provenance, "long": long,

@@ -219,14 +219,16 @@ def empty_scores() -> pd.DataFrame:
     df = pd.DataFrame({c: pd.Series(dtype=float if c in ("value", "n", *CI_COLUMNS) else str)
                        for c in SCORE_COLUMNS + CI_COLUMNS})
     df["seed"] = df["seed"].astype(int)
+    df["train_seed"] = df["train_seed"].astype(int)
     return df
 
 
 def load_scores(path: str | os.PathLike) -> pd.DataFrame:
-    """scores.csv as the report uses it: labels as stripped strings, no seed as NO_SEED (-1)."""
+    """scores.csv as the report uses it: labels as stripped strings, no seed (k-means or training) as NO_SEED (-1)."""
     df = read_scores(path)
     seed = pd.to_numeric(df["seed"], errors="coerce").fillna(NO_SEED)
     df["seed"] = seed.where(seed >= 0, NO_SEED).astype(int)
+    df["train_seed"] = pd.to_numeric(df["train_seed"], errors="coerce").fillna(NO_SEED).astype(int)
     for col in ("model", "recipe", "mode", "layer", "task", "subset", "metric"):
         df[col] = df[col].astype("string").fillna("").astype(str).str.strip()
     return df
