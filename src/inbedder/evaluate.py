@@ -7,10 +7,11 @@ Output of `evaluate_task` (one Snakemake job per model, recipe and task):
   `tasks.<t>.modes`), layers the config's `layers` (sentence encoders: -1).
   Each row also has `ci_low`, `ci_high`: the 95% percentile bootstrap CI of `value` over the task's
   items, its seed fixed (`inbedder.bootstrap.score_intervals`; empty where a score keeps no per-item data:
-  robustness summaries, silhouette, mteb retrieval/reranking).
+  robustness summaries, silhouette, mteb STS Pearson).
 - `<scores>.items.parquet` (`inbedder.bootstrap.ITEM_COLUMNS`): what the bootstrap needs per item, so the
   report never reruns a model: per triplet its correctness, per pair its cosine similarity and gold score,
-  per text its cluster id (each seed) and label.
+  per text its cluster id (each seed) and label, per query of an mteb retrieval/reranking task its value
+  of each kept metric (`inbedder.mteb_tasks.retrieval_items`).
 - `<out_dir>/results/<model>/<revision>[/experiments/seed_<s>]/<Task>.json`: every score in mteb's
   result layout. mteb tasks write it themselves (mteb's `ResultCache` kept inside `out_dir`); the
   paper's own tasks write the same layout. The model name is `inbedder-repro/<model>-<recipe>`, the

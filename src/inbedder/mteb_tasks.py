@@ -6,11 +6,17 @@ each `subset` one cluster set; STS tasks: `text1, text2, score`); without, mteb 
 and `limits.task_rows` keeps that many queries of a retrieval/reranking task (with their qrels,
 candidates and the corpus they reach). Clustering tasks run once per seed, the seed reaching mteb's
 KMeans.
+
+Per-item data for the bootstrap (`_mteb_items`): legacy clustering keeps mteb's cluster id per text, STS
+the cosine similarity per pair, retrieval/reranking one value per query (its average precision, nDCG,
+reciprocal rank, ... as mteb computed it from its saved predictions), so every such score carries a CI.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,8 @@ from inbedder.tasks import (
     mteb_task_name,
     table_revision,
 )
+
+log = logging.getLogger(__name__)
 
 # Extra mteb scores kept beside each task's main score, by mteb task type.
 MTEB_EXTRA_METRICS = {
@@ -268,6 +276,7 @@ def score_mteb(task_name: str, spec: dict, table: pd.DataFrame, lookup: Lookup, 
     task = mteb_task(task_name, spec, table=table if "dataset" in spec else None, limit=table.attrs.get("limit"),
                      seed=scoring.seeds[0])
     clustering = task.metadata.type == "Clustering"
+    keep_predictions = clustering or is_retrieval(type(task))  # cluster ids; per-query rankings
     seeds: list[int | None] = list(scoring.seeds) if clustering else [None]
     cache = mteb.ResultCache(scoring.out_dir)
     main = task.metadata.main_score
@@ -280,10 +289,10 @@ def score_mteb(task_name: str, spec: dict, table: pd.DataFrame, lookup: Lookup, 
         with tempfile.TemporaryDirectory() as predictions, threadpool_limits(limits=1):
             result = mteb.evaluate(
                 encoder, task, cache=cache, overwrite_strategy="always", co2_tracker=False,
-                prediction_folder=predictions if clustering else None,
+                prediction_folder=predictions if keep_predictions else None,
                 show_progress_bar=False, encode_kwargs={"batch_size": 512},
             )
-            saved = _predictions(Path(predictions)) if clustering else None
+            saved = _predictions(Path(predictions)) if keep_predictions else None
         if result.exceptions:
             raise RuntimeError(f"mteb task {task_name}: {result.exceptions}")
         if clustering and i == 0:
@@ -292,27 +301,34 @@ def score_mteb(task_name: str, spec: dict, table: pd.DataFrame, lookup: Lookup, 
         for split, entries in task_result.scores.items():
             for entry in entries:
                 subset = str(entry["hf_subset"]) if len(task_result.scores) == 1 else f"{entry['hf_subset']}/{split}"
-                for metric in dict.fromkeys((main, *extras)):
-                    if metric in entry:
-                        out.scores.append(Score(subset, metric, float(entry[metric]), seed, len(encoder.texts)))
+                kept = [m for m in dict.fromkeys((main, *extras)) if m in entry]
+                for metric in kept:
+                    out.scores.append(Score(subset, metric, float(entry[metric]), seed, len(encoder.texts)))
                 if len(task_result.scores) == 1:
-                    out.items += _mteb_items(task, table, lookup, instruction, saved, str(entry["hf_subset"]), split,
-                                             main, seed)
+                    out.items += _mteb_items(task, table, lookup, instruction, saved, entry, split, kept, seed)
     return out
 
 
 def _predictions(folder: Path) -> dict | None:
-    """mteb's saved predictions of one evaluation (cluster assignments of a clustering task), or None."""
+    """mteb's saved predictions of one evaluation (cluster assignments of a clustering task; per query the
+    scored documents of a retrieval task), or None."""
     files = list(folder.glob("*_predictions.json"))
     return json.loads(files[0].read_text(encoding="utf-8")) if files else None
 
 
-def _mteb_items(task: Any, table: pd.DataFrame, lookup: Lookup, instruction: str, saved: dict | None, hf_subset: str,
-                split: str, metric: str, seed: int | None) -> list[dict]:
-    """What the bootstrap needs per item of an mteb score: per text of every cluster set its cluster (legacy
-    clustering: mteb's own assignment) and label; per pair of an STS table its cosine similarity and gold score.
-    Other kinds (retrieval, reranking) keep none: their scores carry no CI."""
+def _mteb_items(task: Any, table: pd.DataFrame, lookup: Lookup, instruction: str, saved: dict | None, entry: dict,
+                split: str, metrics: list[str], seed: int | None) -> list[dict]:
+    """What the bootstrap needs per item of an mteb score (`metrics`: the scores kept of this entry): per text
+    of every cluster set its cluster (legacy clustering: mteb's own assignment) and label; per pair of an STS
+    table its cosine similarity and gold score; per query of a retrieval/reranking task its value of each
+    metric (`retrieval_items`). Other kinds keep none: their scores carry no CI."""
     cls = type(task)
+    hf_subset = str(entry["hf_subset"])
+    if is_retrieval(cls):
+        return retrieval_items(task, saved, entry, split, metrics, seed)
+    metric = task.metadata.main_score
+    if metric not in metrics:
+        return []
     if is_legacy_clustering(cls) and saved is not None and metric == "v_measure":
         data = task.dataset[split]
         sets = saved.get(hf_subset, {}).get(split) or []
@@ -331,6 +347,79 @@ def _mteb_items(task: Any, table: pd.DataFrame, lookup: Lookup, instruction: str
         return item_rows(hf_subset, metric, seed, "spearman", paired_cosine_similarity(a, b),
                          gold=table["score"].to_numpy(dtype=float))
     return []
+
+
+# mteb's retrieval metric names -> pytrec_eval's per-query measure (`{k}`: the cut-off)
+_PYTREC_MEASURES = {"map": "map_cut_{k}", "ndcg": "ndcg_cut_{k}", "recall": "recall_{k}", "precision": "P_{k}",
+                    "hit_rate": "success_{k}"}
+_RETRIEVAL_METRIC = re.compile(r"^(map|ndcg|recall|precision|hit_rate|mrr)_at_(\d+)$")
+MATCH_TOLERANCE = 1e-9  # per-query values are kept only where mteb's averaging of them gives its score to this
+
+
+def retrieval_per_query(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], k_values: list[int],
+                        metrics: list[str], *, ignore_identical_ids: bool = False,
+                        skip_first_result: bool = False) -> dict[str, tuple[dict[str, float], float]]:
+    """Per metric of `metrics` (mteb names, `map_at_1000`, `mrr_at_10`, ...), the value of every query mteb
+    averages and the score mteb reports from them, computed as mteb's `AbsTaskRetrieval._evaluate_subset`
+    does: queries without qrels dropped, identical query/document ids dropped if the task says so, the first
+    result skipped if it says so, pytrec_eval's per-query measures (mteb's `calculate_retrieval_scores`)
+    averaged over the queries pytrec_eval scored and rounded to 5 decimals, reciprocal ranks (mteb's `mrr`)
+    averaged over the queries searched, unrounded. Metrics without a per-query form are left out."""
+    from mteb._evaluators.retrieval_metrics import calculate_retrieval_scores, mrr
+
+    qrels = {q: docs for q, docs in qrels.items() if len(docs)}  # mteb's _filter_queries_without_positives
+    run = {q: {d: s for d, s in docs.items() if not (ignore_identical_ids and d == q)} for q, docs in run.items()}
+    if skip_first_result:
+        run = {q: dict(sorted(docs.items(), key=lambda x: x[1], reverse=True)[1:]) for q, docs in run.items()}
+    k_values = [int(k) for k in k_values]
+    scores = calculate_retrieval_scores(run, qrels, k_values).all_scores
+    rr = mrr(qrels, run, k_values)
+    out: dict[str, tuple[dict[str, float], float]] = {}
+    for metric in metrics:
+        found = _RETRIEVAL_METRIC.match("recall_at_1" if metric == "accuracy" else metric)
+        if found is None or int(found[2]) not in k_values:
+            continue
+        name, k = found[1], int(found[2])
+        if name == "mrr":
+            values = dict(zip(run, rr[f"MRR@{k}"], strict=True))
+            out[metric] = (values, sum(values.values()) / len(values))
+        else:
+            measure = _PYTREC_MEASURES[name].format(k=k)
+            values = {q: float(s[measure]) for q, s in scores.items()}
+            out[metric] = (values, round(sum(values.values()) / len(scores), 5))
+    return out
+
+
+def retrieval_items(task: Any, saved: dict | None, entry: dict, split: str, metrics: list[str],
+                    seed: int | None) -> list[dict]:
+    """Per query of a retrieval/reranking task (sorted query ids, so two runs' items pair up), its value of
+    each of `metrics` (statistic `mean`), recomputed by mteb's own code from mteb's saved predictions and the
+    task's qrels. A metric is kept only where averaging those values as mteb does gives mteb's reported score
+    (to `MATCH_TOLERANCE`; map/ndcg/recall/precision are reported rounded to 5 decimals, so their items' plain
+    mean is within 5e-6 of it); otherwise, or without saved predictions, it keeps no items and the log says why."""
+    name, hf_subset = task.metadata.name, str(entry["hf_subset"])
+    where = f"mteb task {name} {hf_subset}/{split}"
+    run = (saved or {}).get(hf_subset, {}).get(split)
+    if not isinstance(run, dict):
+        log.warning("%s: mteb saved no predictions; its scores %s keep no per-query items (no CI)", where, metrics)
+        return []
+    data = task.dataset.get(hf_subset, task.dataset)[split]
+    per_query = retrieval_per_query(run, data["relevant_docs"], list(task.k_values), metrics,
+                                    ignore_identical_ids=bool(getattr(task, "ignore_identical_ids", False)),
+                                    skip_first_result=bool(getattr(task, "skip_first_result", False)))
+    out = []
+    for metric in metrics:
+        if metric not in per_query:
+            log.warning("%s: %s has no per-query form here; it keeps no items (no CI)", where, metric)
+            continue
+        values, averaged = per_query[metric]
+        if not values or abs(averaged - float(entry[metric])) > MATCH_TOLERANCE:
+            log.warning("%s: %s averaged over %d queries from mteb's predictions is %r, mteb reported %r; "
+                        "it keeps no items (no CI)", where, metric, len(values), averaged, entry[metric])
+            continue
+        queries = sorted(values)
+        out += item_rows(hf_subset, metric, seed, "mean", [values[q] for q in queries])
+    return out
 
 
 def _mteb_clusterings(task: Any, saved: dict | None, instruction: str, seed: int | None) -> list[dict]:
