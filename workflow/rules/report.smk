@@ -21,6 +21,8 @@ rule render_report:
             caption="../../report/index.rst",
             category="Report",
         ),
+        # what the page was made from and its verdicts: commit, config hash, scores hash (make publish reads it)
+        summary=f"{R}/report/summary.json",
         figures=report(
             directory(f"{R}/report/figures"),
             patterns=["{name}.png"],

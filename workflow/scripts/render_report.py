@@ -3,7 +3,7 @@
 import json
 import logging
 
-from inbedder.files import rule_log
+from inbedder.files import rule_log, write_json
 from inbedder.report import ReportInputs, render_report
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
@@ -19,6 +19,7 @@ with rule_log(snakemake.log[0]) as log_file:
             repo_root=".",
             configfiles=list(snakemake.params.configfiles),
         )
+        write_json(snakemake.output.summary, summary)
         log.info("verdicts: %s", json.dumps(summary["verdicts"], sort_keys=True))
         log.info("figures drawn: %s; rendered in %.1f s", summary["figures"], summary["seconds"])
     except Exception:

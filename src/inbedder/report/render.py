@@ -21,7 +21,7 @@ from inbedder.fidelity import (
     method_settings,
     same_re_encoder,
 )
-from inbedder.files import atomic_path, sha256_file, write_text
+from inbedder.files import atomic_path, sha256_file, sha256_json, write_json, write_text
 from inbedder.report.aggregate import (
     SuiteScores,
     crossview_table,
@@ -381,6 +381,11 @@ def render_report(
                     tmp.write_bytes(fig.png)
     return {
         "html": str(out_html),
+        "run": provenance["run"],
+        "generated": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "git": provenance["git"],
+        "config_sha256": sha256_json(_plain(config)),
+        "scores_sha256": provenance["scores_sha256"],
         "verdicts": {f"Claim {c['number']}": {r.scope: r.verdict for r in c["results"]} for c in claims},
         "figures": {f.name: bool(f.png) for f in figures + forests},
         "seconds": (datetime.now(timezone.utc) - started).total_seconds(),
@@ -405,5 +410,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = render_report(run_inputs(res, config, args.data_dir), out, config=config,
                             figures_dir=out.parent / "figures", repo_root=Path(__file__).resolve().parents[3],
                             configfiles=args.configs)
+    write_json(out.parent / "summary.json", summary)
     print(json.dumps(summary["verdicts"], indent=1), file=sys.stderr)
     return 0
