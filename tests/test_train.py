@@ -17,7 +17,18 @@ from inbedder.checkpoints import last_complete_checkpoint, scan_checkpoints
 from inbedder.files import read_jsonl, write_jsonl
 from inbedder.models import ensure_materialized, generate_answers, load_lm, write_fingerprint
 from inbedder.text import format_prompt, remove_stopwords
-from inbedder.train import TrainJob, TrainSettings, train_from_config, train_model
+from inbedder.train import (
+    CURVE,
+    TrainJob,
+    TrainSettings,
+    add_point,
+    curve_until,
+    plateau,
+    read_curve,
+    train_from_config,
+    train_model,
+    write_curve,
+)
 from inbedder.train_data import IGNORE_INDEX, Collator, Encoded, EncodedDataset, encode_example, read_rows
 from inbedder.train_loop import TRAIN_LOOP, StepMeter, answer_only_loss, make_trainer
 
@@ -300,6 +311,15 @@ def test_smollm2_few_steps_loss_falls(tmp_path, smollm2_dir):
     assert summary["recipe_epochs"] is None and summary["answers_cut"] == 0
     assert summary["heldout_token_f1_after"] >= summary["heldout_token_f1_before"]
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    # heldout_every null: the curve holds the checks before and after, and its figure exists
+    assert (out / "heldout_f1.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p["step"] for p in read_curve(out / CURVE)] == [0, 4]
+    assert summary["heldout_curve"] == [
+        {"step": 0, "f1": summary["heldout_token_f1_before"]},
+        {"step": 4, "f1": pytest.approx(summary["heldout_token_f1_after"], abs=1e-6)},
+    ]
+    assert summary["stopped_early"] is False and summary["stop_reason"] == "max_steps reached (4)"
+    assert summary["plateau_step"] in (0, 4)
     assert not (out / "checkpoints").exists()
     for key in ("seconds_per_step", "heldout_token_f1_before", "settings", "dtype", "template"):
         assert summary[key] is not None
@@ -709,6 +729,270 @@ def test_recipe_epochs_replace_the_models_epochs(tmp_path, data, smollm2_dir):
     saved = json.loads((tmp_path / "out" / "checkpoints" / "run_settings.json").read_text())
     assert saved["job"]["recipe_epochs"] == 2 and saved["job"]["settings"]["epochs"] == 1
     assert (saved["job"]["train_target"], saved["job"]["train_answer_cut"]) == ("space", "quarter")
+
+
+# ---------------------------------------------------------------------------------------------- held-out curve
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def _log_losses(folder: Path) -> list[str]:
+    with open(folder / "train_log.csv", newline="") as fh:
+        return [r["loss"] for r in csv.DictReader(fh)]
+
+
+def test_heldout_curve_every_k_steps_leaves_the_training_untouched(
+    tmp_path, data, bert_tokenizer_dir, monkeypatch
+):
+    import random
+
+    import numpy as np
+
+    import inbedder.train as train_module
+
+    # A masked LM with dropout 0.1: its training draws from the RNG at every step, so a check that
+    # moved the RNG stream (or left the model in eval mode) would change the losses and the weights.
+    base = tiny_model("masked", bert_tokenizer_dir, tmp_path / "tiny-masked")
+    settings = {"max_steps": 5, "batch_size": 2}
+    plain = train_model(job("masked", **settings), base, data["train"], data["heldout"], tmp_path / "plain")
+    real_check = train_module.heldout_f1
+
+    def check_drawing_random_numbers(*args, **kwargs):
+        torch.rand(7), random.random(), np.random.rand(3)
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "heldout_f1", check_drawing_random_numbers)
+    out = tmp_path / "checked"
+    checked = train_model(
+        job("masked", heldout_every=2, **settings), base, data["train"], data["heldout"], out
+    )
+
+    # the same training: every logged loss and every weight
+    assert _log_losses(out) == _log_losses(tmp_path / "plain")
+    assert checked["last_step_loss"] == plain["last_step_loss"]
+    for name, tensor in _weights(tmp_path / "plain").items():
+        assert torch.equal(tensor, _weights(out)[name]), name
+    # the curve: before (0), every 2 steps, after (the final step 5), in the CSV and the summary
+    curve = read_curve(out / CURVE)
+    assert [p["step"] for p in curve] == [0, 2, 4, 5]
+    assert all(p["seconds"] is not None and p["seconds"] >= 0 for p in curve)
+    assert (out / CURVE).read_text().splitlines()[0] == "step,heldout_token_f1,seconds"
+    assert [p["step"] for p in checked["heldout_curve"]] == [0, 2, 4, 5]
+    assert checked["heldout_curve"][0]["f1"] == checked["heldout_token_f1_before"]
+    assert checked["heldout_curve"][-1]["f1"] == pytest.approx(checked["heldout_token_f1_after"], abs=1e-6)
+    assert checked["heldout_token_f1_after"] == plain["heldout_token_f1_after"]  # same weights, same answers
+    assert checked["stopped_early"] is False and checked["stop_reason"] == "max_steps reached (5)"
+    assert checked["plateau_step"] in (0, 2, 4, 5) and checked["settings"]["heldout_every"] == 2
+    assert (out / "heldout_f1.png").read_bytes()[:4] == b"\x89PNG"
+    # without checks: two points, and the figure all the same
+    assert [p["step"] for p in plain["heldout_curve"]] == [0, 5]
+    assert (tmp_path / "plain" / "heldout_f1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stop_when_flat_stops_at_the_first_flat_check_and_keeps_that_model(tmp_path, data, smollm2_dir):
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    out = tmp_path / "out"
+    # no rise can exceed a min_delta of 10 (F1 is 0-1): with patience 1 the first check after step 0 stops
+    flat = job(
+        "causal",
+        max_steps=6,
+        save_steps=2,
+        batch_size=2,
+        heldout_every=2,
+        stop_when_flat={"patience": 1, "min_delta": 10},
+    )
+    summary = train_model(flat, base, data["train"], data["heldout"], out, keep_checkpoints=True)
+    assert summary["steps"] == 2 and summary["stopped_early"] is True
+    assert summary["plateau_step"] == 0 and [p["step"] for p in summary["heldout_curve"]] == [0, 2]
+    assert summary["stop_reason"].startswith("stop_when_flat: the held-out token F1 rose by no more than 10")
+    assert "(steps 2; patience 1)" in summary["stop_reason"]
+    assert summary["settings"]["stop_when_flat"] == {"patience": 1, "min_delta": 10.0, "recipes": None}
+    assert [p["step"] for p in read_curve(out / CURVE)] == [0, 2]
+    with open(out / "train_log.csv", newline="") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2]
+    # the stopping step gets no checkpoint: a rerun after a kill would replay up to it and stop again
+    assert not (out / "checkpoints" / "checkpoint-2").exists()
+    assert len(read_jsonl(out / "heldout_answers.jsonl")) == 4
+    # the model saved is the model at the stopping step: the same as 2 steps without the rule
+    two = train_model(
+        job("causal", max_steps=2, save_steps=2, batch_size=2),
+        base,
+        data["train"],
+        data["heldout"],
+        tmp_path / "two",
+    )
+    assert two["last_step_loss"] == summary["last_step_loss"]
+    for name, tensor in _weights(tmp_path / "two").items():
+        assert torch.equal(tensor, _weights(out)[name]), name
+    assert summary["heldout_token_f1_after"] == two["heldout_token_f1_after"]
+
+
+def test_a_resumed_run_keeps_the_curve_up_to_its_checkpoint(tmp_path, data, smollm2_dir):
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    out = tmp_path / "out"
+    the_job = job("causal", max_steps=5, save_steps=2, batch_size=2, heldout_every=1)
+    with pytest.raises(Killed):  # killed in step 4, before its check and its checkpoint
+        train_model(the_job, base, data["train"], data["heldout"], out, extra_callbacks=[_kill_at(4)])
+    assert [p["step"] for p in read_curve(out / CURVE)] == [0, 1, 2, 3]
+    assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"
+    saved = json.loads((out / "checkpoints" / "run_settings.json").read_text())
+    assert "heldout_every" not in saved["job"]["settings"]  # checks alone change no weight: not in the run key
+    # mark the points: step 1 (<= checkpoint-2) is kept as it is, step 3 (after it) is checked again
+    marked = add_point(
+        add_point(read_curve(out / CURVE), {"step": 1, "f1": 0.123, "seconds": 1.0}),
+        {"step": 3, "f1": 0.987, "seconds": 1.0},
+    )
+    write_curve(out / CURVE, marked)
+    summary = train_model(the_job, base, data["train"], data["heldout"], out)
+    assert summary["resumed_from_step"] == 2
+    straight = train_model(the_job, base, data["train"], data["heldout"], tmp_path / "straight")
+    resumed = {p["step"]: p["f1"] for p in summary["heldout_curve"]}
+    assert list(resumed) == [0, 1, 2, 3, 4, 5]
+    assert resumed[1] == 0.123
+    for step, f1 in {p["step"]: p["f1"] for p in straight["heldout_curve"]}.items():
+        if step != 1:
+            assert resumed[step] == pytest.approx(f1, abs=1e-6), step
+    assert straight["last_step_loss"] == pytest.approx(summary["last_step_loss"], rel=1e-4)
+    assert summary["settings"]["heldout_every"] == 1
+
+
+def test_a_resumed_run_counts_the_kept_checks_towards_patience(tmp_path, data, smollm2_dir):
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    out = tmp_path / "out"
+    stop = {"patience": 2, "min_delta": 10}  # checks 1 and 2 are flat: the run stops at step 2
+    the_job = job("causal", max_steps=6, save_steps=1, batch_size=2, heldout_every=1, stop_when_flat=stop)
+    with pytest.raises(Killed):  # killed in step 2, before its check: checkpoint-1 and checks 0, 1 remain
+        train_model(the_job, base, data["train"], data["heldout"], out, extra_callbacks=[_kill_at(2)])
+    summary = train_model(the_job, base, data["train"], data["heldout"], out)
+    assert summary["resumed_from_step"] == 1
+    assert summary["steps"] == 2 and summary["stopped_early"] is True  # not 3: check 1 was counted
+    assert [p["step"] for p in summary["heldout_curve"]] == [0, 1, 2]
+
+
+def test_plateau_rule_and_curve_merging(tmp_path):
+    def pts(*f1s, every=50):
+        return [{"step": i * every, "f1": f, "seconds": 1.0} for i, f in enumerate(f1s)]
+
+    rising = pts(0.06, 0.15, 0.21, 0.25)
+    assert plateau(rising, 2, 0.005) == plateau(rising, 2, 0.005).__class__(False, 150, 0.25, ())
+    # +0.004 is no rise at min_delta 0.005; the best stays at step 50; two such points stop
+    flat = plateau(pts(0.10, 0.20, 0.204, 0.19), 2, 0.005)
+    assert (flat.stop, flat.best_step, flat.best_f1, flat.flat_steps) == (True, 50, 0.20, (100, 150))
+    assert not plateau(pts(0.10, 0.20, 0.204, 0.19), 3, 0.005).stop
+    assert not plateau(pts(0.10, 0.20, 0.19, 0.30), 2, 0.005).stop  # a rise resets the count
+    # no rule: never stops; the best is the highest point (the first to reach it)
+    assert plateau(pts(0.1, 0.3, 0.3, 0.2), None) == plateau(rising, 2).__class__(False, 50, 0.3, (100, 150))
+    # merging: a point replaces the one of its step; a resumed run keeps the points up to its checkpoint
+    curve = add_point(
+        add_point(pts(0.1, 0.2, 0.3, every=25), {"step": 25, "f1": 0.5}), {"step": 10, "f1": 0.4}
+    )
+    assert [(p["step"], p["f1"]) for p in curve] == [(0, 0.1), (10, 0.4), (25, 0.5), (50, 0.3)]
+    assert [p["step"] for p in curve_until(curve, 25)] == [0, 10, 25]
+    assert curve_until(curve, 0) == [curve[0]]
+    write_curve(tmp_path / CURVE, curve)
+    back = read_curve(tmp_path / CURVE)
+    assert [(p["step"], p["f1"]) for p in back] == [(0, 0.1), (10, 0.4), (25, 0.5), (50, 0.3)]
+    assert [p["seconds"] for p in back] == [1.0, None, None, 1.0]
+    assert read_curve(tmp_path / "none.csv") == []
+    (tmp_path / "bad.csv").write_text("step,heldout_token_f1,seconds\n0,0.1,\nten,0.2,\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: not a held-out curve row"):
+        read_curve(tmp_path / "bad.csv")
+
+
+def test_heldout_keys_in_the_run_key_only_when_they_change_the_weights():
+    plain = job("causal")
+    checked = replace(plain, settings=replace(plain.settings, heldout_every=50))
+    assert plain.run_key_settings() == checked.run_key_settings()  # checks alone keep the checkpoints
+    assert not {"heldout_every", "stop_when_flat"} & set(plain.run_key_settings())
+    stop = {"patience": 2, "min_delta": 0.005, "recipes": ["inbedder"]}
+    stopping = replace(
+        plain,
+        settings=TrainSettings(**{**asdict_settings(plain), "heldout_every": 50, "stop_when_flat": stop}),
+    )
+    key = stopping.run_key_settings()
+    assert key["stop_when_flat"] == {"patience": 2, "min_delta": 0.005} and key["heldout_every"] == 50
+    every_25 = replace(stopping, settings=replace(stopping.settings, heldout_every=25))
+    assert every_25.run_key_settings() != key  # with the stop, the checks decide where training ends
+    # a recipe the rule does not list trains to its budget: no stop, and the keys stay out of its run key
+    alpaca = replace(stopping, recipe="alpaca")
+    assert alpaca.effective_settings().stop_when_flat is None
+    assert stopping.effective_settings().stop_when_flat.patience == 2
+    assert alpaca.run_key_settings() == plain.run_key_settings()
+    # an asdict round trip (the kill tests' child process) gives the same settings
+    assert TrainSettings(**asdict_settings(stopping)) == stopping.settings
+
+
+def asdict_settings(the_job: TrainJob) -> dict:
+    from dataclasses import asdict
+
+    return asdict(the_job.settings)
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"heldout_every": 0}, r"models.m.train.heldout_every: must be an integer >= 1 or null, got 0"),
+        ({"heldout_every": "50"}, r"models.m.train.heldout_every: must be an integer >= 1 or null, got '50'"),
+        ({"heldout_every": True}, r"models.m.train.heldout_every: must be an integer >= 1 or null, got True"),
+        (
+            {"stop_when_flat": {"patience": 2}},
+            r"models.m.train.stop_when_flat: needs models.m.train.heldout_every .* which is null",
+        ),
+        (
+            {"heldout_every": 5, "stop_when_flat": {"patience": 0}},
+            r"models.m.train.stop_when_flat.patience: must be an integer >= 1, got 0",
+        ),
+        (
+            {"heldout_every": 5, "stop_when_flat": {"min_delta": 0.1}},
+            r"models.m.train.stop_when_flat.patience: must be an integer >= 1, got None",
+        ),
+        (
+            {"heldout_every": 5, "stop_when_flat": {"patience": 2, "min_delta": -0.1}},
+            r"models.m.train.stop_when_flat.min_delta: must be a number >= 0 .*got -0.1",
+        ),
+        (
+            {"heldout_every": 5, "stop_when_flat": {"patience": 2, "delta": 0.1}},
+            r"models.m.train.stop_when_flat: unknown key\(s\) \['delta'\]",
+        ),
+        (
+            {"heldout_every": 5, "stop_when_flat": {"patience": 2, "recipes": "inbedder"}},
+            r"models.m.train.stop_when_flat.recipes: must be a non-empty list of recipe names",
+        ),
+        (
+            {"heldout_every": 5, "stop_when_flat": 3},
+            r"models.m.train.stop_when_flat: must be null or a mapping",
+        ),
+    ],
+)
+def test_bad_heldout_keys_give_clear_errors(values, error):
+    with pytest.raises(ValueError, match=error):
+        TrainSettings.from_config(values, where="models.m.train")
+
+
+def test_the_offline_full_profile_stops_inbedder_when_flat_and_trains_alpaca_to_the_cap():
+    from inbedder.config import load_config
+    from inbedder.rule_params import train_params as rule_params
+    from inbedder.train import job_from_params
+
+    profiles = ROOT / "workflow" / "profiles"
+    config = load_config(
+        ROOT / "config.yaml", profiles / "offline" / "run.yaml", profiles / "offline-full" / "run.yaml"
+    )
+    for model in ("smollm2-135m", "gemma3-270m"):
+        jobs = {
+            recipe: job_from_params(
+                {**rule_params(model, recipe, config), "device": "cpu", "dtype": "float32"}
+            )
+            for recipe in ("inbedder", "alpaca")
+        }
+        inbedder, alpaca = (jobs[r].effective_settings() for r in ("inbedder", "alpaca"))
+        assert inbedder.heldout_every and inbedder.stop_when_flat is not None
+        assert alpaca.stop_when_flat is None and alpaca.heldout_every == inbedder.heldout_every
+        assert alpaca.max_steps == inbedder.max_steps  # the same cap
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -6,8 +6,19 @@ a rerun resumes from, in `inbedder.checkpoints`. Checkpoints go to `<out>/checkp
 training data) is unchanged, and when it starts over although checkpoints existed, the log and
 `train_summary.json` (`fresh_start_reason`, `checkpoints_rejected`) say why. The final model is
 moved into `<out>` from a temporary folder, then `train_log.csv`, `loss.png`,
-`heldout_answers.jsonl`, `fingerprint.json`, and last `train_summary.json` (the completion marker)
-are written.
+`heldout_answers.jsonl`, `heldout_f1.png`, `fingerprint.json`, and last `train_summary.json` (the
+completion marker) are written.
+
+The held-out curve (`heldout_curve.csv`: step, heldout_token_f1, seconds of the check): the held-out
+token F1 before training (step 0), after every `heldout_every` optimizer steps (a Trainer callback at
+`on_step_end`, independent of `save_steps`), and after training (the final step). A check runs the
+same `heldout_f1` as before/after, on the same rows, in eval mode, and puts back the training mode and
+every RNG state, so a run with checks trains exactly as one without. Each point is written (atomically)
+before the checkpoint of its step, so a rerun that resumes from `checkpoint-N` keeps the points with
+step <= N and recomputes the rest. `stop_when_flat` ends training once the curve has not risen by
+more than `min_delta` over its best for `patience` consecutive checks (`plateau`); the model saved is
+the model at that stopping step, which gets no checkpoint, so a rerun after a kill replays up to it
+and stops there again.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import io
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -54,10 +66,79 @@ from inbedder.vocabulary import UNTRAINED_RECIPES
 CHECKPOINTS = "checkpoints"
 BEFORE_FILE = "heldout_before.json"
 SUMMARY = "train_summary.json"
+CURVE = "heldout_curve.csv"
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------
 # settings
+
+
+@dataclass(frozen=True)
+class StopWhenFlat:
+    """Config `train.stop_when_flat`: stop once the held-out token F1 (0-1, as in the summary) has not
+    risen by more than `min_delta` over its best for `patience` consecutive curve points; `recipes`
+    limits the rule to those recipes (None: every recipe), the others train to their step budget."""
+
+    patience: int
+    min_delta: float = 0.0
+    recipes: tuple[str, ...] | None = None
+
+    def applies_to(self, recipe: str) -> bool:
+        return self.recipes is None or recipe in self.recipes
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_stop_when_flat(value: Any, where: str) -> StopWhenFlat | None:
+    """`train.stop_when_flat` (null, a mapping, or a StopWhenFlat) checked; errors name the key."""
+    if value is None:
+        return None
+    if isinstance(value, StopWhenFlat):
+        value = asdict(value)
+    if not isinstance(value, Mapping):
+        raise ValueError(  # noqa: TRY004 - a config error, as for every other key
+            f"{where}: must be null or a mapping {{patience, min_delta, recipes}}, got {value!r}"
+        )
+    known = {"patience", "min_delta", "recipes"}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    patience = value.get("patience")
+    if not _is_int(patience) or patience < 1:
+        raise ValueError(f"{where}.patience: must be an integer >= 1, got {patience!r}")
+    min_delta = value.get("min_delta", 0.0)
+    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
+        raise ValueError(
+            f"{where}.min_delta: must be a number >= 0 (held-out token F1, 0-1), got {min_delta!r}"
+        )
+    recipes = value.get("recipes")
+    if recipes is not None:
+        if (
+            isinstance(recipes, str)
+            or not isinstance(recipes, Sequence)
+            or not recipes
+            or not all(isinstance(r, str) and r for r in recipes)
+        ):
+            raise ValueError(
+                f"{where}.recipes: must be a non-empty list of recipe names or null, got {recipes!r}"
+            )
+        recipes = tuple(recipes)
+    return StopWhenFlat(patience=patience, min_delta=float(min_delta), recipes=recipes)
+
+
+def check_heldout_keys(heldout_every: Any, stop_when_flat: Any, where: str) -> StopWhenFlat | None:
+    """Check `heldout_every` and `stop_when_flat` of a train block; the latter as a StopWhenFlat."""
+    if heldout_every is not None and (not _is_int(heldout_every) or heldout_every < 1):
+        raise ValueError(f"{where}.heldout_every: must be an integer >= 1 or null, got {heldout_every!r}")
+    stop = check_stop_when_flat(stop_when_flat, f"{where}.stop_when_flat")
+    if stop is not None and heldout_every is None:
+        raise ValueError(
+            f"{where}.stop_when_flat: needs {where}.heldout_every (the held-out F1 is checked every "
+            "heldout_every steps; the plateau is found on those checks), which is null"
+        )
+    return stop
 
 
 @dataclass(frozen=True)
@@ -77,6 +158,13 @@ class TrainSettings:
     seed: int = 42
     heldout_rows: int | None = None  # None = config limits.heldout_rows
     heldout_max_new_tokens: int | None = None  # None = the model's max_new_tokens
+    heldout_every: int | None = None  # None = held-out F1 before and after training only
+    stop_when_flat: StopWhenFlat | None = None  # None = train to max_steps / epochs
+
+    def __post_init__(self) -> None:
+        stop = check_heldout_keys(self.heldout_every, self.stop_when_flat, "train")
+        # a mapping (from a config, or an asdict round trip) becomes a StopWhenFlat
+        object.__setattr__(self, "stop_when_flat", stop)
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:
@@ -85,7 +173,11 @@ class TrainSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        settings = cls(**dict(values))
+        values = dict(values)
+        stop = check_heldout_keys(values.get("heldout_every"), values.get("stop_when_flat"), where)
+        if "stop_when_flat" in values:
+            values["stop_when_flat"] = stop
+        settings = cls(**values)
         for key in ("batch_size", "grad_accum", "max_length", "save_steps"):
             if int(getattr(settings, key)) < 1:
                 raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(settings, key)!r}")
@@ -127,10 +219,31 @@ class TrainJob:
         check_recipe_epochs(self.recipe, self.recipe_epochs)
 
     def effective_settings(self) -> TrainSettings:
-        """The settings trained with: the recipe's epochs replace the model's when no step budget is set."""
-        if self.recipe_epochs is None or self.settings.max_steps is not None:
-            return self.settings
-        return replace(self.settings, epochs=float(self.recipe_epochs))
+        """The settings trained with: the recipe's epochs replace the model's when no step budget is
+        set; `stop_when_flat` is dropped for a recipe it does not list."""
+        settings = self.settings
+        if settings.stop_when_flat is not None and not settings.stop_when_flat.applies_to(self.recipe):
+            settings = replace(settings, stop_when_flat=None)
+        if self.recipe_epochs is None or settings.max_steps is not None:
+            return settings
+        return replace(settings, epochs=float(self.recipe_epochs))
+
+    def run_key_settings(self) -> dict[str, Any]:
+        """The settings in the run key of the checkpoints: those that change the weights.
+
+        `heldout_every` only adds checks (they leave the training untouched), so it is left out, and
+        checkpoints stay valid when it changes, unless `stop_when_flat` applies: then it decides where
+        training stops, as does the rule itself (its `recipes` list aside). Left out when null, the two
+        keys keep the run key of checkpoints made before they existed.
+        """
+        settings = asdict(self.settings)
+        settings.pop("heldout_every")
+        settings.pop("stop_when_flat")
+        stop = self.effective_settings().stop_when_flat
+        if stop is not None:
+            settings["heldout_every"] = self.settings.heldout_every
+            settings["stop_when_flat"] = {"patience": stop.patience, "min_delta": stop.min_delta}
+        return settings
 
 
 def check_recipe_epochs(recipe: str, epochs: Any) -> None:
@@ -178,6 +291,235 @@ def heldout_f1(
     )
     scores = [token_f1(a, r["output"]) for a, r in zip(answers, rows)]
     return (sum(scores) / len(scores) if scores else float("nan")), answers
+
+
+@contextlib.contextmanager
+def training_untouched(model):
+    """Run a check inside training: the model's train/eval mode and every RNG state are put back."""
+    import numpy as np
+    import torch
+
+    was_training = model.training
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------
+# the held-out curve and the plateau
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """Where a held-out curve stands under the plateau rule."""
+
+    stop: bool  # the last `patience` points rose by no more than min_delta over the best before them
+    best_step: int  # the point that set the best: the last one to rise by more than min_delta
+    best_f1: float
+    flat_steps: tuple[int, ...]  # the points since then
+
+
+def plateau(points: Sequence[Mapping[str, Any]], patience: int | None, min_delta: float = 0.0) -> Plateau:
+    """Apply the plateau rule to curve points (sorted by step; the first is step 0).
+
+    A point sets a new best when its F1 exceeds the best so far by more than `min_delta`; the curve
+    is flat (`stop`) once `patience` consecutive points after the best did not. `patience` None: never
+    stop (the best is then the highest point, the first to reach it when min_delta is 0).
+    """
+    if not points:
+        raise ValueError("plateau: the held-out curve has no point")
+    best_step, best_f1 = int(points[0]["step"]), float(points[0]["f1"])
+    flat: list[int] = []
+    for point in points[1:]:
+        f1 = float(point["f1"])
+        if f1 > best_f1 + min_delta or math.isnan(best_f1):
+            best_step, best_f1, flat = int(point["step"]), f1, []
+        else:
+            flat.append(int(point["step"]))
+    stop = patience is not None and len(flat) >= patience
+    return Plateau(stop=stop, best_step=best_step, best_f1=best_f1, flat_steps=tuple(flat))
+
+
+def add_point(points: Sequence[Mapping[str, Any]], point: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The curve with `point` added (replacing a point of the same step), sorted by step."""
+    kept = {int(p["step"]): dict(p) for p in points}
+    kept[int(point["step"])] = dict(point)
+    return [kept[s] for s in sorted(kept)]
+
+
+def curve_until(points: Sequence[Mapping[str, Any]], step: int) -> list[dict[str, Any]]:
+    """The points of a curve up to `step` (a resumed run keeps those of its checkpoint's past)."""
+    return [dict(p) for p in sorted(points, key=lambda p: int(p["step"])) if int(p["step"]) <= step]
+
+
+def read_curve(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The points of a heldout_curve.csv ([] when there is none; a bad row is an error naming the file)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    points = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.DictReader(fh), 2):
+            try:
+                seconds = row.get("seconds") or ""
+                points.append(
+                    {
+                        "step": int(row["step"]),
+                        "f1": float(row["heldout_token_f1"]),
+                        "seconds": float(seconds) if seconds else None,
+                    }
+                )
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}:{lineno}: not a held-out curve row ({err})") from err
+    return sorted(points, key=lambda p: p["step"])
+
+
+def write_curve(path: str | os.PathLike, points: Sequence[Mapping[str, Any]]) -> None:
+    """Write heldout_curve.csv (step, heldout_token_f1, seconds of the check) atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", "heldout_token_f1", "seconds"])
+    for p in points:
+        seconds = p.get("seconds")
+        writer.writerow(
+            [int(p["step"]), f"{float(p['f1']):.6f}", "" if seconds is None else f"{seconds:.2f}"]
+        )
+    write_text(path, buf.getvalue())
+
+
+class HeldoutCurve:
+    """The held-out curve of one run: its points (written to `path` at each change), the checks run
+    by this process (their seconds, the answers of the last), and the plateau rule when it applies."""
+
+    def __init__(self, path: Path, every: int | None, stop: StopWhenFlat | None, check) -> None:
+        self.path, self.every, self.stop, self._check = path, every, stop, check
+        self.points: list[dict[str, Any]] = []
+        self.checks: list[tuple[int, float]] = []  # (step, seconds) of the checks run in this process
+        self.answers: dict[int, list[str]] = {}  # the answers of the last check, by its step
+        self.stopped: Plateau | None = None
+
+    def start(self, kept: Sequence[Mapping[str, Any]], before: Mapping[str, Any]) -> None:
+        """Start from the kept points (a resumed run's past) and the check before training (step 0)."""
+        self.points = add_point([p for p in kept if int(p["step"]) > 0], before)
+        write_curve(self.path, self.points)
+
+    def add(self, point: Mapping[str, Any]) -> None:
+        self.points = add_point(self.points, point)
+        write_curve(self.path, self.points)
+
+    def check(self, step: int) -> tuple[float, list[str]]:
+        """Score the model as it is now, as the curve's point at `step`."""
+        started = time.perf_counter()
+        f1, answers = self._check()
+        seconds = time.perf_counter() - started
+        self.checks.append((step, seconds))
+        self.answers = {step: answers}
+        self.add({"step": step, "f1": f1, "seconds": seconds})
+        log.info("held-out token F1 at step %d: %.4f (%.1f s)", step, f1, seconds)
+        return f1, answers
+
+    def plateau(self) -> Plateau:
+        """The plateau rule on the curve now (without a stop rule: never stopping, min_delta 0)."""
+        if self.stop is None:
+            return plateau(self.points, None)
+        return plateau(self.points, self.stop.patience, self.stop.min_delta)
+
+
+def plot_heldout(path: str | os.PathLike, curve: HeldoutCurve, title: str) -> None:
+    """Save the held-out token F1 curve as a PNG, atomically (two points when checked only before/after)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from inbedder.files import atomic_path
+
+    points = curve.points
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    steps = [p["step"] for p in points]
+    ax.plot(steps, [100 * p["f1"] for p in points], marker="o", lw=1.5, label="held-out token F1")
+    flat = curve.plateau()
+    label = f"best: step {flat.best_step}"
+    if curve.stop is not None:
+        label += f" (stop_when_flat: patience {curve.stop.patience}, min_delta {curve.stop.min_delta:g})"
+    ax.axvline(flat.best_step, color="grey", ls="--", lw=1, label=label)
+    if curve.stopped is not None:
+        ax.axvline(steps[-1], color="tab:red", ls=":", lw=1, label=f"stopped flat at step {steps[-1]}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out answer token F1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _curve_callback(curve: HeldoutCurve):
+    """Trainer callback: a held-out check every `curve.every` steps, and the stop once the curve is flat."""
+    from transformers import TrainerCallback
+
+    class HeldoutCheck(TrainerCallback):
+        """Checks after the step's update, before its checkpoint (on_step_end comes first)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if curve.stop is not None and curve.plateau().stop:
+                log.warning("the held-out curve kept from step %d is already flat", state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step = state.global_step
+            if not curve.every or step % curve.every or step >= state.max_steps:
+                return  # the final step is checked after training
+            curve.check(step)
+            if curve.stop is not None:
+                flat = curve.plateau()
+                if flat.stop:
+                    log.info(
+                        "held-out F1 flat since step %d (best %.4f; steps %s): stopping at step %d",
+                        flat.best_step,
+                        flat.best_f1,
+                        list(flat.flat_steps),
+                        step,
+                    )
+                    curve.stopped = flat
+                    control.should_training_stop = True
+                    # No checkpoint of the stopping step: a rerun after a kill resumes before it,
+                    # replays the same steps and checks, and stops here again.
+                    control.should_save = False
+
+    return HeldoutCheck()
+
+
+def stop_reason(curve: HeldoutCurve, settings: TrainSettings, steps: int) -> str:
+    """Why training ended, in words."""
+    if curve.stopped is not None:
+        flat, stop = curve.stopped, curve.stop
+        return (
+            f"stop_when_flat: the held-out token F1 rose by no more than {stop.min_delta:g} over its best "
+            f"({flat.best_f1:.4f} at step {flat.best_step}) at {len(flat.flat_steps)} consecutive checks "
+            f"(steps {', '.join(map(str, flat.flat_steps))}; patience {stop.patience})"
+        )
+    budget = (
+        f"max_steps reached ({steps})"
+        if settings.max_steps
+        else f"{settings.epochs:g} epoch(s) done ({steps} steps)"
+    )
+    if curve.stop is not None:
+        budget += (
+            f" before the held-out F1 went flat (stop_when_flat: patience {curve.stop.patience}, "
+            f"min_delta {curve.stop.min_delta:g})"
+        )
+    return budget
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,6 +726,7 @@ def train_model(
         "loop": TRAIN_LOOP,
     }
     run_key["job"].pop("device")  # the same run may resume on another device
+    run_key["job"]["settings"] = job.run_key_settings()
     key = sha256_json(run_key)
     fresh_start_reason = prepare_checkpoints(ckpt_dir, key, run_key, f"{job.model}-{job.recipe}")
     write_json(ckpt_dir / RUN_SETTINGS, {"key": key, **run_key})
@@ -397,9 +740,16 @@ def train_model(
     if before_file.exists():
         before = read_jsonl(before_file)[0]
     else:
+        started = time.perf_counter()
         f1, answers = heldout_f1(model, tokenizer, job, heldout, autocast)
-        before = {"f1": f1, "answers": answers}
+        before = {"f1": f1, "answers": answers, "seconds": time.perf_counter() - started}
         write_jsonl(before_file, [before])
+
+    def check() -> tuple[float, list[str]]:
+        with training_untouched(model):
+            return heldout_f1(model, tokenizer, job, heldout, autocast)
+
+    curve = HeldoutCurve(out / CURVE, settings.heldout_every, settings.stop_when_flat, check)
 
     from tqdm.auto import tqdm
 
@@ -442,6 +792,7 @@ def train_model(
     )
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
+    trainer.add_callback(_curve_callback(curve))  # last: after the step meter stops the step's clock
     scan = scan_checkpoints(ckpt_dir)
     resume = scan.complete
     for fault in scan.rejected:
@@ -458,6 +809,15 @@ def train_model(
             log.warning("training %s-%s from step 0: %s", job.model, job.recipe, fresh_start_reason)
         else:
             log.info("training %s-%s from step 0 (no checkpoint yet)", job.model, job.recipe)
+    resumed_from = int(resume.name.rsplit("-", 1)[-1]) if resume else 0
+    try:
+        kept = curve_until(read_curve(out / CURVE), resumed_from)
+    except ValueError as err:
+        log.warning(
+            "%s-%s: held-out curve points before step %d lost: %s", job.model, job.recipe, resumed_from, err
+        )
+        kept = []
+    curve.start(kept, {"step": 0, "f1": float(before["f1"]), "seconds": before.get("seconds")})
     model.train()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
@@ -476,8 +836,13 @@ def train_model(
                 shutil.rmtree(target)
             os.replace(entry, target)
 
-    model.eval()
-    f1_after, answers_after = heldout_f1(model, tokenizer, job, heldout, autocast)
+    final_step = int(state.global_step)
+    if final_step in curve.answers:  # checked at its last step (stopped flat): the same weights
+        f1_after = next(p["f1"] for p in curve.points if p["step"] == final_step)
+        answers_after = curve.answers[final_step]
+    else:
+        model.eval()
+        f1_after, answers_after = curve.check(final_step)
     write_jsonl(
         out / "heldout_answers.jsonl",
         [
@@ -493,6 +858,7 @@ def train_model(
     )
     write_log_csv(out / "train_log.csv", rows_log)
     plot_loss(out / "loss.png", rows_log, f"{job.model}-{job.recipe}: {state.global_step} steps")
+    plot_heldout(out / "heldout_f1.png", curve, f"{job.model}-{job.recipe}: held-out answer token F1")
     fingerprint = write_fingerprint(
         out, f"{job.model}-{job.recipe}", job.kind, {"base": base_fp["sha256"], "recipe": job.recipe}
     )
@@ -502,6 +868,9 @@ def train_model(
     window = max(1, min(5, len(rows_log) // 4))
     steps_run = timing.get("end_step", state.global_step) - timing.get("start_step", 0)
     seconds = timing["t1"] - timing["t0"] if "t0" in timing and "t1" in timing else float("nan")
+    # the held-out checks between this run's first and last step are not training time
+    seconds -= sum(s for step, s in curve.checks if step < timing.get("end_step", state.global_step))
+    flat = curve.plateau()
     summary = {
         "model": job.model,
         "recipe": job.recipe,
@@ -524,7 +893,7 @@ def train_model(
         "train_rows": len(rows),
         "effective_batch": settings.batch_size * settings.grad_accum,
         "steps_this_run": int(steps_run),
-        "resumed_from_step": int(resume.name.rsplit("-", 1)[-1]) if resume else 0,
+        "resumed_from_step": resumed_from,
         "checkpoints_rejected": list(scan.rejected),
         "fresh_start_reason": None if resume else fresh_start_reason,
         "first_logged_step_this_run": first_step[0] if first_step else None,
@@ -539,6 +908,14 @@ def train_model(
         "heldout_max_new_tokens": job.max_new_tokens,
         "heldout_token_f1_before": float(before["f1"]),
         "heldout_token_f1_after": float(f1_after),
+        "heldout_curve": [
+            {"step": int(p["step"]), "f1": None if math.isnan(p["f1"]) else float(p["f1"])}
+            for p in curve.points
+        ],
+        "stopped_early": curve.stopped is not None,
+        "stop_reason": stop_reason(curve, settings, final_step),
+        "plateau_step": flat.best_step,
+        "plateau_heldout_f1": flat.best_f1,
         **meter.summary(model, "bfloat16" if bf16 else "float32"),
         "base_fingerprint": base_fp["sha256"],
         "fingerprint": fingerprint["sha256"],

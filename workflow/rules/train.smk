@@ -24,6 +24,13 @@ rule train_model:
             category="Training",
             labels={"model": "{model}", "recipe": "{recipe}", "file": "loss"},
         ),
+        heldout_curve=f"{R}/models/{{model}}-{{recipe}}/heldout_curve.csv",
+        heldout_f1=report(
+            f"{R}/models/{{model}}-{{recipe}}/heldout_f1.png",
+            caption="../../report/heldout_f1.rst",
+            category="Training",
+            labels={"model": "{model}", "recipe": "{recipe}", "file": "held-out F1"},
+        ),
     log:
         f"{R}/logs/train/{{model}}-{{recipe}}.log",
     benchmark:
