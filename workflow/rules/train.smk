@@ -3,13 +3,15 @@
 # train_summary.json, written last, marks the run complete. Library: inbedder.train (which also
 # computes the rule's params, so this file holds rules only).
 from inbedder.rule_params import train_params
+from inbedder.vocabulary import split_recipe
 
 
 rule train_model:
     input:
         base="data/models/{model}/fingerprint.json",
-        train=f"{R}/train/{{recipe}}.jsonl",
-        heldout=f"{R}/train/{{recipe}}.heldout.jsonl",
+        # a further training seed (`<recipe>@<seed>`) trains on its recipe's table
+        train=lambda wildcards: f"{R}/train/{split_recipe(wildcards.recipe)[0]}.jsonl",
+        heldout=lambda wildcards: f"{R}/train/{split_recipe(wildcards.recipe)[0]}.heldout.jsonl",
     output:
         summary=report(
             f"{R}/models/{{model}}-{{recipe}}/train_summary.json",
