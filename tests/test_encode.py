@@ -17,7 +17,7 @@ import torch
 from conftest import MIRROR
 
 from inbedder import encode, pooling
-from inbedder.cache import Cache, CacheError, Settings, load_cache, read_prompts, validate_cache
+from inbedder.cache import Cache, CacheError, RowStore, Settings, load_cache, read_prompts, validate_cache
 from inbedder.decoding import plan_batches, run_causal
 from inbedder.encode import encode_prompts, load_model, run_lm
 from inbedder.text import format_prompt
@@ -348,6 +348,59 @@ def test_truncated_corrupt_or_stale_caches_are_detected_and_recomputed(tiny_llam
     (tmp_path / "prompts.jsonl").write_text("")  # recovery checks every file, then gives up: recompute
     assert encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path, **kw)["cache_key"] == key
     assert validate_cache(tmp_path, key) is None
+
+
+def test_states_are_written_in_chunks_in_prompt_order_and_read_back_mapped(tiny_llama, tmp_path, monkeypatch):
+    from safetensors.numpy import load_file
+
+    prompts = banking_prompts(9, start=60)
+    kw = {"max_new_tokens": 3, "batch_size": 4, "layers": (-1, 1), "device": "cpu", "dtype": "float32",
+          "progress": False}
+    written: list[tuple[str, int]] = []  # (array, rows) of every write to a RowStore file
+    real_write = RowStore._write
+
+    def counted(self, name):
+        written.append((name, sum(len(rows) for rows, _ in self._pending[name])))
+        real_write(self, name)
+
+    monkeypatch.setattr(RowStore, "_write", counted)
+    whole = encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path / "whole", chunk_rows=10**6, **kw)
+    assert [rows for name, rows in written if name == "first_gen@-1" and rows] == [9]  # one chunk, at the end
+    written.clear()
+    tiny = encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path / "tiny", chunk_rows=1, **kw)
+    # with chunks of one row every batch is written as it finishes (longest prompts first)
+    model, tok = load_model(tiny_llama, "causal", "cpu", "float32")
+    lengths = [len(tok(format_prompt("inbedder", NEED, p["text"])).input_ids) for p in prompts]
+    assert [rows for name, rows in written if name == "gen@1" and rows] == [len(b) for b in plan_batches(lengths, 4)]
+    assert whole["cache_key"] == tiny["cache_key"]
+    a = load_file(str(tmp_path / "whole" / "hidden.safetensors"))
+    b = load_file(str(tmp_path / "tiny" / "hidden.safetensors"))
+    assert set(a) == set(b) == {"first_gen@-1", "prompt_mean@-1", "gen@-1", "first_gen@1", "prompt_mean@1", "gen@1",
+                                "gen_ids", "gen_mask", "prompt_len"}
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    # rows are in prompt order although the batches ran longest first
+    assert lengths != sorted(lengths, reverse=True)
+    memory, _ = run_lm(model, tok, causal_settings(batch_size=4, layers=(-1, 1)), prompts, progress=False)
+    for name, array in memory.tensors.items():
+        np.testing.assert_array_equal(b[name], array, err_msg=name)
+    np.testing.assert_array_equal(b["gen_ids"], memory.gen_ids)
+    # the temporary files are gone; a loaded cache maps its arrays read-only instead of reading them
+    assert not list((tmp_path / "tiny").glob(".hidden.*"))
+    cache = load_cache(tmp_path / "tiny")
+    assert all(isinstance(v, np.memmap) and not v.flags.writeable for v in cache.tensors.values())
+    np.testing.assert_array_equal(pooling.embed(cache, "avg-gen", 1),
+                                  pooling.embed(load_cache(tmp_path / "whole"), "avg-gen", 1))
+
+
+def test_sentence_encoder_embeds_in_chunks(minilm, minilm_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(encode, "SENTENCE_CHUNK", 3)
+    prompts = banking_prompts(7)
+    encode_prompts(minilm, "sentence-encoder", prompts, "inbedder", tmp_path, device="cpu", dtype="float32",
+                   progress=False, chunk_rows=2)
+    cache = load_cache(tmp_path)
+    np.testing.assert_allclose(pooling.embed(cache, "plain"), minilm_model.encode([p["text"] for p in prompts]),
+                               atol=1e-5)
 
 
 def test_eos_ends_the_answer_and_masks_later_steps(tiny_llama):

@@ -66,7 +66,8 @@ def resolve_layers(layers: Sequence[int], num_layers: int, where: str) -> dict[i
 
 @dataclass
 class StepStates:
-    """What one pass over the prompts yields, in prompt order (the arrays of hidden.safetensors)."""
+    """What one pass over the prompts yields, in prompt order (the arrays of hidden.safetensors; with a
+    sink, the state arrays are mapped read-only from its files)."""
 
     tensors: dict[str, np.ndarray]
     gen_ids: np.ndarray   # [N, T] int64, -1 where no step ran
@@ -78,17 +79,41 @@ class StepStates:
 
 
 class _Store:
-    """Float32 arrays per name, allocated when the first batch shows the hidden size."""
+    """Float32 state arrays per name, in prompt order: in memory, or written to a `sink` (an
+    `inbedder.cache.RowStore`) as each batch finishes, so a pass holds one batch of states at a time."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, sink=None) -> None:
         self.n = n
+        self.sink = sink
         self.arrays: dict[str, np.ndarray] = {}
+        self.names: list[str] = []
 
     def put(self, name: str, rows: Sequence[int], values) -> None:
         values = values.float().cpu().numpy() if hasattr(values, "cpu") else np.asarray(values, np.float32)
+        if name not in self.names:
+            self.names.append(name)
+        if self.sink is not None:
+            self.sink.put(name, list(rows), values)
+            return
         if name not in self.arrays:
             self.arrays[name] = np.zeros((self.n, *values.shape[1:]), dtype=np.float32)
         self.arrays[name][list(rows)] = values
+
+    def ensure(self, name: str, row_shape: tuple[int, ...]) -> None:
+        """Array `name` exists (zeros where no row was put)."""
+        if name in self.names:
+            return
+        self.names.append(name)
+        if self.sink is not None:
+            self.sink.allocate(name, np.float32, row_shape)
+        else:
+            self.arrays[name] = np.zeros((self.n, *row_shape), dtype=np.float32)
+
+    def result(self) -> dict[str, np.ndarray]:
+        """The arrays (a sink's mapped read-only from its files)."""
+        if self.sink is None:
+            return self.arrays
+        return {name: self.sink.read(name) for name in self.names}
 
 
 def _pick(out, indices: Mapping[int, int], num_layers: int, hidden_attr: str = "hidden_states",
@@ -152,12 +177,14 @@ def _left_pad(batch_ids: Sequence[Sequence[int]], pad_id: int, device):
 
 def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int, layers: Sequence[int],
                batch_size: int, eos: set[int], pad_id: int, temperature: float | None = None, top_p: float | None = None,
-               generator=None, keep_states: bool = True, progress: Callable[[int], None] | None = None) -> StepStates:
+               generator=None, keep_states: bool = True, progress: Callable[[int], None] | None = None,
+               sink=None) -> StepStates:
     """Greedy (or sampled) decoding with the KV cache, keeping only the configured layers' states.
 
     The state at the first generated token (`gen[:, 0]`) is always computed when states are kept, even
     when every answer of a batch ends at its first token or `max_new_tokens` is 1: the authors' rule
-    falls back to it when no later step is kept (`inbedder.pooling`).
+    falls back to it when no later step is kept (`inbedder.pooling`). With a `sink`
+    (`inbedder.cache.RowStore`) each batch's states are written to it as the batch finishes.
     """
     import torch
 
@@ -169,7 +196,7 @@ def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int
     device = next(model.parameters()).device
     n, steps = len(token_ids), max_new_tokens
     passes = max(steps, 2) if keep_states else steps  # forward passes after the prompt's, plus one
-    store = _Store(n)
+    store = _Store(n, sink)
     gen_ids = np.full((n, steps), -1, dtype=np.int64)
     gen_mask = np.zeros((n, steps), dtype=bool)
     eos_t = torch.tensor(sorted(eos) or [-1], device=device)
@@ -193,6 +220,7 @@ def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int
             done = torch.isin(token, eos_t)
             batch_ids, batch_mask = [token], [torch.ones_like(done)]
             cache = out.past_key_values
+            gen: dict[str, np.ndarray] = {}  # this batch's states at the generated tokens
             for t in range(1, passes):
                 if t > 1 and bool(done.all()):
                     break
@@ -205,19 +233,21 @@ def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int
                 if keep_states:
                     for layer, h in _pick(out, indices, n_layers).items():
                         name = f"gen@{layer}"
-                        if name not in store.arrays:
-                            store.arrays[name] = np.zeros((n, passes - 1, h.shape[-1]), dtype=np.float32)
-                        store.arrays[name][rows, t - 1] = h[:, 0].float().cpu().numpy()
+                        if name not in gen:
+                            gen[name] = np.zeros((len(rows), passes - 1, h.shape[-1]), dtype=np.float32)
+                        gen[name][:, t - 1] = h[:, 0].float().cpu().numpy()
                 if t >= steps:  # the extra pass only computes the state at the first generated token
                     break
                 nxt = _next_tokens(_softcap(model, head(out.last_hidden_state[:, -1])), temperature, generator,
                                    top_p)
                 token, done = _record_step(nxt, done, pad_id, eos_t, batch_ids, batch_mask)
+            for name, values in gen.items():
+                store.put(name, rows, values)
             gen_ids[rows, : len(batch_ids)] = torch.stack(batch_ids, 1).cpu().numpy()
             gen_mask[rows, : len(batch_mask)] = torch.stack(batch_mask, 1).cpu().numpy()
             if progress:
                 progress(len(rows))
-    return StepStates(store.arrays, gen_ids, gen_mask, np.array([len(x) for x in token_ids], dtype=np.int64),
+    return StepStates(store.result(), gen_ids, gen_mask, np.array([len(x) for x in token_ids], dtype=np.int64),
                       {str(k): v for k, v in indices.items()}, n_layers, True)
 
 
@@ -232,7 +262,7 @@ def _mlm_head(model):
 
 def run_masked(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, n_masks: int, layers: Sequence[int],
                batch_size: int, progress: Callable[[int], None] | None = None,
-               specials_in_prompt_modes: bool = True) -> StepStates:
+               specials_in_prompt_modes: bool = True, sink=None) -> StepStates:
     """One forward pass with `n_masks` masks after each prompt: the answer is the argmax at each mask.
 
     With `specials_in_prompt_modes` (config `method.masked_prompt_modes: authors`) `prompt_mean` also
@@ -250,7 +280,7 @@ def run_masked(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, n_masks
     base, head = model.base_model, _mlm_head(model)
     device = next(model.parameters()).device
     n = len(prompt_ids)
-    store = _Store(n)
+    store = _Store(n, sink)
     gen_ids = np.zeros((n, n_masks), dtype=np.int64)
     need_all = head is None or any(i != n_layers for i in indices.values())
     with torch.inference_mode():
@@ -287,7 +317,7 @@ def run_masked(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, n_masks
             if progress:
                 progress(len(rows))
     extra = len(head_ids) if specials_in_prompt_modes else 0
-    return StepStates(store.arrays, gen_ids, np.ones((n, n_masks), dtype=bool),
+    return StepStates(store.result(), gen_ids, np.ones((n, n_masks), dtype=bool),
                       np.array([len(x) + extra for x in prompt_ids], dtype=np.int64),
                       {str(k): v for k, v in indices.items()}, n_layers, False)
 
@@ -295,7 +325,7 @@ def run_masked(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, n_masks
 def run_seq2seq(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int, layers: Sequence[int],
                 batch_size: int, eos: set[int], pad_id: int, temperature: float | None = None, generator=None,
                 keep_states: bool = True, progress: Callable[[int], None] | None = None,
-                top_p: float | None = None) -> StepStates:
+                top_p: float | None = None, sink=None) -> StepStates:
     """Encoder states for the prompt modes, decoder states (greedy decoding, KV cache) for the answer modes."""
     import torch
 
@@ -310,7 +340,7 @@ def run_seq2seq(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: in
     device = next(model.parameters()).device
     encoder = model.get_encoder()
     n, steps = len(token_ids), max_new_tokens
-    store = _Store(n)
+    store = _Store(n, sink)
     gen_ids = np.full((n, steps), -1, dtype=np.int64)
     gen_mask = np.zeros((n, steps), dtype=bool)
     eos_t = torch.tensor(sorted(eos) or [-1], device=device)
@@ -327,6 +357,7 @@ def run_seq2seq(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: in
             token = torch.full((len(rows),), start_id, dtype=torch.long, device=device)
             done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             cache, batch_ids, batch_mask = None, [], []
+            gen: dict[str, np.ndarray] = {}  # this batch's decoder states at the generated tokens
             for t in range(steps):
                 if bool(done.all()):
                     break
@@ -340,19 +371,20 @@ def run_seq2seq(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: in
                             store.put(f"first_gen@{layer}", rows, h)
                         else:
                             name = f"gen@{layer}"
-                            if name not in store.arrays:
-                                store.arrays[name] = np.zeros((n, steps - 1, h.shape[-1]), dtype=np.float32)
-                            store.arrays[name][rows, t - 1] = h.float().cpu().numpy()
+                            if name not in gen:
+                                gen[name] = np.zeros((len(rows), steps - 1, h.shape[-1]), dtype=np.float32)
+                            gen[name][:, t - 1] = h.float().cpu().numpy()
                 nxt = _next_tokens(_softcap(model, out.logits[:, -1]), temperature, generator, top_p)
                 token, done = _record_step(nxt, done, pad_id, eos_t, batch_ids, batch_mask)
+            for name, values in gen.items():
+                store.put(name, rows, values)
             gen_ids[rows, : len(batch_ids)] = torch.stack(batch_ids, 1).cpu().numpy()
             gen_mask[rows, : len(batch_mask)] = torch.stack(batch_mask, 1).cpu().numpy()
             if progress:
                 progress(len(rows))
     if keep_states:
-        for layer in dec_idx:
-            if f"gen@{layer}" not in store.arrays:
-                h = store.arrays[f"first_gen@{layer}"].shape[-1]
-                store.arrays[f"gen@{layer}"] = np.zeros((n, steps - 1, h), dtype=np.float32)
-    return StepStates(store.arrays, gen_ids, gen_mask, np.array([len(x) for x in token_ids], dtype=np.int64),
+        tensors = store.result()
+        for layer in dec_idx:  # no batch reached a second step: gen@ holds zeros
+            store.ensure(f"gen@{layer}", (max(steps - 1, 0), tensors[f"first_gen@{layer}"].shape[-1]))
+    return StepStates(store.result(), gen_ids, gen_mask, np.array([len(x) for x in token_ids], dtype=np.int64),
                       {str(k): v for k, v in dec_idx.items()}, n_dec, False)

@@ -4,13 +4,18 @@
 validation are owned by `inbedder.cache`): the distinct prompts of a task table, the answers generated
 for them and the hidden states every embedding mode is pooled from (`inbedder.pooling`).
 
-The model runs themselves are in `inbedder.decoding`.
+The model runs themselves are in `inbedder.decoding`. The states are written to disk as the batches
+finish (`inbedder.cache.RowStore`, a temporary folder in the cache folder) and streamed into
+`hidden.safetensors` at the end, so an encode job's memory does not grow with the number of prompts;
+sentence encoders embed `SENTENCE_CHUNK` texts at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +30,8 @@ from inbedder.cache import (
     MULTI_SAMPLES,
     MULTI_TEMPERATURE,
     MULTI_TOP_P,
+    WRITE_CHUNK_ROWS,
+    RowStore,
     Settings,
     cache_key,
     check_cache,
@@ -51,19 +58,27 @@ from inbedder.vocabulary import SENTENCE_ENCODER
 
 log = logging.getLogger(__name__)
 
+# texts a sentence encoder embeds per call when an encode writes its cache (one call up to this many)
+SENTENCE_CHUNK = 8192
+
+
+def sentence_model(model_dir: str | os.PathLike, device: str, dtype: str = "float32"):
+    """A sentence-transformers folder loaded for inference in `dtype`."""
+    from sentence_transformers import SentenceTransformer
+
+    from inbedder.models import torch_dtype
+
+    model = SentenceTransformer(str(model_dir), device=device)
+    return model if dtype == "float32" else model.to(torch_dtype(dtype))
+
 
 def encode_sentences(model_dir: str | os.PathLike, texts: Sequence[str], *, batch_size: int, device: str,
                      dtype: str = "float32", progress: bool = True, model=None) -> np.ndarray:
     """Embed texts with a sentence-transformers folder: float32 [N, H], duplicates computed once."""
     import torch
-    from sentence_transformers import SentenceTransformer
-
-    from inbedder.models import torch_dtype
 
     if model is None:
-        model = SentenceTransformer(str(model_dir), device=device)
-        if dtype != "float32":
-            model = model.to(torch_dtype(dtype))
+        model = sentence_model(model_dir, device, dtype)
     unique = list(dict.fromkeys(texts))
     if not unique:
         return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
@@ -71,6 +86,15 @@ def encode_sentences(model_dir: str | os.PathLike, texts: Sequence[str], *, batc
     emb = emb.to(torch.float32).cpu().numpy()
     where = {t: i for i, t in enumerate(unique)}
     return emb[[where[t] for t in texts]]
+
+
+def _sentences_into(sink: RowStore, name: str, model, texts: Sequence[str], *, batch_size: int, device: str,
+                    progress: bool) -> None:
+    """Embed `texts` into array `name` of `sink`, `SENTENCE_CHUNK` texts per call."""
+    for start in range(0, len(texts), SENTENCE_CHUNK):
+        part = texts[start : start + SENTENCE_CHUNK]
+        sink.put(name, range(start, start + len(part)),
+                 encode_sentences(None, part, batch_size=batch_size, device=device, progress=progress, model=model))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +171,7 @@ def encode_prompts(
     keep_last_words: int | None = None,
     progress: bool = True,
     loaded: tuple[Any, Any] | None = None,
+    chunk_rows: int = WRITE_CHUNK_ROWS,
 ) -> dict[str, Any]:
     """Write the encode cache of `prompts` into `out_dir` (reused when valid); return its meta.
 
@@ -154,6 +179,8 @@ def encode_prompts(
     are the task's instructions the authors' filter drops the tokens of; `decoding` is "greedy" or
     config `models.<m>.decoding` (temperature, top_p, seed); `keep_last_words` cuts each text to its
     last N space-separated words before it is prompted (the prompts keep their full text as keys).
+    `chunk_rows`: rows of a state array held in memory before they are written (the cache is the same
+    for any value).
     """
     from inbedder.fidelity import method_settings
 
@@ -183,33 +210,36 @@ def encode_prompts(
     log.info("%s: encoding %d prompts (%s)", out, len(prompts), reason)
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)  # from here on the folder is incomplete until meta.json is back
+    for stale in out.glob(".hidden.*.parts"):  # the states of a job that was killed
+        shutil.rmtree(stale, ignore_errors=True)
 
     start = time.perf_counter()
-    extra: dict[str, Any] = {}
-    answers: list[dict[str, Any]] | None = None
-    if kind == SENTENCE_ENCODER:
-        texts = [p["text"] for p in prompts]
-        prefixed = [format_prompt("instructor", p["instruction"], p["text"]) for p in prompts]
-        tensors = {
-            "plain": encode_sentences(model_dir, texts, batch_size=batch_size, device=device, dtype=dtype,
-                                      progress=progress),
-            "prefixed": encode_sentences(model_dir, prefixed, batch_size=batch_size, device=device, dtype=dtype,
-                                         progress=progress),
-        }
-    else:
-        tensors, answers, extra = _encode_lm(model_dir, settings, prompts, progress, loaded)
-        if settings.re_encode:
-            tensors.update(re_encode(re_encoder_dir, answers, device=device, batch_size=batch_size,
-                                     progress=progress))
-            if settings.re_encode_multi:
-                tensors["re-encode-multi"] = _re_encode_multi(model_dir, settings, prompts, re_encoder_dir,
-                                                              progress, loaded)
-    seconds = time.perf_counter() - start
-    meta = {**fields, "cache_key": key, "model_dir": str(model_dir),
-            "re_encoder_dir": str(re_encoder_dir) if re_fp else None, **extra,
-            "stats": {"seconds": round(seconds, 3), "prompts_per_second": round(len(prompts) / seconds, 3)},
-            "versions": _versions()}
-    return write_cache(out, meta, prompts, answers, tensors)
+    sink = RowStore(tempfile.mkdtemp(prefix=".hidden.", suffix=".parts", dir=out), len(prompts), chunk_rows)
+    try:
+        extra: dict[str, Any] = {}
+        answers: list[dict[str, Any]] | None = None
+        if kind == SENTENCE_ENCODER:
+            model = sentence_model(model_dir, device, dtype)
+            for name, texts in (("plain", [p["text"] for p in prompts]),
+                                ("prefixed", [format_prompt("instructor", p["instruction"], p["text"])
+                                              for p in prompts])):
+                _sentences_into(sink, name, model, texts, batch_size=batch_size, device=device, progress=progress)
+        else:
+            answers, extra = _encode_lm(model_dir, settings, prompts, progress, loaded, sink)
+            if settings.re_encode:
+                re_encode(re_encoder_dir, answers, device=device, batch_size=batch_size, progress=progress,
+                          sink=sink)
+                if settings.re_encode_multi:
+                    sink.put("re-encode-multi", slice(None),
+                             _re_encode_multi(model_dir, settings, prompts, re_encoder_dir, progress, loaded))
+        seconds = time.perf_counter() - start
+        meta = {**fields, "cache_key": key, "model_dir": str(model_dir),
+                "re_encoder_dir": str(re_encoder_dir) if re_fp else None, **extra,
+                "stats": {"seconds": round(seconds, 3), "prompts_per_second": round(len(prompts) / seconds, 3)},
+                "versions": _versions()}
+        return write_cache(out, meta, prompts, answers, sink)
+    finally:
+        sink.remove()
 
 
 def _sampling(decoding: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -275,8 +305,9 @@ def _pad_id(tokenizer, eos: set[int]) -> int:
 
 
 def run_lm(model, tokenizer, settings: Settings, prompts: Sequence[Mapping[str, str]],
-           progress: bool = True) -> tuple[StepStates, set[int]]:
-    """Tokenise and run a loaded language model over the prompts: (states, EOS ids)."""
+           progress: bool = True, sink: RowStore | None = None) -> tuple[StepStates, set[int]]:
+    """Tokenise and run a loaded language model over the prompts: (states, EOS ids); with a `sink`
+    the states are written to it as the batches finish."""
     import torch
 
     ids = _tokenize(tokenizer, settings, prompts)
@@ -291,33 +322,32 @@ def run_lm(model, tokenizer, settings: Settings, prompts: Sequence[Mapping[str, 
         if settings.kind == "causal":
             states = run_causal(model, ids, max_new_tokens=settings.max_new_tokens, layers=settings.layers,
                                 batch_size=settings.batch_size, eos=eos, pad_id=_pad_id(tokenizer, eos),
-                                progress=bar.update, **sampling)
+                                progress=bar.update, sink=sink, **sampling)
         elif settings.kind == "masked":
             states = run_masked(model, tokenizer, ids, n_masks=settings.max_new_tokens, layers=settings.layers,
-                                batch_size=settings.batch_size, progress=bar.update,
+                                batch_size=settings.batch_size, progress=bar.update, sink=sink,
                                 specials_in_prompt_modes=settings.masked_prompt_modes == "authors")
         else:
             states = run_seq2seq(model, ids, max_new_tokens=settings.max_new_tokens, layers=settings.layers,
                                  batch_size=settings.batch_size, eos=eos, pad_id=_pad_id(tokenizer, eos),
-                                 progress=bar.update, **sampling)
+                                 progress=bar.update, sink=sink, **sampling)
     finally:
         bar.close()
     return states, eos
 
 
-def _encode_lm(model_dir, settings: Settings, prompts, progress: bool, loaded):
+def _encode_lm(model_dir, settings: Settings, prompts, progress: bool, loaded, sink: RowStore):
+    """Run the model, its states and token arrays written to `sink`: (answers.jsonl rows, meta fields)."""
     model, tokenizer = loaded if loaded is not None else load_model(model_dir, settings.kind, settings.device,
                                                                      settings.dtype)
-    states, eos = run_lm(model, tokenizer, settings, prompts, progress)
+    states, eos = run_lm(model, tokenizer, settings, prompts, progress, sink)
     fillers = filler_tokens(tokenizer)
     # the authors' masked encoder takes filter words and never applies them: no ids to drop there
     filter_ids = [] if settings.kind == "masked" else authors_filter_ids(tokenizer, settings.filter_instructions)
     answers = answer_rows(tokenizer, prompts, states, eos, fillers,
                           filter_ids if settings.filter == "authors" else None)
-    tensors = dict(states.tensors)
-    tensors["gen_ids"] = states.gen_ids
-    tensors["gen_mask"] = states.gen_mask
-    tensors["prompt_len"] = states.prompt_len
+    for name in ("gen_ids", "gen_mask", "prompt_len"):
+        sink.put(name, slice(None), getattr(states, name))
     extra = {
         "num_layers": states.num_layers,
         "layer_index": states.layer_index,
@@ -333,16 +363,20 @@ def _encode_lm(model_dir, settings: Settings, prompts, progress: bool, loaded):
                     "ended_by_eos": float(np.mean([any(int(t) in eos for t in row if t >= 0)
                                                    for row in states.gen_ids]))},
     }
-    return tensors, answers, extra
+    return answers, extra
 
 
 def re_encode(re_encoder_dir, answers: Sequence[Mapping[str, Any]], *, device: str, batch_size: int,
-              progress: bool = True) -> dict[str, np.ndarray]:
+              progress: bool = True, sink: RowStore | None = None) -> dict[str, np.ndarray] | None:
     """`re-encode` and `re-encode+filter`: the answer and the filtered answer embedded by a sentence encoder
-    (an answer whose every token the filter drops is embedded as the empty string)."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(re_encoder_dir), device=device)
+    (an answer whose every token the filter drops is embedded as the empty string); written to `sink`
+    when given, else returned."""
+    model = sentence_model(re_encoder_dir, device)
+    if sink is not None:
+        for name, key in (("re-encode", "answer"), ("re-encode+filter", "answer_filtered")):
+            _sentences_into(sink, name, model, [a[key] for a in answers], batch_size=batch_size, device=device,
+                            progress=progress)
+        return None
     return {
         "re-encode": encode_sentences(re_encoder_dir, [a["answer"] for a in answers], batch_size=batch_size,
                                       device=device, progress=progress, model=model),
