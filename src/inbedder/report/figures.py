@@ -285,6 +285,36 @@ def figure_loss(training: Sequence[dict]) -> Figure:
         return Figure(name, title, caption, _png(fig))
 
 
+def figure_heldout(training: Sequence[dict]) -> Figure:
+    """Held-out answer token F1 over the training steps of every fine-tune (train.heldout_every)."""
+    name, title = "heldout_f1", "Held-out answer F1 during fine-tuning"
+    caption = ("Answer token F1 (x100) on the recipe's held-out questions at each check (train.heldout_every), step "
+               "0 = before training, last point = the model kept; ring = the best check; a cross marks a run "
+               "stopped because the F1 had stopped rising (train.stop_when_flat). Lines of one model and recipe "
+               "share a colour, one per training seed.")
+    curves = [t for t in training if len((t.get("summary") or {}).get("heldout_curve") or []) >= 2]
+    if not curves:
+        return Figure(name, title, caption, reason="no held-out F1 curve in this run (no model was fine-tuned)")
+    plt = _plt()
+    with plt.rc_context(MPL_STYLE):
+        fig, ax = plt.subplots(figsize=(5.2, 2.6))
+        for i, t in enumerate(curves):
+            s = t["summary"]
+            points = s["heldout_curve"]
+            steps = [int(p["step"]) for p in points]
+            f1 = [100 * float(p["f1"]) for p in points]
+            colour = RECIPE_COLOURS.get(t["recipe"], PALETTE[i % len(PALETTE)])
+            ax.plot(steps, f1, color=colour, linewidth=1.2, marker="o", markersize=2.5, label=t["name"])
+            best = max(range(len(f1)), key=f1.__getitem__)
+            ax.plot(steps[best], f1[best], "o", markersize=7, markerfacecolor="none", color=colour)
+            if s.get("stopped_early"):
+                ax.plot(steps[-1], f1[-1], "x", markersize=7, color=colour)
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out F1")
+        ax.legend(fontsize=6)
+        return Figure(name, title, caption, _png(fig))
+
+
 def _f1(x: Any) -> str:
     v = num(x)
     if v is None:

@@ -56,6 +56,8 @@ def training_rows(training: Sequence[dict]) -> list[dict]:
             "f1_before": num(s.get("heldout_token_f1_before")), "f1_after": num(s.get("heldout_token_f1_after")),
             "train_rows": s.get("train_rows"), "device": s.get("device"), "dtype": s.get("dtype"),
             "effective_batch": s.get("effective_batch"),
+            "stopped_early": s.get("stopped_early"), "plateau_step": s.get("plateau_step"),
+            "stop_reason": s.get("stop_reason"), "checks": len(s.get("heldout_curve") or []),
         })
     return rows
 

@@ -310,6 +310,7 @@ def render_report(
     figures.append(fg.figure_modes(mode_book, paper))
     figures.append(fg.figure_filtering(mode_book, paper))
     figures.append(fg.figure_loss(training))
+    figures.append(fg.figure_heldout(training))
     figures.append(fg.figure_clustering(scores, all_headline))
     figures.append(fg.figure_robustness(robust))
     views, labels, why = load_projection(inputs.projection_table, inputs.projection_caches,
