@@ -442,7 +442,6 @@ def plot_heldout(path: str | os.PathLike, curve: HeldoutCurve, title: str) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from inbedder.files import atomic_path
 
     points = curve.points
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
@@ -455,14 +454,7 @@ def plot_heldout(path: str | os.PathLike, curve: HeldoutCurve, title: str) -> No
     ax.axvline(flat.best_step, color="grey", ls="--", lw=1, label=label)
     if curve.stopped is not None:
         ax.axvline(steps[-1], color="tab:red", ls=":", lw=1, label=f"stopped flat at step {steps[-1]}")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("held-out answer token F1 (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save_plot(plt, fig, ax, path, title, "held-out answer token F1 (%)")
 
 
 def _curve_callback(curve: HeldoutCurve):
@@ -552,7 +544,6 @@ def plot_loss(path: str | os.PathLike, rows: Sequence[Mapping[str, float]], titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from inbedder.files import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     steps = [r["step"] for r in rows]
@@ -564,8 +555,15 @@ def plot_loss(path: str | os.PathLike, rows: Sequence[Mapping[str, float]], titl
             for i in range(len(rows))
         ]
         ax.plot(steps, smooth, lw=2, label=f"running mean ({window} steps)")
+    _save_plot(plt, fig, ax, path, title, "training loss")
+
+
+def _save_plot(plt, fig, ax, path: str | os.PathLike, title: str, ylabel: str) -> None:
+    """Label a per-step plot of this module, write it atomically as PNG and close it."""
+    from inbedder.files import atomic_path
+
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
