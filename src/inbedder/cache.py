@@ -30,7 +30,7 @@ file atomically and `meta.json` last (the completion marker):
   ids the authors' filter drops (`filter.authors_ids`).
 
 The states are written as the model produces them: `RowStore` holds each array's rows in a file of a
-temporary folder beside the cache (written in place, in prompt order, whatever order the length-sorted
+temporary folder inside the cache folder (written in place, in prompt order, whatever order the length-sorted
 batches come in, `WRITE_CHUNK_ROWS` rows at a time), and `write_cache` streams those files into
 `hidden.safetensors`, so an encode job's memory does not grow with the number of prompts.
 `load_cache` maps the arrays of `hidden.safetensors` read-only from the file (`np.memmap`): a reader
