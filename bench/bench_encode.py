@@ -15,7 +15,8 @@ Reported too: prompts/s, the achieved GFLOP/s of the 1st-gen forward as a fracti
 measured here in the same dtype, the cache bytes per prompt against the minimum, agreement of our
 embeddings with the naive ones, and `encode_rss_ratio`: the peak RSS (VmHWM) of the workflow's encode
 job (workflow/scripts/encode_task.py, run as Snakemake runs it, in a fresh process each) on a task of
-`--rss-large` prompts over one of `--rss-small` prompts (Banking77 train texts; flat memory: <= 1.2).
+`--rss-large` prompts over one of `--rss-small` prompts (Banking77 train texts, by default the same
+`--rss-small` texts under numbered instructions, so that the prompt lengths match; flat memory: <= 1.2).
 The last line printed is one JSON object (also written to bench/out/encode.json).
 """
 
@@ -154,19 +155,26 @@ def _status_kb(field: str) -> int:
 
 
 def encode_rss(model: str, sizes: tuple[int, int], work: Path, dtype: str, max_new_tokens: int,
-               batch_size: int, threads: int) -> dict[str, object]:
-    """Peak RSS of the encode job at each size, in a fresh process each (smallest first)."""
+               batch_size: int, threads: int, prompts: str = "repeated") -> dict[str, object]:
+    """Peak RSS of the encode job at each size, in a fresh process each (smallest first).
+
+    `prompts`: "repeated": the first `sizes[0]` Banking77 train texts under numbered instructions
+    ("... (1)", "... (2)", ...: as many tokens each), so both tasks have the same prompt lengths and
+    only the number of prompts differs; "distinct": the first N distinct train texts (the larger task
+    also has longer prompts, whose activations take more memory).
+    """
     import pandas as pd
 
     from inbedder.tasks import write_task_table
 
     with open(banking_csv("train"), encoding="utf-8") as fh:
         texts = list(dict.fromkeys(r["text"] for r in csv.DictReader(fh)))
+    if prompts == "repeated":
+        texts = texts[: sizes[0]]
     records = {}
-    for n in sizes:  # distinct prompts: the train texts, then again under numbered instructions
+    for n in sizes:
         rows = [{"subset": "intent", "text": texts[k % len(texts)], "label": "x",
-                 "instruction": INSTRUCTION if k < len(texts) else f"{INSTRUCTION} ({k // len(texts)})"}
-                for k in range(n)]
+                 "instruction": f"{INSTRUCTION} ({k // len(texts) + 1})"} for k in range(n)]
         table = work / f"rss-{n}.parquet"
         write_task_table(pd.DataFrame(rows), table, task=f"Rss{n}", kind="clustering", limit=None)
         settings = {"kind": "causal", "template": "inbedder", "max_new_tokens": max_new_tokens, "layers": [-1],
@@ -197,7 +205,8 @@ def encode_rss(model: str, sizes: tuple[int, int], work: Path, dtype: str, max_n
             "encode_rss_hidden_mib": {str(n): round(r["hidden_bytes"] / 2**20, 2) for n, r in records.items()},
             "encode_rss_setup": f"workflow/scripts/encode_task.py in a fresh process per size, SmolLM2 {dtype}, "
                                 f"max_new_tokens {max_new_tokens}, batch {batch_size}, {threads} threads; "
-                                "peak RSS = VmHWM; after_load: VmHWM reset once the model is loaded"}
+                                f"{prompts} prompts; peak RSS = VmHWM; after_load: VmHWM reset once the model "
+                                "is loaded"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,6 +226,8 @@ def main() -> None:
     parser.add_argument("--rss-small", type=int, default=512)
     parser.add_argument("--rss-large", type=int, default=4096)
     parser.add_argument("--rss-new-tokens", type=int, default=1)
+    parser.add_argument("--rss-prompts", default="repeated", choices=["repeated", "distinct"],
+                        help="the tasks' prompts (encode_rss)")
     parser.add_argument("--skip-rss", action="store_true", help="leave out the peak-memory measurement")
     parser.add_argument("--skip-speed", action="store_true", help="only the peak-memory measurement")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
@@ -235,7 +246,7 @@ def main() -> None:
     result: dict[str, object] = {"model": Path(args.model).name}
     if not args.skip_rss:
         result.update(encode_rss(args.model, (args.rss_small, args.rss_large), work, args.dtype, args.rss_new_tokens,
-                                 args.batch_size, torch.get_num_threads()))
+                                 args.batch_size, torch.get_num_threads(), args.rss_prompts))
     if not args.skip_speed:
         result.update(speed(args, dtypes, work))
     result["load_average_start"] = [round(x, 2) for x in load_start]
