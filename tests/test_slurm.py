@@ -1,9 +1,11 @@
 """The smoke profile on a real (one-node) Slurm cluster through workflow/profiles/slurm.
 
 Brings up munged, slurmctld and slurmd from Debian's packages (tests/slurm_cluster.py), runs the smoke
-settings with every job a Slurm job, `scancel`s the training job once it has a checkpoint, lets the
-profile's retry resubmit it (it resumes from the checkpoint), and checks the scores equal those of
-the same settings run locally. The cluster is torn down whatever happens. Run by `make test-slurm`.
+settings for the fine-tuned model alone (SmolLM2 + InBedder on the four smoke tasks: every rule of the
+smoke DAG, 25 jobs, the untrained models left out) with every job a Slurm job, `scancel`s the training
+job once it has a checkpoint, lets the profile's retry resubmit it (it resumes from the checkpoint), and
+checks the scores equal those of the same settings run locally. The cluster is torn down whatever
+happens. Run by `make test-slurm`.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from slurm_cluster import single_node_cluster
-from workspace import clean_env, fresh_clone, make
+from workspace import SMOKE_CONFIGS, clean_env, fresh_clone, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(3600), pytest.mark.enable_socket]  # free ports for slurm.conf
 
 SCORE_KEYS = ["model", "recipe", "mode", "layer", "task", "subset", "metric", "seed"]
-SMOKE_CONFIGS = ["config.yaml", "workflow/profiles/offline/run.yaml", "workflow/profiles/smoke/run.yaml"]
+# The smoke settings narrowed to the model that is fine-tuned (what the scancel needs): each Slurm job
+# starts its own Snakemake and the model jobs queue for the one GPU slot, so every job counts.
+FINE_TUNED_ONLY = {"select": {"models": ["smollm2-135m"], "recipes": ["inbedder"]}}
 # What workflow/profiles/slurm assumes a real cluster provides, scaled to this node (2 CPUs, no
 # accounting database): small memory and one core per job, squeue status queries, quick first check.
 NODE_OVERRIDES = [
@@ -46,9 +51,13 @@ def squeue(env: dict[str, str], *args: str) -> list[list[str]]:
 
 def test_smoke_profile_on_slurm_equals_the_local_run_and_resumes_after_scancel(mirror, tmp_path):
     env = clean_env(INBEDDER_DATA_MIRROR=str(mirror))
+    narrowed = tmp_path / "fine-tuned-only.yaml"
+    narrowed.write_text(yaml.safe_dump(FINE_TUNED_ONLY), encoding="utf-8")
+    configfiles = [*SMOKE_CONFIGS, str(narrowed)]
 
     local = fresh_clone(tmp_path / "local")
-    result = make(local, "smoke", "SMOKE_RUN=slurm-reference", env=env, timeout=2400)
+    result = snakemake(local, "--profile", "workflow/profiles/smoke", "--configfile", *configfiles,
+                       "--config", "run=slurm-reference", env=env, timeout=2400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
     clone = fresh_clone(tmp_path / "cluster")
@@ -57,7 +66,7 @@ def test_smoke_profile_on_slurm_equals_the_local_run_and_resumes_after_scancel(m
     trained = results / "models" / "smollm2-135m-inbedder"
     command = [
         str(clone / ".venv" / "bin" / "snakemake"), "--profile", "workflow/profiles/slurm",
-        "--configfile", *SMOKE_CONFIGS, *NODE_OVERRIDES, "--config", f"run={run}",
+        "--configfile", *configfiles, *NODE_OVERRIDES, "--config", f"run={run}",
     ]
     with single_node_cluster(tmp_path / "slurm") as cluster_env:
         job_env = {**cluster_env, **env, "PYTHONPATH": str(clone / "src")}

@@ -1,6 +1,8 @@
 """The smoke profile end to end, and resume after `kill -9` at training, encoding and evaluation.
 
-These run the real workflow (real SmolLM2 and MiniLM weights, mirrored data) on tiny slices.
+These run the real workflow (real SmolLM2 and MiniLM weights, mirrored data) on tiny slices. The run end
+to end is the session's (conftest.smoke_run, shared with tests/test_download.py); the resume test
+reruns the fine-tuning chain in a copy of it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,32 +20,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from workspace import SMOKE_CONFIGS, SmokeRun, copy_workspace
 
-ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-MIRROR = Path(os.environ.get("INBEDDER_DATA_MIRROR", ROOT.parent / "shared" / "data")).resolve()
 SCORE_COLUMNS = ["model", "recipe", "mode", "layer", "task", "subset", "metric", "value", "seed", "train_seed", "n"]
 SMOKE_TASKS = {"NLUPPTwoViewTriplets", "NLUPPTwoViewClustering", "NLUPPInstructedPairs", "STSBenchmark"}
 
-pytestmark = pytest.mark.slow
+# The first test that asks for the shared smoke run makes it, within its own time limit.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+FINE_TUNED = "smollm2-135m-inbedder"
 
 
 def command(run: str, *extra: str) -> list[str]:
-    return [
-        SNAKEMAKE,
-        "--profile",
-        "workflow/profiles/smoke",
-        "--config",
-        f"run={run}",
-        f"data_mirror={MIRROR}",
-        *extra,
-    ]
-
-
-def fresh(run: str) -> Path:
-    results = ROOT / "results" / run
-    shutil.rmtree(results, ignore_errors=True)
-    return results
+    """The smoke profile as `make smoke` runs it (the mirror comes from $INBEDDER_DATA_MIRROR)."""
+    return [SNAKEMAKE, "--profile", "workflow/profiles/smoke", "--config", f"run={run}", *extra]
 
 
 def jobs_run(output: str) -> list[str]:
@@ -62,27 +51,31 @@ def job_blocks(output: str) -> list[tuple[str, str]]:
     return blocks
 
 
-def run_to_end(run: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_to_end(smoke: SmokeRun, work: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The smoke profile in `work` (the shared run's folder or a copy of it) with its environment."""
     result = subprocess.run(
-        command(run), check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        command(smoke.run), check=False, cwd=work, env=smoke.env, capture_output=True, text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
 
 
-def unlock(run: str) -> None:
+def unlock(smoke: SmokeRun, work: Path) -> None:
     """What a user does after a `kill -9`: Snakemake's lock files outlive the killed process."""
-    subprocess.run(command(run, "--unlock"), check=True, cwd=ROOT, capture_output=True, timeout=300)
+    subprocess.run(command(smoke.run, "--unlock"), check=True, cwd=work, env=smoke.env, capture_output=True,
+                   timeout=300)
 
 
-def run_until(run: str, condition: Callable[[], bool], timeout: int = 600) -> str:
-    """Start the workflow and `kill -9` its whole process group as soon as `condition` holds."""
-    unlock(run)
-    log = ROOT / "results" / f".{run}.killed.log"
+def run_until(smoke: SmokeRun, work: Path, condition: Callable[[], bool], timeout: int = 600) -> str:
+    """Start the workflow in `work` and `kill -9` its whole process group as soon as `condition` holds."""
+    unlock(smoke, work)
+    log = work / "results" / f".{smoke.run}.killed.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            command(run), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command(smoke.run), cwd=work, env=smoke.env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         try:
@@ -109,10 +102,9 @@ def read_scores(results: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted() -> Path:
-    results = fresh("smoke-full")
-    run_to_end("smoke-full")
-    return results
+def uninterrupted(smoke_run: SmokeRun) -> Path:
+    """The results folder of the session's smoke run."""
+    return smoke_run.results
 
 
 def test_smoke_run_scores_every_task_and_renders_the_report(uninterrupted: Path):
@@ -134,32 +126,49 @@ def test_smoke_run_scores_every_task_and_renders_the_report(uninterrupted: Path)
     assert "58.80" in html
 
 
-def test_a_finished_run_does_nothing_on_rerun(uninterrupted: Path):
-    result = run_to_end("smoke-full")
+def test_a_finished_run_does_nothing_on_rerun(smoke_run: SmokeRun):
+    result = run_to_end(smoke_run, smoke_run.workspace)
     assert jobs_run(result.stdout + result.stderr) == []
 
 
+def without_fine_tuning(smoke: SmokeRun, dest: Path) -> Path:
+    """A copy of the shared run's folder without what its fine-tuning made (the training tables, the
+    fine-tuned model and its caches, scores, logs and benchmarks): the run continued there fine-tunes,
+    encodes and scores with that model again; the untrained models' caches and scores are kept."""
+    results = Path("results") / smoke.run
+    made = [results / "train", results / "logs" / "data" / "training_table", results / "logs" / "train",
+            results / "benchmarks" / "train", results / "models" / FINE_TUNED]
+    made += [results / stage / FINE_TUNED for stage in ("cache", "scores", "logs/encode", "logs/evaluate",
+                                                        "benchmarks/encode", "benchmarks/evaluate")]
+    assert all((smoke.workspace / p).exists() for p in made), "the shared run is not laid out as expected"
+    return copy_workspace(smoke.workspace, dest, leave_out=made)
+
+
 # Three interrupted runs and one run to the end: the budget is their own timeouts (3 x 600 s + 900 s),
-# not pytest's default per test, which a busy machine exceeds without anything being wrong.
-@pytest.mark.timeout(2700)
-def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_scores(uninterrupted: Path):
-    run = "smoke-resume"
-    results = fresh(run)
-    trained = results / "models" / "smollm2-135m-inbedder"
+# not pytest's default per test, which a busy machine exceeds without anything being wrong (and the
+# shared smoke run when this test is the first to ask for it).
+@pytest.mark.timeout(3600)
+def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_scores(
+    smoke_run: SmokeRun, uninterrupted: Path, tmp_path: Path
+):
+    work = without_fine_tuning(smoke_run, tmp_path / "work")
+    results = work / "results" / smoke_run.run
+    trained = results / "models" / FINE_TUNED
 
     # 1. Training: killed once its first checkpoint is complete (the marker is written after the save).
-    run_until(run, lambda: any((trained / "checkpoints").glob("checkpoint-*/checkpoint_complete.json")))
+    run_until(smoke_run, work,
+              lambda: any((trained / "checkpoints").glob("checkpoint-*/checkpoint_complete.json")))
     assert not (trained / "train_summary.json").exists()
     done_before = {p.relative_to(results) for p in (results / "train").glob("*.jsonl")}
 
     # 2. Encoding: killed while a cache of the fine-tuned model is being written (its log exists, its
     # meta.json not yet). That job needs the finished model, so the training of this run has resumed and
-    # ended by then; jobs of the untrained models may run before it in any order.
+    # ended by then (the untrained models' caches are the copied ones).
     def trained_model_encoding() -> bool:
         logs = list((results / "logs" / "encode" / trained.name).glob("*.log"))
         return any(not (results / "cache" / trained.name / p.stem / "meta.json").exists() for p in logs)
 
-    resumed = run_until(run, trained_model_encoding)
+    resumed = run_until(smoke_run, work, trained_model_encoding)
     assert "training_table" not in jobs_run(resumed), "finished training tables were rebuilt"
     assert done_before and all((results / p).exists() for p in done_before)
     train_log = (results / "logs" / "train" / "smollm2-135m-inbedder.log").read_text()
@@ -171,16 +180,18 @@ def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_sc
     assert summary["fresh_start_reason"] is None and summary["checkpoints_rejected"] == []
 
     # 3. Evaluation: killed once the first score table of the fine-tuned model exists (tables of the
-    # untrained models may exist from the runs before).
+    # untrained models are the copied ones).
     finished_caches = {p.parent for p in (results / "cache").glob("*/*/meta.json")}
     scored_before = set((results / "scores" / trained.name).glob("*.csv"))
-    run_until(run, lambda: bool(set((results / "scores" / trained.name).glob("*.csv")) - scored_before))
+    run_until(smoke_run, work,
+              lambda: bool(set((results / "scores" / trained.name).glob("*.csv")) - scored_before))
 
-    # Rerun to the end: finished caches are not recomputed and the scores equal the uninterrupted run's.
-    unlock(run)
-    final = run_to_end(run)
+    # Rerun to the end: finished caches are not recomputed and the scores equal the uninterrupted run's
+    # (the fine-tuned model's rows computed again here, the untrained models' copied).
+    unlock(smoke_run, work)
+    final = run_to_end(smoke_run, work)
     encoded_again = {
-        ROOT / re.search(r"^\s*output: (\S+)/meta\.json", block, flags=re.MULTILINE).group(1)
+        work / re.search(r"^\s*output: (\S+)/meta\.json", block, flags=re.MULTILINE).group(1)
         for rule, block in job_blocks(final.stdout + final.stderr)
         if rule == "encode"
     }
@@ -190,22 +201,18 @@ def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_sc
     )
 
 
-def planned_jobs(run: str, change: dict, tmp_path: Path) -> set[tuple[str, str]]:
-    """(rule, wildcards) of the jobs a dry run plans after a config change."""
+def planned_jobs(smoke: SmokeRun, change: dict, tmp_path: Path) -> set[tuple[str, str]]:
+    """(rule, wildcards) of the jobs a dry run in the shared run's folder plans after a config change."""
     import yaml
 
     extra = tmp_path / "change.yaml"
     extra.write_text(yaml.safe_dump(change))
-    configfiles = [
-        "config.yaml",
-        "workflow/profiles/offline/run.yaml",
-        "workflow/profiles/smoke/run.yaml",
-        str(extra),
-    ]
+    configfiles = [*SMOKE_CONFIGS, str(extra)]
     result = subprocess.run(
-        command(run, "-n", "--configfile", *configfiles),
+        command(smoke.run, "-n", "--configfile", *configfiles),
         check=False,
-        cwd=ROOT,
+        cwd=smoke.workspace,
+        env=smoke.env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -218,10 +225,10 @@ def planned_jobs(run: str, change: dict, tmp_path: Path) -> set[tuple[str, str]]
     return jobs
 
 
-def test_a_changed_instruction_reruns_that_tasks_jobs_only(uninterrupted: Path, tmp_path: Path):
+def test_a_changed_instruction_reruns_that_tasks_jobs_only(smoke_run: SmokeRun, tmp_path: Path):
     task = "NLUPPTwoViewTriplets"
     change = {"tasks": {task: {"instructions": {"action": "Which operation does the customer ask for?"}}}}
-    jobs = planned_jobs("smoke-full", change, tmp_path)
+    jobs = planned_jobs(smoke_run, change, tmp_path)
     pairs = [("smollm2-135m", "inbedder"), ("smollm2-135m", "none"), ("minilm-l6", "none")]
     expected = {("task_table", f"task={task}")}
     for rule in ("encode", "evaluate_task"):
@@ -230,8 +237,8 @@ def test_a_changed_instruction_reruns_that_tasks_jobs_only(uninterrupted: Path, 
     assert jobs == expected
 
 
-def test_a_changed_step_count_reruns_that_models_chain_only(uninterrupted: Path, tmp_path: Path):
-    jobs = planned_jobs("smoke-full", {"models": {"smollm2-135m": {"train": {"max_steps": 5}}}}, tmp_path)
+def test_a_changed_step_count_reruns_that_models_chain_only(smoke_run: SmokeRun, tmp_path: Path):
+    jobs = planned_jobs(smoke_run, {"models": {"smollm2-135m": {"train": {"max_steps": 5}}}}, tmp_path)
     expected = {("train_model", "model=smollm2-135m, recipe=inbedder")}
     for rule in ("encode", "evaluate_task"):
         expected |= {(rule, f"model=smollm2-135m, recipe=inbedder, task={t}") for t in SMOKE_TASKS}
