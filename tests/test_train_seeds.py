@@ -76,6 +76,11 @@ def test_bad_seeds_name_the_key(offline):
         resolve_run("smollm2-135m", "inbedder@42", seeded)
     with pytest.raises(ValueError, match="not trained"):
         resolve_run("smollm2-135m", "none@1", seeded)
+    typo = copy.deepcopy(offline)
+    typo["models"]["smollm2-135m"]["train"].update(heldout_every=5, stop_when_flat={"patience": 1,
+                                                                                    "recipes": ["inbeder"]})
+    with pytest.raises(ValueError, match=r"models.smollm2-135m.train.stop_when_flat.recipes: unknown recipe"):
+        train_params("smollm2-135m", "inbedder", typo)
     with pytest.raises(ValueError, match=r"models.smollm2-135m.train.seeds: a non-empty list of distinct"):
         recipe_runs("smollm2-135m", "inbedder", with_seeds(offline, [1, 1]))
 

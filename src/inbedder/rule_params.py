@@ -98,6 +98,10 @@ def train_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, A
     recipe, seed = resolve_run(model, run, config)
     recipe_spec = check_recipe(model, recipe, recipes)
     train = {k: v for k, v in (spec.get("train") or {}).items() if k != "seeds"}
+    unknown = [r for r in (train.get("stop_when_flat") or {}).get("recipes") or [] if r not in recipes]
+    if unknown:
+        raise ValueError(f"models.{model}.train.stop_when_flat.recipes: unknown recipe(s) {unknown}; "
+                         f"known: {sorted(recipes)}")
     if seed != train.get("seed", TrainSettings.seed):
         train["seed"] = seed
     limits = config.get("limits") or {}
