@@ -837,16 +837,19 @@ def test_a_resumed_run_keeps_the_curve_up_to_its_checkpoint(tmp_path, data, smol
     the_job = job("causal", max_steps=5, save_steps=2, batch_size=2, heldout_every=1)
     with pytest.raises(Killed):  # killed in step 4, before its check and its checkpoint
         train_model(the_job, base, data["train"], data["heldout"], out, extra_callbacks=[_kill_at(4)])
-    assert [p["step"] for p in read_curve(out / CURVE)] == [0, 1, 2, 3]
+    # the points live beside the checkpoints until the run ends: Snakemake deletes an unfinished
+    # job's outputs, heldout_curve.csv among them
+    assert not (out / CURVE).exists()
+    assert [p["step"] for p in read_curve(out / "checkpoints" / CURVE)] == [0, 1, 2, 3]
     assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"
     saved = json.loads((out / "checkpoints" / "run_settings.json").read_text())
     assert "heldout_every" not in saved["job"]["settings"]  # checks alone change no weight: not in the run key
     # mark the points: step 1 (<= checkpoint-2) is kept as it is, step 3 (after it) is checked again
     marked = add_point(
-        add_point(read_curve(out / CURVE), {"step": 1, "f1": 0.123, "seconds": 1.0}),
+        add_point(read_curve(out / "checkpoints" / CURVE), {"step": 1, "f1": 0.123, "seconds": 1.0}),
         {"step": 3, "f1": 0.987, "seconds": 1.0},
     )
-    write_curve(out / CURVE, marked)
+    write_curve(out / "checkpoints" / CURVE, marked)
     summary = train_model(the_job, base, data["train"], data["heldout"], out)
     assert summary["resumed_from_step"] == 2
     straight = train_model(the_job, base, data["train"], data["heldout"], tmp_path / "straight")
@@ -858,6 +861,7 @@ def test_a_resumed_run_keeps_the_curve_up_to_its_checkpoint(tmp_path, data, smol
             assert resumed[step] == pytest.approx(f1, abs=1e-6), step
     assert straight["last_step_loss"] == pytest.approx(summary["last_step_loss"], rel=1e-4)
     assert summary["settings"]["heldout_every"] == 1
+    assert [p["step"] for p in read_curve(out / CURVE)] == [0, 1, 2, 3, 4, 5]  # written when the run ends
 
 
 def test_a_resumed_run_counts_the_kept_checks_towards_patience(tmp_path, data, smollm2_dir):

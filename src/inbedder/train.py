@@ -747,7 +747,9 @@ def train_model(
         with training_untouched(model):
             return heldout_f1(model, tokenizer, job, heldout, autocast)
 
-    curve = HeldoutCurve(out / CURVE, settings.heldout_every, settings.stop_when_flat, check)
+    # The curve is kept beside the checkpoints while training: Snakemake deletes the outputs of a job
+    # that did not finish (out/heldout_curve.csv among them), and a resume needs the points it made.
+    curve = HeldoutCurve(ckpt_dir / CURVE, settings.heldout_every, settings.stop_when_flat, check)
 
     from tqdm.auto import tqdm
 
@@ -809,7 +811,7 @@ def train_model(
             log.info("training %s-%s from step 0 (no checkpoint yet)", job.model, job.recipe)
     resumed_from = int(resume.name.rsplit("-", 1)[-1]) if resume else 0
     try:
-        kept = curve_until(read_curve(out / CURVE), resumed_from)
+        kept = curve_until(read_curve(ckpt_dir / CURVE), resumed_from)
     except ValueError as err:
         log.warning(
             "%s-%s: held-out curve points before step %d lost: %s", job.model, job.recipe, resumed_from, err
@@ -854,6 +856,7 @@ def train_model(
             for r, b, a in zip(heldout, before["answers"], answers_after)
         ],
     )
+    write_curve(out / CURVE, curve.points)
     write_log_csv(out / "train_log.csv", rows_log)
     plot_loss(out / "loss.png", rows_log, f"{job.model}-{job.recipe}: {state.global_step} steps")
     plot_heldout(out / "heldout_f1.png", curve, f"{job.model}-{job.recipe}: held-out answer token F1")
