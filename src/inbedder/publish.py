@@ -41,7 +41,23 @@ def stage_times(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["stage", "job", "seconds", "max_rss_mib"])
 
 
-def _readme(summary: dict, times: pd.DataFrame, trained: Sequence[str], source: Path) -> str:
+def _training_lines(trained: dict[str, dict]) -> list[str]:
+    """The fine-tunes table: steps, why training ended, the held-out F1 curve and the time per step."""
+    if not trained:
+        return []
+    lines = ["", "## Fine-tunes", "",
+             "| fine-tune | steps | ended | held-out token F1 (step: F1) | s/step | resumed from |",
+             "|---|---|---|---|---|---|"]
+    for name, t in trained.items():
+        curve = ", ".join(f"{p['step']}: {100 * p['f1']:.1f}" for p in t.get("heldout_curve") or []
+                          if p.get("f1") is not None)
+        per_step = t.get("seconds_per_step")
+        lines.append(f"| {name} | {t.get('steps', '?')} | {t.get('stop_reason', '?')} | {curve} | "
+                     f"{'?' if per_step is None else f'{per_step:.2f}'} | {t.get('resumed_from_step', 0)} |")
+    return lines
+
+
+def _readme(summary: dict, times: pd.DataFrame, trained: dict[str, dict], source: Path) -> str:
     git = summary.get("git") or {}
     lines = [
         f"# Reproduction of record: run `{summary.get('run')}`",
@@ -63,11 +79,16 @@ def _readme(summary: dict, times: pd.DataFrame, trained: Sequence[str], source: 
     ]
     for claim, by_scope in summary.get("verdicts", {}).items():
         lines.append(f"| {claim} | " + " | ".join(str(v) for v in by_scope.values()) + " |")
-    lines += ["", "## Time per stage (sum of job wall times; jobs ran two at a time on 2 cores)", "",
+    lines += _training_lines(trained)
+    lines += ["", "## Time per stage (sum of job wall times, from Snakemake's benchmark files)", "",
               "| stage | jobs | minutes |", "|---|---|---|"]
     for stage, grp in times.groupby("stage", sort=False):
         lines.append(f"| {stage} | {len(grp)} | {grp['seconds'].sum() / 60:.1f} |")
     lines.append(f"| all | {len(times)} | {times['seconds'].sum() / 60:.1f} |")
+    if any(t.get("resumed_from_step") for t in trained.values()):
+        lines += ["", ("A fine-tune resumed after a stop (its `resumed from` above is not 0) has a benchmark "
+                       "of its last sitting only; its whole training took about steps x s/step plus its "
+                       "held-out checks.")]
     lines += ["", "## Files", "",
               "- `index.html`: the report; `summary.json`: its provenance and verdicts;",
               "- `scores.csv` (every score with its bootstrap CI), `skipped.csv`;",
@@ -104,7 +125,8 @@ def publish(run_dir: str | Path, dest: str | Path) -> Path:
     times = stage_times(run_dir)
     with atomic_path(tmp / "stage_times.csv") as path:
         times.to_csv(path, index=False)
-    write_text(tmp / "README.md", _readme(summary, times, [f.name for f in trained], run_dir))
+    summaries = {f.name: json.loads((f / "train_summary.json").read_text(encoding="utf-8")) for f in trained}
+    write_text(tmp / "README.md", _readme(summary, times, summaries, run_dir))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
