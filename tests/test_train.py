@@ -15,20 +15,10 @@ import yaml
 
 from inbedder.checkpoints import last_complete_checkpoint, scan_checkpoints
 from inbedder.files import read_jsonl, write_jsonl
+from inbedder.heldout import CURVE, add_point, curve_until, plateau, read_curve, write_curve
 from inbedder.models import ensure_materialized, generate_answers, load_lm, write_fingerprint
 from inbedder.text import format_prompt, remove_stopwords
-from inbedder.train import (
-    CURVE,
-    TrainJob,
-    TrainSettings,
-    add_point,
-    curve_until,
-    plateau,
-    read_curve,
-    train_from_config,
-    train_model,
-    write_curve,
-)
+from inbedder.train import TrainJob, TrainSettings, train_from_config, train_model
 from inbedder.train_data import IGNORE_INDEX, Collator, Encoded, EncodedDataset, encode_example, read_rows
 from inbedder.train_loop import TRAIN_LOOP, StepMeter, answer_only_loss, make_trainer
 

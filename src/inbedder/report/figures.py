@@ -258,60 +258,85 @@ def _pair_labels(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], str]:
     return [f"{m}\n{RECIPE_NAMES.get(r, r)}" for m, r in pairs], ""
 
 
+SEED_LINESTYLES = ["-", "--", ":", "-."]
+
+
+def _fine_tune_panels(plt, runs: Sequence[dict], ylabel: str):
+    """One panel per base model (shared y axis): (figure, {model: axis}, {run name: (colour, linestyle)}).
+    Colour = recipe; line style = training seed within a model and recipe."""
+    models = list(dict.fromkeys(t["model"] for t in runs))
+    fig, axes = plt.subplots(1, len(models), figsize=(max(5.2, 3.4 * len(models)), 2.6), sharey=True, squeeze=False)
+    panels = dict(zip(models, axes[0], strict=True))
+    for model, ax in panels.items():
+        ax.set_title(model)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel(ylabel)
+    styles = {}
+    for i, t in enumerate(runs):
+        seeds = sorted({(u.get("summary") or {}).get("settings", {}).get("seed") or 0 for u in runs
+                        if u["model"] == t["model"] and u["recipe"] == t["recipe"]})
+        seed = (t.get("summary") or {}).get("settings", {}).get("seed") or 0
+        styles[t["name"]] = (RECIPE_COLOURS.get(t["recipe"], PALETTE[i % len(PALETTE)]),
+                             SEED_LINESTYLES[seeds.index(seed) % len(SEED_LINESTYLES)])
+    return fig, panels, styles
+
+
 def figure_loss(training: Sequence[dict]) -> Figure:
-    """Training loss curves of every fine-tuned model (raw and smoothed)."""
+    """Training loss curves of every fine-tuned model (raw and smoothed), a panel per base model."""
     name, title = "training_loss", "Training loss"
-    caption = ("Loss per optimisation step (light: raw; dark: exponential moving average, alpha 0.2). Legend: "
-               "held-out answer token F1 before -> after training.")
+    caption = ("Loss per optimisation step, a panel per base model (light: raw; dark: exponential moving average, "
+               "alpha 0.2; colour = recipe, line style = training seed). Legend: held-out answer token F1 before "
+               "-> after training.")
     logs = [t for t in training if t.get("log") is not None and len(t["log"])]
     if not logs:
         return Figure(name, title, caption, reason="no train_log.csv in this run (no model was fine-tuned)")
     plt = _plt()
     with plt.rc_context(MPL_STYLE):
-        fig, ax = plt.subplots(figsize=(5.2, 2.6))
-        for i, t in enumerate(logs):
-            log = t["log"]
-            colour = RECIPE_COLOURS.get(t["recipe"], PALETTE[i % len(PALETTE)])
-            ax.plot(log["step"], log["loss"], color=colour, alpha=0.25, linewidth=0.8)
-            smooth = log["loss"].ewm(alpha=0.2).mean()
+        fig, panels, styles = _fine_tune_panels(plt, logs, "loss")
+        for t in logs:
+            log, ax = t["log"], panels[t["model"]]
+            colour, linestyle = styles[t["name"]]
+            ax.plot(log["step"], log["loss"], color=colour, alpha=0.2, linewidth=0.7, linestyle=linestyle)
             f1 = ""
             s = t.get("summary") or {}
             if num(s.get("heldout_token_f1_before")) is not None and num(s.get("heldout_token_f1_after")) is not None:
                 f1 = f"  (F1 {_f1(s['heldout_token_f1_before'])} -> {_f1(s['heldout_token_f1_after'])})"
-            ax.plot(log["step"], smooth, color=colour, linewidth=1.4, label=f"{t['name']}{f1}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.legend()
+            ax.plot(log["step"], log["loss"].ewm(alpha=0.2).mean(), color=colour, linewidth=1.3,
+                    linestyle=linestyle, label=f"{t['name']}{f1}")
+        for ax in panels.values():
+            ax.legend(fontsize=6)
         return Figure(name, title, caption, _png(fig))
 
 
 def figure_heldout(training: Sequence[dict]) -> Figure:
     """Held-out answer token F1 over the training steps of every fine-tune (train.heldout_every)."""
     name, title = "heldout_f1", "Held-out answer F1 during fine-tuning"
-    caption = ("Answer token F1 (x100) on the recipe's held-out questions at each check (train.heldout_every), step "
-               "0 = before training, last point = the model kept; ring = the best check; a cross marks a run "
-               "stopped because the F1 had stopped rising (train.stop_when_flat). Lines of one model and recipe "
-               "share a colour, one per training seed.")
+    caption = ("Answer token F1 (x100) on the recipe's held-out questions at each check (train.heldout_every), a "
+               "panel per base model: step 0 = before training, last point = the model kept; ring = the best "
+               "check; a cross marks a run stopped because the F1 had stopped rising (train.stop_when_flat). "
+               "Colour = recipe, line style = training seed.")
     curves = [t for t in training if len((t.get("summary") or {}).get("heldout_curve") or []) >= 2]
     if not curves:
         return Figure(name, title, caption, reason="no held-out F1 curve in this run (no model was fine-tuned)")
     plt = _plt()
     with plt.rc_context(MPL_STYLE):
-        fig, ax = plt.subplots(figsize=(5.2, 2.6))
-        for i, t in enumerate(curves):
-            s = t["summary"]
-            points = s["heldout_curve"]
+        fig, panels, styles = _fine_tune_panels(plt, curves, "held-out F1")
+        for t in curves:
+            s, ax = t["summary"], panels[t["model"]]
+            colour, linestyle = styles[t["name"]]
+            points = [p for p in s["heldout_curve"] if num(p.get("f1")) is not None]
             steps = [int(p["step"]) for p in points]
             f1 = [100 * float(p["f1"]) for p in points]
-            colour = RECIPE_COLOURS.get(t["recipe"], PALETTE[i % len(PALETTE)])
-            ax.plot(steps, f1, color=colour, linewidth=1.2, marker="o", markersize=2.5, label=t["name"])
+            if not f1:
+                continue
+            ax.plot(steps, f1, color=colour, linewidth=1.2, linestyle=linestyle, marker="o", markersize=2.5,
+                    label=t["name"])
             best = max(range(len(f1)), key=f1.__getitem__)
             ax.plot(steps[best], f1[best], "o", markersize=7, markerfacecolor="none", color=colour)
             if s.get("stopped_early"):
                 ax.plot(steps[-1], f1[-1], "x", markersize=7, color=colour)
-        ax.set_xlabel("step")
-        ax.set_ylabel("held-out F1")
-        ax.legend(fontsize=6)
+        for ax in panels.values():
+            ax.legend(fontsize=6)
         return Figure(name, title, caption, _png(fig))
 
 

@@ -1,0 +1,366 @@
+"""The held-out answer check of a fine-tune: its token F1, the curve of it over training, and the plateau rule.
+
+`heldout_f1` scores greedy answers to held-out questions (token F1 against the references), the same
+function before, during and after training. `HeldoutCurve` holds the curve (`heldout_curve.csv`: step,
+heldout_token_f1, seconds of the check): step 0 before training, every `heldout_every` optimizer steps
+(a Trainer callback at `on_step_end`, independent of `save_steps`) and the final step. A check runs
+in eval mode and puts back the training mode and every RNG state (`training_untouched`), so a run
+with checks trains exactly as one without. During training the curve is kept beside the checkpoints
+and each point is written (atomically) before the checkpoint of its step, so a rerun that resumes
+from `checkpoint-N` keeps the points with step <= N and recomputes the rest. `stop_when_flat` ends
+training once the curve has not risen by more than `min_delta` over its best for `patience`
+consecutive checks (`plateau`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from inbedder.files import write_text
+from inbedder.models import generate_answers
+from inbedder.text import token_f1
+from inbedder.train_data import training_prompt
+
+CURVE = "heldout_curve.csv"
+BEFORE_FILE = "heldout_before.json"
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------------------------
+# config keys
+
+
+@dataclass(frozen=True)
+class StopWhenFlat:
+    """Config `train.stop_when_flat`: stop once the held-out token F1 (0-1, as in the summary) has not
+    risen by more than `min_delta` over its best for `patience` consecutive curve points; `recipes`
+    limits the rule to those recipes (None: every recipe), the others train to their step budget."""
+
+    patience: int
+    min_delta: float = 0.0
+    recipes: tuple[str, ...] | None = None
+
+    def applies_to(self, recipe: str) -> bool:
+        return self.recipes is None or recipe in self.recipes
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_stop_when_flat(value: Any, where: str) -> StopWhenFlat | None:
+    """`train.stop_when_flat` (null, a mapping, or a StopWhenFlat) checked; errors name the key."""
+    if value is None:
+        return None
+    if isinstance(value, StopWhenFlat):
+        value = asdict(value)
+    if not isinstance(value, Mapping):
+        raise ValueError(  # noqa: TRY004 - a config error, as for every other key
+            f"{where}: must be null or a mapping {{patience, min_delta, recipes}}, got {value!r}"
+        )
+    known = {"patience", "min_delta", "recipes"}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    patience = value.get("patience")
+    if not _is_int(patience) or patience < 1:
+        raise ValueError(f"{where}.patience: must be an integer >= 1, got {patience!r}")
+    min_delta = value.get("min_delta", 0.0)
+    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
+        raise ValueError(
+            f"{where}.min_delta: must be a number >= 0 (held-out token F1, 0-1), got {min_delta!r}"
+        )
+    recipes = value.get("recipes")
+    if recipes is not None:
+        if (
+            isinstance(recipes, str)
+            or not isinstance(recipes, Sequence)
+            or not recipes
+            or not all(isinstance(r, str) and r for r in recipes)
+        ):
+            raise ValueError(
+                f"{where}.recipes: must be a non-empty list of recipe names or null, got {recipes!r}"
+            )
+        recipes = tuple(recipes)
+    return StopWhenFlat(patience=patience, min_delta=float(min_delta), recipes=recipes)
+
+
+def check_heldout_keys(heldout_every: Any, stop_when_flat: Any, where: str) -> StopWhenFlat | None:
+    """Check `heldout_every` and `stop_when_flat` of a train block; the latter as a StopWhenFlat."""
+    if heldout_every is not None and (not _is_int(heldout_every) or heldout_every < 1):
+        raise ValueError(f"{where}.heldout_every: must be an integer >= 1 or null, got {heldout_every!r}")
+    stop = check_stop_when_flat(stop_when_flat, f"{where}.stop_when_flat")
+    if stop is not None and heldout_every is None:
+        raise ValueError(
+            f"{where}.stop_when_flat: needs {where}.heldout_every (the held-out F1 is checked every "
+            "heldout_every steps; the plateau is found on those checks), which is null"
+        )
+    return stop
+
+
+# ----------------------------------------------------------------------------------------------
+# held-out check
+
+
+def heldout_f1(
+    model, tokenizer, job: Any, rows: Sequence[Mapping[str, str]], autocast: str | None
+) -> tuple[float, list[str]]:
+    """Mean token F1 of greedy answers to held-out questions, and the answers themselves (`job`: an
+    `inbedder.train.TrainJob`, for its template, model kind and answer length)."""
+    prompts = [training_prompt(job.template, r["instruction"], r["input"]) for r in rows]
+    model.eval()
+    answers = generate_answers(
+        model,
+        tokenizer,
+        job.kind,
+        prompts,
+        max_new_tokens=job.max_new_tokens,
+        batch_size=16,
+        autocast_dtype=autocast,
+    )
+    scores = [token_f1(a, r["output"]) for a, r in zip(answers, rows)]
+    return (sum(scores) / len(scores) if scores else float("nan")), answers
+
+
+@contextlib.contextmanager
+def training_untouched(model):
+    """Run a check inside training: the model's train/eval mode and every RNG state are put back."""
+    import numpy as np
+    import torch
+
+    was_training = model.training
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------
+# the held-out curve and the plateau
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """Where a held-out curve stands under the plateau rule."""
+
+    stop: bool  # the last `patience` points rose by no more than min_delta over the best before them
+    best_step: int  # the point that set the best: the last one to rise by more than min_delta
+    best_f1: float
+    flat_steps: tuple[int, ...]  # the points since then
+
+
+def plateau(points: Sequence[Mapping[str, Any]], patience: int | None, min_delta: float = 0.0) -> Plateau:
+    """Apply the plateau rule to curve points (sorted by step; the first is step 0).
+
+    A point sets a new best when its F1 exceeds the best so far by more than `min_delta`; the curve
+    is flat (`stop`) once `patience` consecutive points after the best did not. `patience` None: never
+    stop (the best is then the highest point, the first to reach it when min_delta is 0).
+    """
+    if not points:
+        raise ValueError("plateau: the held-out curve has no point")
+    best_step, best_f1 = int(points[0]["step"]), float(points[0]["f1"])
+    flat: list[int] = []
+    for point in points[1:]:
+        f1 = float(point["f1"])
+        if f1 > best_f1 + min_delta or math.isnan(best_f1):
+            best_step, best_f1, flat = int(point["step"]), f1, []
+        else:
+            flat.append(int(point["step"]))
+    stop = patience is not None and len(flat) >= patience
+    return Plateau(stop=stop, best_step=best_step, best_f1=best_f1, flat_steps=tuple(flat))
+
+
+def add_point(points: Sequence[Mapping[str, Any]], point: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The curve with `point` added (replacing a point of the same step), sorted by step."""
+    kept = {int(p["step"]): dict(p) for p in points}
+    kept[int(point["step"])] = dict(point)
+    return [kept[s] for s in sorted(kept)]
+
+
+def curve_until(points: Sequence[Mapping[str, Any]], step: int) -> list[dict[str, Any]]:
+    """The points of a curve up to `step` (a resumed run keeps those of its checkpoint's past)."""
+    return [dict(p) for p in sorted(points, key=lambda p: int(p["step"])) if int(p["step"]) <= step]
+
+
+def read_curve(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The points of a heldout_curve.csv ([] when there is none; a bad row is an error naming the file)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    points = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.DictReader(fh), 2):
+            try:
+                seconds = row.get("seconds") or ""
+                points.append(
+                    {
+                        "step": int(row["step"]),
+                        "f1": float(row["heldout_token_f1"]),
+                        "seconds": float(seconds) if seconds else None,
+                    }
+                )
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}:{lineno}: not a held-out curve row ({err})") from err
+    return sorted(points, key=lambda p: p["step"])
+
+
+def write_curve(path: str | os.PathLike, points: Sequence[Mapping[str, Any]]) -> None:
+    """Write heldout_curve.csv (step, heldout_token_f1, seconds of the check) atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", "heldout_token_f1", "seconds"])
+    for p in points:
+        seconds = p.get("seconds")
+        writer.writerow(
+            [int(p["step"]), f"{float(p['f1']):.6f}", "" if seconds is None else f"{seconds:.2f}"]
+        )
+    write_text(path, buf.getvalue())
+
+
+class HeldoutCurve:
+    """The held-out curve of one run: its points (written to `path` at each change), the checks run
+    by this process (their seconds, the answers of the last), and the plateau rule when it applies."""
+
+    def __init__(self, path: Path, every: int | None, stop: StopWhenFlat | None, check) -> None:
+        self.path, self.every, self.stop, self._check = path, every, stop, check
+        self.points: list[dict[str, Any]] = []
+        self.checks: list[tuple[int, float]] = []  # (step, seconds) of the checks run in this process
+        self.answers: dict[int, list[str]] = {}  # the answers of the last check, by its step
+        self.stopped: Plateau | None = None
+
+    def start(self, kept: Sequence[Mapping[str, Any]], before: Mapping[str, Any]) -> None:
+        """Start from the kept points (a resumed run's past) and the check before training (step 0)."""
+        self.points = add_point([p for p in kept if int(p["step"]) > 0], before)
+        write_curve(self.path, self.points)
+
+    def add(self, point: Mapping[str, Any]) -> None:
+        self.points = add_point(self.points, point)
+        write_curve(self.path, self.points)
+
+    def check(self, step: int) -> tuple[float, list[str]]:
+        """Score the model as it is now, as the curve's point at `step`."""
+        started = time.perf_counter()
+        f1, answers = self._check()
+        seconds = time.perf_counter() - started
+        self.checks.append((step, seconds))
+        self.answers = {step: answers}
+        self.add({"step": step, "f1": f1, "seconds": seconds})
+        log.info("held-out token F1 at step %d: %.4f (%.1f s)", step, f1, seconds)
+        return f1, answers
+
+    def plateau(self) -> Plateau:
+        """The plateau rule on the curve now (without a stop rule: never stopping, min_delta 0)."""
+        if self.stop is None:
+            return plateau(self.points, None)
+        return plateau(self.points, self.stop.patience, self.stop.min_delta)
+
+
+def plot_heldout(path: str | os.PathLike, curve: HeldoutCurve, title: str) -> None:
+    """Save the held-out token F1 curve as a PNG, atomically (two points when checked only before/after)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = curve.points
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    steps = [p["step"] for p in points]
+    ax.plot(steps, [100 * p["f1"] for p in points], marker="o", lw=1.5, label="held-out token F1")
+    flat = curve.plateau()
+    label = f"best: step {flat.best_step}"
+    if curve.stop is not None:
+        label += f" (stop_when_flat: patience {curve.stop.patience}, min_delta {curve.stop.min_delta:g})"
+    ax.axvline(flat.best_step, color="grey", ls="--", lw=1, label=label)
+    if curve.stopped is not None:
+        ax.axvline(steps[-1], color="tab:red", ls=":", lw=1, label=f"stopped flat at step {steps[-1]}")
+    save_step_plot(plt, fig, ax, path, title, "held-out answer token F1 (%)")
+
+
+def curve_callback(curve: HeldoutCurve):
+    """Trainer callback: a held-out check every `curve.every` steps, and the stop once the curve is flat."""
+    from transformers import TrainerCallback
+
+    class HeldoutCheck(TrainerCallback):
+        """Checks after the step's update, before its checkpoint (on_step_end comes first)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if curve.stop is not None and curve.plateau().stop:
+                log.warning("the held-out curve kept from step %d is already flat", state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step = state.global_step
+            if not curve.every or step % curve.every or step >= state.max_steps:
+                return  # the final step is checked after training
+            curve.check(step)
+            if curve.stop is not None:
+                flat = curve.plateau()
+                if flat.stop:
+                    log.info(
+                        "held-out F1 flat since step %d (best %.4f; steps %s): stopping at step %d",
+                        flat.best_step,
+                        flat.best_f1,
+                        list(flat.flat_steps),
+                        step,
+                    )
+                    curve.stopped = flat
+                    control.should_training_stop = True
+                    # No checkpoint of the stopping step: a rerun after a kill resumes before it,
+                    # replays the same steps and checks, and stops here again.
+                    control.should_save = False
+
+    return HeldoutCheck()
+
+
+def stop_reason(curve: HeldoutCurve, settings: Any, steps: int) -> str:
+    """Why training ended, in words (`settings`: the run's `inbedder.train.TrainSettings`)."""
+    if curve.stopped is not None:
+        flat, stop = curve.stopped, curve.stop
+        return (
+            f"stop_when_flat: the held-out token F1 rose by no more than {stop.min_delta:g} over its best "
+            f"({flat.best_f1:.4f} at step {flat.best_step}) at {len(flat.flat_steps)} consecutive checks "
+            f"(steps {', '.join(map(str, flat.flat_steps))}; patience {stop.patience})"
+        )
+    budget = (
+        f"max_steps reached ({steps})"
+        if settings.max_steps
+        else f"{settings.epochs:g} epoch(s) done ({steps} steps)"
+    )
+    if curve.stop is not None:
+        budget += (
+            f" before the held-out F1 went flat (stop_when_flat: patience {curve.stop.patience}, "
+            f"min_delta {curve.stop.min_delta:g})"
+        )
+    return budget
+
+
+def save_step_plot(plt, fig, ax, path: str | os.PathLike, title: str, ylabel: str) -> None:
+    """Label a per-step plot of a fine-tune (x: optimizer step), write it atomically as PNG and close it."""
+    from inbedder.files import atomic_path
+
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
