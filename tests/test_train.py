@@ -821,6 +821,27 @@ def test_stop_when_flat_stops_at_the_first_flat_check_and_keeps_that_model(tmp_p
     assert summary["heldout_token_f1_after"] == two["heldout_token_f1_after"]
 
 
+def test_a_follower_ends_at_its_leaders_step(tmp_path, data, smollm2_dir):
+    """train.steps_of: cut at the leader's final step, on the follower's own schedule (the learning rates
+    of its steps are those of the uncut run)."""
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    leader = tmp_path / "tiny-causal-inbedder" / "train_summary.json"
+    leader.parent.mkdir()
+    leader.write_text(json.dumps({"steps": 3}))
+    the_job = replace(job("causal", max_steps=5, batch_size=2, heldout_every=2, lr_scheduler="linear"),
+                      recipe="alpaca").following(leader)
+    summary = train_model(the_job, base, data["train"], data["heldout"], tmp_path / "out")
+    assert summary["steps"] == 3 and summary["steps_of"] == {"run": "tiny-causal-inbedder", "steps": 3}
+    assert summary["stop_reason"] == "steps_of: ended at step 3, the step tiny-causal-inbedder ended at"
+    assert [p["step"] for p in summary["heldout_curve"]] == [0, 2, 3]
+    assert summary["settings"]["max_steps"] == 5  # the schedule of 5 steps, cut at 3
+    lrs = [float(r["lr"]) for r in csv.DictReader((tmp_path / "out" / "train_log.csv").read_text().splitlines())]
+    five = train_model(replace(the_job, stop_at_step=None, steps_of=None), base, data["train"], data["heldout"],
+                       tmp_path / "five")
+    assert lrs == [float(r["lr"]) for r in csv.DictReader((tmp_path / "five" / "train_log.csv").read_text().splitlines())][:3]
+    assert five["steps"] == 5 and five["steps_of"] is None
+
+
 def test_a_resumed_run_keeps_the_curve_up_to_its_checkpoint(tmp_path, data, smollm2_dir):
     base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
     out = tmp_path / "out"

@@ -330,8 +330,11 @@ def curve_callback(curve: HeldoutCurve):
     return HeldoutCheck()
 
 
-def stop_reason(curve: HeldoutCurve, settings: Any, steps: int) -> str:
-    """Why training ended, in words (`settings`: the run's `inbedder.train.TrainSettings`)."""
+def stop_reason(curve: HeldoutCurve, settings: Any, steps: int, steps_of: str | None = None) -> str:
+    """Why training ended, in words (`settings`: the run's `inbedder.train.TrainSettings`; `steps_of`:
+    the run whose final step this one ended at, config `train.steps_of`)."""
+    if steps_of is not None:
+        return f"steps_of: ended at step {steps}, the step {steps_of} ended at"
     if curve.stopped is not None:
         flat, stop = curve.stopped, curve.stop
         return (

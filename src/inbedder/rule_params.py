@@ -13,7 +13,7 @@ from typing import Any
 from inbedder.fidelity import method_settings
 from inbedder.models import RELEASED_SUFFIX, check_kind
 from inbedder.task_kinds import modes_for
-from inbedder.train import TrainSettings, check_recipe
+from inbedder.train import RUN_KEYS, TrainSettings, check_recipe
 from inbedder.train_loop import TRAIN_LOOP
 from inbedder.vocabulary import SENTENCE_ENCODER, TRAIN_SEED_SEP, UNTRAINED_RECIPES, split_recipe
 
@@ -97,7 +97,7 @@ def train_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, A
     spec = models[model]
     recipe, seed = resolve_run(model, run, config)
     recipe_spec = check_recipe(model, recipe, recipes)
-    train = {k: v for k, v in (spec.get("train") or {}).items() if k != "seeds"}
+    train = {k: v for k, v in (spec.get("train") or {}).items() if k not in RUN_KEYS}
     unknown = [r for r in (train.get("stop_when_flat") or {}).get("recipes") or [] if r not in recipes]
     if unknown:
         raise ValueError(f"models.{model}.train.stop_when_flat.recipes: unknown recipe(s) {unknown}; "
@@ -106,6 +106,7 @@ def train_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, A
         train["seed"] = seed
     limits = config.get("limits") or {}
     method = method_settings(config)
+    leader = train_leader(model, run, config)
     return {
         "model": model,
         "recipe": recipe,
@@ -121,7 +122,35 @@ def train_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, A
         "train_target": method["train_target"],
         "train_answer_cut": method["train_answer_cut"],
         "recipe_epochs": recipe_spec.get("epochs"),
+        # only where train.steps_of names this recipe, so that adding the key changes no other run's params
+        **({"steps_of": f"{model}-{leader}"} if leader else {}),
     }
+
+
+def train_leader(model: str, run: str, config: Mapping[str, Any]) -> str | None:
+    """The run whose final step this run ends at (config `models.<m>.train.steps_of`, same model and
+    training seed), or None. Errors name the key."""
+    steps_of = ((config["models"][model].get("train") or {}).get("steps_of")) or {}
+    where = f"models.{model}.train.steps_of"
+    if not isinstance(steps_of, Mapping):
+        raise ValueError(  # noqa: TRY004 - a config error, as for every other key
+            f"{where}: a mapping {{recipe: the recipe whose final step it ends at}}, got {steps_of!r}")
+    recipes = config["recipes"]
+    for follower, leader in steps_of.items():
+        for name in (follower, leader):
+            if name not in recipes or name in UNTRAINED_RECIPES:
+                raise ValueError(f"{where}: {name!r} is not a trained recipe; known: "
+                                 f"{sorted(r for r in recipes if r not in UNTRAINED_RECIPES)}")
+        if leader == follower or leader in steps_of:
+            raise ValueError(f"{where}.{follower}: {leader!r} must be another recipe that follows none itself")
+        stop = (config["models"][model].get("train") or {}).get("stop_when_flat") or {}
+        if stop and (stop.get("recipes") is None or follower in stop.get("recipes")):
+            raise ValueError(f"{where}.{follower}: the recipe also stops by itself (stop_when_flat applies to it; "
+                             "list the leader alone in stop_when_flat.recipes)")
+    recipe, seed = resolve_run(model, run, config)
+    if recipe not in steps_of:
+        return None
+    return run_name(model, steps_of[recipe], seed, config)
 
 
 def encode_params(model: str, run: str, task: str, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -70,6 +71,8 @@ from inbedder.vocabulary import UNTRAINED_RECIPES
 
 CHECKPOINTS = "checkpoints"
 SUMMARY = "train_summary.json"
+# keys of a model's train block that say which runs there are, not how one trains (inbedder.rule_params)
+RUN_KEYS = ("seeds", "steps_of")
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------
@@ -148,10 +151,16 @@ class TrainJob:
     train_target: str = "authors"
     train_answer_cut: str = "authors"
     recipe_epochs: float | None = None
+    # config `train.steps_of`: this run ends at the step another recipe's run ended at
+    steps_of: str | None = None  # that run's name (`<model>-<recipe>[@<seed>]`)
+    stop_at_step: int | None = None
 
     def __post_init__(self) -> None:
         check_train_method(self.train_target, self.train_answer_cut)
         check_recipe_epochs(self.recipe, self.recipe_epochs)
+        if self.stop_at_step is not None and (not isinstance(self.stop_at_step, int) or self.stop_at_step < 1):
+            raise ValueError(f"{self.model}-{self.recipe}: stop_at_step must be an integer >= 1, got "
+                             f"{self.stop_at_step!r}")
 
     def effective_settings(self) -> TrainSettings:
         """The settings trained with: the recipe's epochs replace the model's when no step budget is
@@ -178,7 +187,19 @@ class TrainJob:
         if stop is not None:
             settings["heldout_every"] = self.settings.heldout_every
             settings["stop_when_flat"] = {"patience": stop.patience, "min_delta": stop.min_delta}
+        if self.stop_at_step is not None:
+            settings["stop_at_step"] = self.stop_at_step
         return settings
+
+    def following(self, leader_summary: str | os.PathLike) -> TrainJob:
+        """This job ending at the step the run of `leader_summary` (its train_summary.json) ended at
+        (config `train.steps_of`): the same step budget and schedule, cut at that step."""
+        path = Path(leader_summary)
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        steps = summary.get("steps")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"{path}: no positive 'steps' (the run {self.model}-{self.recipe} is to end at its step)")
+        return replace(self, steps_of=path.parent.name, stop_at_step=steps)
 
 
 def check_recipe_epochs(recipe: str, epochs: Any) -> None:
@@ -317,6 +338,18 @@ def _mixed_precision(device: str, dtype: str) -> bool:
     if device.startswith("cuda"):
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return True  # CPU autocast supports bfloat16
+
+
+def _stop_at(step: int):
+    """Trainer callback: end training after optimizer step `step` (config `train.steps_of`)."""
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                control.should_training_stop = True
+
+    return StopAt()
 
 
 def training_arguments(settings: TrainSettings, output_dir: Path, *, bf16: bool, device: str):
@@ -471,6 +504,8 @@ def train_model(
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     trainer.add_callback(curve_callback(curve))  # last: after the step meter stops the step's clock
+    if job.stop_at_step is not None:
+        trainer.add_callback(_stop_at(job.stop_at_step))
     scan = scan_checkpoints(ckpt_dir)
     resume = scan.complete
     for fault in scan.rejected:
@@ -592,7 +627,8 @@ def train_model(
             for p in curve.points
         ],
         "stopped_early": curve.stopped is not None,
-        "stop_reason": stop_reason(curve, settings, final_step),
+        "stop_reason": stop_reason(curve, settings, final_step, job.steps_of if job.stop_at_step == final_step else None),
+        "steps_of": None if job.steps_of is None else {"run": job.steps_of, "steps": job.stop_at_step},
         "plateau_step": flat.best_step,
         "plateau_heldout_f1": flat.best_f1,
         **meter.summary(model, "bfloat16" if bf16 else "float32"),
@@ -635,7 +671,8 @@ def train_from_config(
     spec = models[model]
     kind = check_trainable(model, spec)
     recipe_spec = check_recipe(model, recipe, recipes)
-    settings = TrainSettings.from_config(spec.get("train") or {}, where=f"models.{model}.train")
+    train = {k: v for k, v in (spec.get("train") or {}).items() if k not in RUN_KEYS}
+    settings = TrainSettings.from_config(train, where=f"models.{model}.train")
     switches = method_settings({"method": method})
     job = TrainJob(
         model=model,

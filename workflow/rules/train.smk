@@ -2,7 +2,7 @@
 # paper's objective for its kind. Checkpoints in <out>/checkpoints/ let a killed run resume;
 # train_summary.json, written last, marks the run complete. Library: inbedder.train (which also
 # computes the rule's params, so this file holds rules only).
-from inbedder.rule_params import train_params
+from inbedder.rule_params import train_leader, train_params
 from inbedder.vocabulary import split_recipe
 
 
@@ -12,6 +12,9 @@ rule train_model:
         # a further training seed (`<recipe>@<seed>`) trains on its recipe's table
         train=lambda wildcards: f"{R}/train/{split_recipe(wildcards.recipe)[0]}.jsonl",
         heldout=lambda wildcards: f"{R}/train/{split_recipe(wildcards.recipe)[0]}.heldout.jsonl",
+        # train.steps_of: the run whose final step this one ends at
+        leader=lambda wildcards: [f"{R}/models/{wildcards.model}-{leader}/train_summary.json"
+                                  for leader in [train_leader(wildcards.model, wildcards.recipe, config)] if leader],
     output:
         summary=report(
             f"{R}/models/{{model}}-{{recipe}}/train_summary.json",
