@@ -828,8 +828,9 @@ def test_a_follower_ends_at_its_leaders_step(tmp_path, data, smollm2_dir):
     leader = tmp_path / "tiny-causal-inbedder" / "train_summary.json"
     leader.parent.mkdir()
     leader.write_text(json.dumps({"steps": 3}))
+    # as the workflow passes it (job_from_params): the leader's folder name, its summary read beside the run's
     the_job = replace(job("causal", max_steps=5, batch_size=2, heldout_every=2, lr_scheduler="linear"),
-                      recipe="alpaca").following(leader)
+                      recipe="alpaca", steps_of="tiny-causal-inbedder")
     summary = train_model(the_job, base, data["train"], data["heldout"], tmp_path / "out")
     assert summary["steps"] == 3 and summary["steps_of"] == {"run": "tiny-causal-inbedder", "steps": 3}
     assert summary["stop_reason"] == "steps_of: ended at step 3, the step tiny-causal-inbedder ended at"

@@ -152,8 +152,8 @@ class TrainJob:
     train_answer_cut: str = "authors"
     recipe_epochs: float | None = None
     # config `train.steps_of`: this run ends at the step another recipe's run ended at
-    steps_of: str | None = None  # that run's name (`<model>-<recipe>[@<seed>]`)
-    stop_at_step: int | None = None
+    steps_of: str | None = None  # that run's folder name (`<model>-<recipe>[@<seed>]`), beside this run's
+    stop_at_step: int | None = None  # read from its train_summary.json when training starts
 
     def __post_init__(self) -> None:
         check_train_method(self.train_target, self.train_answer_cut)
@@ -413,6 +413,8 @@ def train_model(
     if job.recipe in UNTRAINED_RECIPES:
         raise ValueError(f"recipe {job.recipe!r} is never trained (model {job.model!r})")
     out = Path(out_dir)
+    if job.steps_of is not None and job.stop_at_step is None:  # the leader's run sits beside this one
+        job = job.following(out.parent / job.steps_of / SUMMARY)
     what = f"training data of recipe {job.recipe!r} (dataset {job.dataset!r})"
     rows = read_rows(train_path, what, job.train_rows)
     heldout = read_rows(
@@ -718,4 +720,5 @@ def job_from_params(params: Mapping[str, Any]) -> TrainJob:
         train_target=params["train_target"],
         train_answer_cut=params["train_answer_cut"],
         recipe_epochs=params["recipe_epochs"],
+        steps_of=params.get("steps_of"),
     )

@@ -18,8 +18,6 @@ with rule_log(snakemake.log[0]) as log_file:
     params["device"] = resolve_device(params["device"])
     params["dtype"] = resolve_dtype(params["dtype"], params["device"])
     job = job_from_params(params)
-    if snakemake.input.get("leader"):  # train.steps_of
-        job = job.following(snakemake.input.leader)
     try:
         summary = train_model(
             job,
