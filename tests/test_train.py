@@ -833,7 +833,8 @@ def test_a_follower_ends_at_its_leaders_step(tmp_path, data, smollm2_dir):
                       recipe="alpaca", steps_of="tiny-causal-inbedder")
     summary = train_model(the_job, base, data["train"], data["heldout"], tmp_path / "out")
     assert summary["steps"] == 3 and summary["steps_of"] == {"run": "tiny-causal-inbedder", "steps": 3}
-    assert summary["stop_reason"] == "steps_of: ended at step 3, the step tiny-causal-inbedder ended at"
+    assert summary["stop_reason"] == ("steps_of: stopped at step 3, where tiny-causal-inbedder ended (the same "
+                                      "number of steps)")
     assert [p["step"] for p in summary["heldout_curve"]] == [0, 2, 3]
     assert summary["settings"]["max_steps"] == 5  # the schedule of 5 steps, cut at 3
     lrs = [float(r["lr"]) for r in csv.DictReader((tmp_path / "out" / "train_log.csv").read_text().splitlines())]

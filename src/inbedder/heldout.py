@@ -334,7 +334,7 @@ def stop_reason(curve: HeldoutCurve, settings: Any, steps: int, steps_of: str | 
     """Why training ended, in words (`settings`: the run's `inbedder.train.TrainSettings`; `steps_of`:
     the run whose final step this one ended at, config `train.steps_of`)."""
     if steps_of is not None:
-        return f"steps_of: ended at step {steps}, the step {steps_of} ended at"
+        return f"steps_of: stopped at step {steps}, where {steps_of} ended (the same number of steps)"
     if curve.stopped is not None:
         flat, stop = curve.stopped, curve.stop
         return (
