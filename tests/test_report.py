@@ -949,3 +949,17 @@ def test_best_mode_leaves_out_the_filter_ablation_variants():
     baseline = ia_rows("enc", "none", "plain", 0.60, [0.20], 0.0)
     result = report.claim_4(book_of(rows + baseline, items=False), "offline")
     assert result.evidence and all("filter=words" not in e.label for e in result.evidence)
+
+
+def test_the_training_table_says_in_a_few_words_how_each_fine_tune_ended():
+    from inbedder.report.provenance import training_ending
+
+    assert training_ending({"stopped_early": True, "plateau_step": 100}) == "F1 flat: stopped (best at step 100)"
+    assert training_ending({"steps": 200, "steps_of": {"run": "smollm2-135m-inbedder@1", "steps": 200},
+                            "stop_reason": "steps_of: stopped at step 200, ..."}) == \
+        "the steps of smollm2-135m-inbedder@1"
+    assert training_ending({"stop_reason": "max_steps reached (250) before the held-out F1 went flat "
+                                           "(stop_when_flat: patience 2, min_delta 0.005)"}) == "step cap (F1 not yet flat)"
+    assert training_ending({"stop_reason": "max_steps reached (250)"}) == "step cap"
+    assert training_ending({"stop_reason": "3 epoch(s) done (120 steps)"}) == "3 epoch(s) done"
+    assert training_ending({}) == ""

@@ -57,9 +57,23 @@ def training_rows(training: Sequence[dict]) -> list[dict]:
             "train_rows": s.get("train_rows"), "device": s.get("device"), "dtype": s.get("dtype"),
             "effective_batch": s.get("effective_batch"),
             "stopped_early": s.get("stopped_early"), "plateau_step": s.get("plateau_step"),
-            "stop_reason": s.get("stop_reason"), "checks": len(s.get("heldout_curve") or []),
+            "stop_reason": s.get("stop_reason"), "ending": training_ending(s),
+            "checks": len(s.get("heldout_curve") or []),
         })
     return rows
+
+
+def training_ending(summary: Mapping[str, Any]) -> str:
+    """How a fine-tune ended, in a few words (the full `stop_reason` goes in the cell's tooltip)."""
+    if summary.get("stopped_early"):
+        return f"F1 flat: stopped (best at step {summary.get('plateau_step')})"
+    steps_of = summary.get("steps_of") or {}
+    if steps_of.get("run") and steps_of.get("steps") == summary.get("steps"):
+        return f"the steps of {steps_of['run']}"
+    reason = str(summary.get("stop_reason") or "")
+    if reason.startswith("max_steps reached"):
+        return "step cap" + (" (F1 not yet flat)" if "before the held-out F1 went flat" in reason else "")
+    return reason.split(" (")[0] if reason else ""
 
 
 def _explanation_rows(clusters: Sequence[Mapping[str, Any]], limit: int = 8) -> list[dict]:
