@@ -26,7 +26,7 @@ def finished_run(root: Path) -> Path:
         folder = run / "models" / name
         folder.mkdir(parents=True)
         (folder / "train_summary.json").write_text(json.dumps({
-            "steps": 250, "stop_reason": "max_steps reached (250)", "seconds_per_step": 3.21,
+            "steps": 250, "settings": {"max_steps": 250}, "seconds_per_step": 3.21,
             "resumed_from_step": 150 if name.endswith("@1") else 0,
             "heldout_curve": [{"step": 0, "f1": 0.058}, {"step": 250, "f1": 0.254}]}))
         (folder / "train_log.csv").write_text("step,loss\n1,2.0\n")
@@ -53,7 +53,7 @@ def test_publish_copies_the_record_with_its_provenance(tmp_path):
     assert times.groupby("stage")["seconds"].sum().to_dict() == {"encode": 30.0, "train": 240.0}
     readme = (dest / "README.md").read_text()
     for text in ("`abc123`", "`c0ffee`", "| Claim 1 | supported | not run |", "| train | 2 | 4.0 |", "| all | 3 | 4.5 |",
-                 "| smollm2-135m-inbedder@1 | 250 | max_steps reached (250) | 0: 5.8, 250: 25.4 | 3.21 | 150 |",
+                 "| smollm2-135m-inbedder@1 | 250 | step cap | 0: 5.8, 250: 25.4 | 3.21 | 150 |",
                  "has a benchmark of its last sitting only"):
         assert text in readme
     # publishing again replaces the folder

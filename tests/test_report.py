@@ -954,12 +954,12 @@ def test_best_mode_leaves_out_the_filter_ablation_variants():
 def test_the_training_table_says_in_a_few_words_how_each_fine_tune_ended():
     from inbedder.report.provenance import training_ending
 
+    flat = {"patience": 2, "min_delta": 0.005}
     assert training_ending({"stopped_early": True, "plateau_step": 100}) == "F1 flat: stopped (best at step 100)"
     assert training_ending({"steps": 200, "steps_of": {"run": "smollm2-135m-inbedder@1", "steps": 200},
-                            "stop_reason": "steps_of: stopped at step 200, ..."}) == \
-        "the steps of smollm2-135m-inbedder@1"
-    assert training_ending({"stop_reason": "max_steps reached (250) before the held-out F1 went flat "
-                                           "(stop_when_flat: patience 2, min_delta 0.005)"}) == "step cap (F1 not yet flat)"
-    assert training_ending({"stop_reason": "max_steps reached (250)"}) == "step cap"
-    assert training_ending({"stop_reason": "3 epoch(s) done (120 steps)"}) == "3 epoch(s) done"
+                            "settings": {"max_steps": 250}}) == "the steps of smollm2-135m-inbedder@1"
+    assert training_ending({"steps": 250, "settings": {"max_steps": 250, "stop_when_flat": flat}}) == \
+        "step cap (F1 not yet flat)"
+    assert training_ending({"steps": 250, "settings": {"max_steps": 250, "stop_when_flat": None}}) == "step cap"
+    assert training_ending({"steps": 120, "epochs_done": 3.0, "settings": {"max_steps": None}}) == "3 epoch(s) done"
     assert training_ending({}) == ""

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from inbedder.files import atomic_path, sha256_file, write_text
+from inbedder.report.provenance import training_ending
 
 TRAINING_FILES = ("train_summary.json", "train_log.csv", "heldout_curve.csv", "loss.png", "heldout_f1.png")
 
@@ -52,7 +53,7 @@ def _training_lines(trained: dict[str, dict]) -> list[str]:
         curve = ", ".join(f"{p['step']}: {100 * p['f1']:.1f}" for p in t.get("heldout_curve") or []
                           if p.get("f1") is not None)
         per_step = t.get("seconds_per_step")
-        lines.append(f"| {name} | {t.get('steps', '?')} | {t.get('stop_reason', '?')} | {curve} | "
+        lines.append(f"| {name} | {t.get('steps', '?')} | {training_ending(t) or '?'} | {curve} | "
                      f"{'?' if per_step is None else f'{per_step:.2f}'} | {t.get('resumed_from_step', 0)} |")
     return lines
 

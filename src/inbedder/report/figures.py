@@ -271,13 +271,12 @@ def _fine_tune_panels(plt, runs: Sequence[dict], ylabel: str):
         ax.set_title(model)
         ax.set_xlabel("step")
     axes[0][0].set_ylabel(ylabel)
+    seed = {t["name"]: ((t.get("summary") or {}).get("settings") or {}).get("seed") or 0 for t in runs}
     styles = {}
     for i, t in enumerate(runs):
-        seeds = sorted({(u.get("summary") or {}).get("settings", {}).get("seed") or 0 for u in runs
-                        if u["model"] == t["model"] and u["recipe"] == t["recipe"]})
-        seed = (t.get("summary") or {}).get("settings", {}).get("seed") or 0
+        seeds = sorted({seed[u["name"]] for u in runs if (u["model"], u["recipe"]) == (t["model"], t["recipe"])})
         styles[t["name"]] = (RECIPE_COLOURS.get(t["recipe"], PALETTE[i % len(PALETTE)]),
-                             SEED_LINESTYLES[seeds.index(seed) % len(SEED_LINESTYLES)])
+                             SEED_LINESTYLES[seeds.index(seed[t["name"]]) % len(SEED_LINESTYLES)])
     return fig, panels, styles
 
 

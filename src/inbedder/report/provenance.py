@@ -64,16 +64,19 @@ def training_rows(training: Sequence[dict]) -> list[dict]:
 
 
 def training_ending(summary: Mapping[str, Any]) -> str:
-    """How a fine-tune ended, in a few words (the full `stop_reason` goes in the cell's tooltip)."""
+    """How a fine-tune ended, in a few words, from the summary's fields (the full `stop_reason` goes in
+    the report's tooltip)."""
+    settings = summary.get("settings") or {}
+    steps, steps_of = summary.get("steps"), summary.get("steps_of") or {}
     if summary.get("stopped_early"):
         return f"F1 flat: stopped (best at step {summary.get('plateau_step')})"
-    steps_of = summary.get("steps_of") or {}
-    if steps_of.get("run") and steps_of.get("steps") == summary.get("steps"):
+    if steps_of.get("run") and steps_of.get("steps") == steps:
         return f"the steps of {steps_of['run']}"
-    reason = str(summary.get("stop_reason") or "")
-    if reason.startswith("max_steps reached"):
-        return "step cap" + (" (F1 not yet flat)" if "before the held-out F1 went flat" in reason else "")
-    return reason.split(" (")[0] if reason else ""
+    if settings.get("max_steps") and steps == settings["max_steps"]:
+        return "step cap" + (" (F1 not yet flat)" if settings.get("stop_when_flat") else "")
+    if num(summary.get("epochs_done")) is not None:
+        return f"{summary['epochs_done']:g} epoch(s) done"
+    return ""
 
 
 def _explanation_rows(clusters: Sequence[Mapping[str, Any]], limit: int = 8) -> list[dict]:
