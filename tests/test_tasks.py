@@ -389,3 +389,19 @@ def test_table_params_hold_what_changes_the_rows(root):
     assert params == {"spec": config["tasks"]["NLUPPTwoViewTriplets"], "limit": config["limits"]["task_rows"]}
     with pytest.raises(KeyError, match="task 'Nope'"):
         rule_params.task_table_params("Nope", config)
+
+
+def test_a_tasks_own_rows_size_its_table_only_and_the_smaller_limit_applies(root):
+    from inbedder import rule_params
+    from inbedder.config import load_config
+
+    full = load_config(root / "config.yaml", root / "workflow" / "profiles" / "offline" / "run.yaml",
+                       root / "workflow" / "profiles" / "offline-full" / "run.yaml")
+    banking = rule_params.task_table_params("Banking77Clustering", full)
+    assert banking["limit"] == full["tasks"]["Banking77Clustering"]["rows"] == 1540
+    assert "rows" not in banking["spec"]  # the rows reach the table as its limit only
+    assert rule_params.task_table_params("NLUPPTwoViewTriplets", full)["limit"] is None  # every row
+    assert "rows" not in rule_params.evaluate_params("minilm-l6", "none", "Banking77Clustering", full)["spec"]
+    smoke = load_config(root / "config.yaml", root / "workflow" / "profiles" / "offline" / "run.yaml",
+                        overrides={"limits": {"task_rows": 24}, "tasks": {"Banking77Clustering": {"rows": 1540}}})
+    assert rule_params.task_table_params("Banking77Clustering", smoke)["limit"] == 24

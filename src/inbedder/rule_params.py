@@ -74,11 +74,23 @@ def materialize_params(name: str, models: Mapping[str, Mapping[str, Any]], relea
     return {"name": name, "kind": check_kind(name, spec), "source": dict(spec[key])}
 
 
-def task_table_params(task: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Params of the task_table rule: exactly what changes a task's rows (the data files are inputs)."""
+def task_spec(task: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's entry in `tasks` without `rows` (which only sizes its table: task_row_limit)."""
     if task not in config["tasks"]:
         raise KeyError(f"task {task!r} is not a key of tasks; known: {sorted(config['tasks'])}")
-    return {"spec": dict(config["tasks"][task]), "limit": config["limits"]["task_rows"]}
+    return {k: v for k, v in config["tasks"][task].items() if k != "rows"}
+
+
+def task_row_limit(task: str, config: Mapping[str, Any]) -> int | None:
+    """How many rows of the task's table are kept: the smaller of `limits.task_rows` and the task's own
+    `rows`, None for all of them."""
+    limits = [n for n in (config["limits"]["task_rows"], config["tasks"][task].get("rows")) if n is not None]
+    return min(limits) if limits else None
+
+
+def task_table_params(task: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Params of the task_table rule: exactly what changes a task's rows (the data files are inputs)."""
+    return {"spec": task_spec(task, config), "limit": task_row_limit(task, config)}
 
 
 def train_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,7 +238,7 @@ def evaluate_params(model: str, run: str, task: str, config: Mapping[str, Any]) 
     return {
         "recipe": recipe,
         "train_seed": train_seed,
-        "spec": config["tasks"][task],
+        "spec": task_spec(task, config),
         "modes": modes_for(config["tasks"][task], spec.get("modes", [])),
         "layers": list(config["layers"]) if generative else [-1],
         "seeds": list(config["seeds"]),
