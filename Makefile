@@ -64,7 +64,7 @@ test-fast: models
 # Brings up a one-node Slurm cluster (apt-get slurm-wlm munge, as root), runs the smoke profile
 # through workflow/profiles/slurm, tears the cluster down.
 test-slurm: models
-	$(BIN)/python -m pytest -m slurm
+	$(BIN)/python -m pytest -m slurm -n 0
 
 lint: setup
 	$(BIN)/ruff check src tests workflow/scripts bench

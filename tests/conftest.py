@@ -36,6 +36,19 @@ def packaged_model(name: str) -> Path:
 
 # one smoke run for the session
 
+SMOKE_GROUP = "smoke_run"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`-n`, `--dist loadgroup`): the tests that use the shared smoke run go to one
+    worker, which builds it once, and start first; they are the longest chain of the suite, and the other
+    workers take the rest meanwhile. Without xdist the marker does nothing and only the order changes."""
+    smoke = [item for item in items if SMOKE_GROUP in getattr(item, "fixturenames", ())]
+    for item in smoke:
+        item.add_marker(pytest.mark.xdist_group(SMOKE_GROUP))
+    smoke_ids = {id(item) for item in smoke}
+    items[:] = smoke + [item for item in items if id(item) not in smoke_ids]
+
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, mirror) -> SmokeRun:
