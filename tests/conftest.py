@@ -39,6 +39,7 @@ def packaged_model(name: str) -> Path:
 SMOKE_GROUP = "smoke_run"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marker
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`-n`, `--dist loadgroup`): the tests that use the shared smoke run go to one
     worker, which builds it once, and start first; they are the longest chain of the suite, and the other
