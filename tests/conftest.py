@@ -36,31 +36,39 @@ def packaged_model(name: str) -> Path:
 
 # one smoke run for the session
 
-SMOKE_GROUP = "smoke_run"
+SMOKE_MODULE = "test_workflow.py"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marker
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`-n`, `--dist loadgroup`): the tests that use the shared smoke run go to one
-    worker, which builds it once, and start first; they are the longest chain of the suite, and the other
-    workers take the rest meanwhile. Without xdist the marker does nothing and only the order changes."""
-    smoke = [item for item in items if SMOKE_GROUP in getattr(item, "fixturenames", ())]
-    for item in smoke:
-        item.add_marker(pytest.mark.xdist_group(SMOKE_GROUP))
-    smoke_ids = {id(item) for item in smoke}
-    items[:] = smoke + [item for item in items if id(item) not in smoke_ids]
+    """The module built around the shared smoke run goes first: under pytest-xdist (pyproject addopts:
+    `--dist loadfile --no-loadscope-reorder`) one worker takes it and builds the run, the longest chain
+    of the suite, while the other workers take the other modules."""
+    first = [item for item in items if item.path.name == SMOKE_MODULE]
+    items[:] = first + [item for item in items if item.path.name != SMOKE_MODULE]
 
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, mirror) -> SmokeRun:
-    """The smoke profile end to end, once per session (~4 min idle, 15-25 min on a busy machine: a test
-    that asks for it first needs a time limit that covers it)."""
-    workspace = fresh_clone(tmp_path_factory.mktemp("smoke-run"))
+    """The smoke profile end to end, once per test run (~2.5 min idle, 15-25 min on a busy machine: a
+    test that asks for it first needs a time limit that covers it). Under pytest-xdist the workers share
+    it: the first to ask builds it under a file lock in the run's common temporary folder, the others
+    wait for it and reuse it."""
+    from filelock import FileLock
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if worker else base  # pytest-<n>/, the parent of every worker's popen-gw<i>/
+    workspace, log = shared / "smoke-run", shared / "smoke-run.log"
     env = clean_env(INBEDDER_DATA_MIRROR=str(mirror))
-    result = make(workspace, "smoke", "SMOKE_RUN=smoke", env=env)
-    if result.returncode != 0:
-        pytest.fail(f"`make smoke` failed in {workspace}:\n{(result.stdout + result.stderr)[-4000:]}")
-    return SmokeRun(workspace, "smoke", clone_env(workspace, env), result.stdout + result.stderr)
+    with FileLock(str(shared / "smoke-run.lock")):
+        if not log.exists():
+            workspace.mkdir()
+            result = make(fresh_clone(workspace), "smoke", "SMOKE_RUN=smoke", env=env)
+            log.write_text(f"rc {result.returncode}\n" + result.stdout + result.stderr)
+    text = log.read_text()
+    if not text.startswith("rc 0\n"):
+        pytest.fail(f"`make smoke` failed in {workspace}:\n{text[-4000:]}")
+    return SmokeRun(workspace, "smoke", clone_env(workspace, env), text.split("\n", 1)[1])
 
 
 # models
