@@ -199,8 +199,8 @@ def mteb_task(task_name: str, spec: dict, table: pd.DataFrame | None = None, lim
             task.convert_v1_dataset_format_to_v2(num_proc=None)
             limit_retrieval(task.dataset, limit)
         else:
-            raise TaskError(f"tasks.{task_name}: limits.task_rows on hub task {base.metadata.name} is only "
-                            "supported for retrieval/reranking tasks")
+            raise TaskError(f"tasks.{task_name}: a row limit (limits.task_rows or tasks.{task_name}.rows) on hub "
+                            f"task {base.metadata.name} is only supported for retrieval/reranking tasks")
     return task
 
 
