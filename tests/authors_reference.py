@@ -128,19 +128,41 @@ def authors_causal(
     generation: Mapping[str, Any] | None = None,
 ) -> Reference:
     """The five modes of `layer` for each prompt, by the authors' rules (greedy unless `generation` says)."""
+    return authors_causal_filters(
+        model, tokenizer, prompts, [(filter_words, filter_ids)], layer=layer, max_new_tokens=max_new_tokens,
+        max_input_length=max_input_length, batch_size=batch_size, generation=generation,
+    )[0]
+
+
+Filter = tuple[Sequence[str] | None, Iterable[int] | None]  # (filter_words, filter_ids); (None, None): none
+
+
+def authors_causal_filters(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    filters: Sequence[Filter],
+    *,
+    layer: int = -1,
+    max_new_tokens: int = 20,
+    max_input_length: int = 512,
+    batch_size: int = 8,
+    generation: Mapping[str, Any] | None = None,
+) -> list[Reference]:
+    """`authors_causal` under each filter of `filters`, from one generation (the filter does not change
+    what is generated, only which steps are averaged)."""
     import torch
 
-    drop_ids = _drop_ids(tokenizer, filter_words, filter_ids)
+    drops = [_drop_ids(tokenizer, words, ids) for words, ids in filters]
     special = {int(i) for i in tokenizer.all_special_ids}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = {"do_sample": False, "num_beams": 1, **dict(generation or {})}
     sides = tokenizer.padding_side, tokenizer.truncation_side
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     device = next(model.parameters()).device
-    columns: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
+    columns: list[dict[str, list]] = [{m: [] for m in MODES} for _ in filters]
     gen_rows: list[list[int]] = []
-    kept_rows: list[list[bool]] = []
-    fell_back: list[bool] = []
+    kept_rows: list[list[list[bool]]] = [[] for _ in filters]
     try:
         with torch.inference_mode():
             for start in range(0, len(prompts), batch_size):
@@ -159,28 +181,31 @@ def authors_causal(
                     real = features["attention_mask"][b].bool()
                     prompt_states = steps[0][layer][b, real].float()
                     ids = [int(t) for t in generated[b]]
-                    kept = [not (t in special or (drop_ids is not None and t in drop_ids)) for t in ids[1:]]
-                    chosen = [steps[t][layer][b, -1].float() for t in range(1, len(ids)) if kept[t - 1]]
-                    if not chosen:
-                        chosen = [steps[1][layer][b, -1].float() if len(steps) > 1 else
-                                  _one_more_step(model, features["input_ids"][b, real], ids[0], layer).float()]
-                    gen_states = torch.stack(chosen)
-                    first = prompt_states[-1]
-                    columns["1st-gen"].append(first)
-                    columns["avg-ppt"].append(prompt_states[:-1].mean(0))
-                    columns["avg-gen"].append(torch.cat([first[None], gen_states]).mean(0))
-                    columns["last-gen"].append(gen_states[-1])
-                    columns["avg-all"].append(torch.cat([prompt_states, gen_states]).mean(0))
                     gen_rows.append(ids)
-                    kept_rows.append(kept)
-                    fell_back.append(not any(kept))
+                    for drop_ids, cols, kept_of in zip(drops, columns, kept_rows, strict=True):
+                        kept = [not (t in special or (drop_ids is not None and t in drop_ids)) for t in ids[1:]]
+                        chosen = [steps[t][layer][b, -1].float() for t in range(1, len(ids)) if kept[t - 1]]
+                        if not chosen:
+                            chosen = [steps[1][layer][b, -1].float() if len(steps) > 1 else
+                                      _one_more_step(model, features["input_ids"][b, real], ids[0], layer).float()]
+                        gen_states = torch.stack(chosen)
+                        first = prompt_states[-1]
+                        cols["1st-gen"].append(first)
+                        cols["avg-ppt"].append(prompt_states[:-1].mean(0))
+                        cols["avg-gen"].append(torch.cat([first[None], gen_states]).mean(0))
+                        cols["last-gen"].append(gen_states[-1])
+                        cols["avg-all"].append(torch.cat([prompt_states, gen_states]).mean(0))
+                        kept_of.append(kept)
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = sides
-    vectors = {m: torch.stack(v).cpu().numpy().astype(np.float32) for m, v in columns.items()}
     answers = tokenizer.batch_decode(gen_rows, skip_special_tokens=True)
-    filtered = [[t for t in row if drop_ids is None or t not in drop_ids] for row in gen_rows]
-    return Reference(vectors, gen_rows, kept_rows, fell_back, answers,
-                     tokenizer.batch_decode(filtered, skip_special_tokens=True))
+    references = []
+    for drop_ids, cols, kept_of in zip(drops, columns, kept_rows, strict=True):
+        vectors = {m: torch.stack(v).cpu().numpy().astype(np.float32) for m, v in cols.items()}
+        filtered = [[t for t in row if drop_ids is None or t not in drop_ids] for row in gen_rows]
+        references.append(Reference(vectors, gen_rows, kept_of, [not any(k) for k in kept_of], answers,
+                                    tokenizer.batch_decode(filtered, skip_special_tokens=True)))
+    return references
 
 
 def authors_seq2seq(

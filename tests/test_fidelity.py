@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from authors_reference import MODES, authors_causal, authors_filter_words, filter_token_ids
+from authors_reference import (
+    MODES,
+    authors_causal,
+    authors_causal_filters,
+    authors_filter_words,
+    filter_token_ids,
+)
 
 from inbedder import fidelity
 from inbedder.fidelity import AUTHORS_COMMIT, SWITCHES, Citation, Switch, authors_stopwords, switch
@@ -310,9 +316,10 @@ def test_our_cache_equals_the_authors_aggregation_on_smollm2(lm, smollm2, mirror
                    loaded=(model, tok))
     cache = load_cache(tmp_path)
     texts = [p["text"] for p in prompts]
-    plain = authors_causal(model, tok, texts, max_new_tokens=MAX_NEW, batch_size=1)
-    filtered = authors_causal(model, tok, texts, max_new_tokens=MAX_NEW, batch_size=1,
-                              filter_words=authors_filter_words(INSTRUCTIONS))
+    plain, filtered = authors_causal_filters(
+        model, tok, texts, [(None, None), (authors_filter_words(INSTRUCTIONS), None)], max_new_tokens=MAX_NEW,
+        batch_size=1,
+    )
     assert set(cache.meta["filter"]["authors_ids"]) == filter_token_ids(tok, authors_filter_words(INSTRUCTIONS))
     special = set(tok.all_special_ids)
     kinds = set()
