@@ -49,14 +49,27 @@ def pytest_configure(config):
 # one smoke run for the session
 
 SMOKE_MODULE = "test_workflow.py"
+# Modules that run the workflow: first the one built around the shared smoke run (its resume test waits
+# for it), then the download run, which runs beside the smoke run and compares with it at its end.
+WORKFLOW_MODULES = (SMOKE_MODULE, "test_download.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The module built around the shared smoke run goes first: under pytest-xdist (pyproject addopts:
-    `--dist loadfile --no-loadscope-reorder`) one worker takes it and builds the run, the longest chain
-    of the suite, while the other workers take the other modules."""
-    first = [item for item in items if item.path.name == SMOKE_MODULE]
-    items[:] = first + [item for item in items if item.path.name != SMOKE_MODULE]
+    """Longest first. Under pytest-xdist (pyproject addopts: `--dist loadfile --no-loadscope-reorder`) a
+    worker takes a module whole and the next one in this order when it is done, so the workflow modules
+    go first, on separate workers, then the others, most tests first (the order xdist's own reordering
+    would give), so that short modules fill the end."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.path.name] = counts.get(item.path.name, 0) + 1
+
+    def rank(item) -> tuple[int, int]:
+        name = item.path.name
+        if name in WORKFLOW_MODULES:
+            return (WORKFLOW_MODULES.index(name), 0)
+        return (len(WORKFLOW_MODULES), -counts[name])
+
+    items.sort(key=rank)  # stable: a module's tests keep their order
 
 
 @pytest.fixture(scope="session")
