@@ -182,6 +182,7 @@ def authors_causal_filters(
                     prompt_states = steps[0][layer][b, real].float()
                     ids = [int(t) for t in generated[b]]
                     gen_rows.append(ids)
+                    first, ppt = prompt_states[-1], prompt_states[:-1].mean(0)  # the same under every filter
                     for drop_ids, cols, kept_of in zip(drops, columns, kept_rows, strict=True):
                         kept = [not (t in special or (drop_ids is not None and t in drop_ids)) for t in ids[1:]]
                         chosen = [steps[t][layer][b, -1].float() for t in range(1, len(ids)) if kept[t - 1]]
@@ -189,9 +190,8 @@ def authors_causal_filters(
                             chosen = [steps[1][layer][b, -1].float() if len(steps) > 1 else
                                       _one_more_step(model, features["input_ids"][b, real], ids[0], layer).float()]
                         gen_states = torch.stack(chosen)
-                        first = prompt_states[-1]
                         cols["1st-gen"].append(first)
-                        cols["avg-ppt"].append(prompt_states[:-1].mean(0))
+                        cols["avg-ppt"].append(ppt)
                         cols["avg-gen"].append(torch.cat([first[None], gen_states]).mean(0))
                         cols["last-gen"].append(gen_states[-1])
                         cols["avg-all"].append(torch.cat([prompt_states, gen_states]).mean(0))

@@ -48,10 +48,9 @@ def pytest_configure(config):
 
 # one smoke run for the session
 
-SMOKE_MODULE = "test_workflow.py"
 # Modules that run the workflow: first the one built around the shared smoke run (its resume test waits
 # for it), then the download run, which runs beside the smoke run and compares with it at its end.
-WORKFLOW_MODULES = (SMOKE_MODULE, "test_download.py")
+WORKFLOW_MODULES = ("test_workflow.py", "test_download.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -74,7 +73,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, mirror) -> SmokeRun:
-    """The smoke profile end to end, once per test run (~2.5 min idle, 15-25 min on a busy machine: a
+    """The smoke profile end to end, once per test run (~2 min idle, 15-25 min on a busy machine: a
     test that asks for it first needs a time limit that covers it). Under pytest-xdist the workers share
     it: the first to ask builds it under a file lock in the run's common temporary folder, the others
     wait for it and reuse it."""
