@@ -43,8 +43,6 @@ rule train_model:
     params:
         job=lambda wildcards: train_params(wildcards.model, wildcards.recipe, config),
     threads: 2
-    # the fine-tunes head the longest chains (train -> encode -> evaluate): they start first
-    priority: 10
     resources:
         gpu=1,
     conda:
