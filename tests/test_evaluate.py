@@ -243,6 +243,57 @@ def test_mteb_tasks_run_offline_on_prepared_tables(st, data_dir, tmp_path):
     assert_items_reproduce_the_scores(b77, tmp_path / "Banking77Clustering.items.parquet", ("v_measure",))
 
 
+_FRESH_PROCESS_SCORING = """
+import pickle, sys
+from pathlib import Path
+from inbedder import evaluate, task_kinds
+task, spec, data_dir, lookup, out = pickle.loads(Path(sys.argv[1]).read_bytes())
+table = task_kinds.task_table(task, spec, data_dir=data_dir, limit=120)
+run = evaluate.Run(model="minilm-l6", recipe="none", task=task, spec=spec, modes=("plain",),
+                   cache_key="0123456789abcdef")
+evaluate.evaluate_task(run, table, lambda mode, layer: lookup, Path(out) / f"{task}.csv", Path(out) / task)
+print(sorted(m for m in ("transformers", "sentence_transformers") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("task", ["STSBenchmark", "Banking77Clustering"])
+def test_mteb_tasks_score_without_loading_sentence_transformers(st, data_dir, tmp_path, task):
+    """An evaluate job of an mteb task imports neither sentence-transformers nor transformers (mteb.evaluate
+    would, to type-check the model: ~3 s per job), and scores exactly as in a process where they are loaded."""
+    import pickle
+    import subprocess
+    import sys
+
+    spec = TASKS[task]
+    _, tables = run_task(task, spec, st, data_dir, tmp_path / "loaded", limit=120, modes=("plain",))
+    assert "sentence_transformers" in sys.modules  # loaded here, by the MiniLM fixture
+    job = tmp_path / "job.pkl"
+    job.write_bytes(pickle.dumps((task, spec, data_dir, tables["plain"], tmp_path / "fresh")))
+    done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_SCORING, str(job)], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"  # none of them imported
+    fresh = read_scores(tmp_path / "fresh" / f"{task}.csv")
+    pd.testing.assert_frame_equal(fresh, read_scores(tmp_path / "loaded" / f"{task}.csv"))
+
+
+def test_the_placeholder_is_gone_after_the_call_and_a_loaded_package_is_left_alone(monkeypatch):
+    import sys
+
+    real = sys.modules.get("sentence_transformers")
+    monkeypatch.delitem(sys.modules, "sentence_transformers", raising=False)
+    with mteb_tasks.sentence_transformers_unloaded():
+        from sentence_transformers import CrossEncoder, SentenceTransformer
+
+        assert CrossEncoder is SentenceTransformer and not isinstance(object(), SentenceTransformer)
+    assert "sentence_transformers" not in sys.modules
+    if real is not None:
+        monkeypatch.setitem(sys.modules, "sentence_transformers", real)
+        with mteb_tasks.sentence_transformers_unloaded():
+            assert sys.modules["sentence_transformers"] is real
+        assert sys.modules["sentence_transformers"] is real
+
+
 def test_a_text_missing_from_the_cache_is_a_loud_error(data_dir, tmp_path):
     spec = TASKS["STSBenchmark"]
     run = evaluate.Run(model="m", recipe="none", task="STSBenchmark", spec=spec, modes=("plain",))

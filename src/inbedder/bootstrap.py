@@ -160,30 +160,33 @@ def spearman_replicates(values: np.ndarray, gold: np.ndarray, idx: np.ndarray) -
     return np.stack([_pearson_rows(_ranks(v[idx]), gold_ranks) for v in values], axis=1)
 
 
-def _entropy_rows(counts: np.ndarray) -> np.ndarray:
-    total = counts.sum(axis=-1, keepdims=True)
-    p = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1)
-
-
 def v_measure_replicates(clusters: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """V-measure of each unit's fixed cluster assignment against the labels on each resample (sklearn's
     definition: harmonic mean of homogeneity and completeness, natural-log entropies)."""
     clusters = np.atleast_2d(np.asarray(clusters))
+    b, m = idx.shape
+    # Every resample holds m items, so the entropy of its counts c is log m - sum(c log c) / m, with
+    # c log c looked up for the integers 0..m (a positive entropy of m items is at least ~log(m) / m).
+    # The joint counts run over the (label, cluster) pairs the
+    # items have, at most n of them, not over every pair of a label and a cluster.
+    c_log_c = np.zeros(m + 1)
+    c_log_c[1:] = np.arange(1, m + 1) * np.log(np.arange(1, m + 1))
+
+    def entropy(codes: np.ndarray) -> np.ndarray:  # [B]: of codes (0..k-1 per item) on each resample
+        counts = _row_counts(codes[idx], int(codes.max()) + 1).astype(np.intp)
+        h = np.log(m) - c_log_c[counts].sum(axis=1) / m
+        return np.where(h > 1e-9, h, 0.0)  # one code: 0, not the rounding of log m - m log m / m
+
     _, lab = np.unique(np.asarray(labels), return_inverse=True)
-    n_lab = int(lab.max()) + 1
-    b = idx.shape[0]
+    h_c = entropy(lab)
     out = np.empty((b, clusters.shape[0]))
-    lab_idx = lab[idx]
-    h_c = _entropy_rows(_row_counts(lab_idx, n_lab))
     for u, assignment in enumerate(clusters):
         _, clu = np.unique(assignment, return_inverse=True)
-        n_clu = int(clu.max()) + 1
-        joint = _row_counts(lab_idx * n_clu + clu[idx], n_lab * n_clu).reshape(b, n_lab, n_clu)
-        h_k = _entropy_rows(joint.sum(axis=1))
-        h_ck = _entropy_rows(joint.reshape(b, -1)) - h_k  # H(C|K) = H(C,K) - H(K)
-        h_kc = _entropy_rows(joint.reshape(b, -1)) - h_c
+        _, pair = np.unique(lab * (int(clu.max()) + 1) + clu, return_inverse=True)
+        h_k = entropy(clu)
+        h_joint = entropy(pair)
+        h_ck = h_joint - h_k  # H(C|K) = H(C,K) - H(K)
+        h_kc = h_joint - h_c
         homogeneity = np.where(h_c > 0, 1.0 - h_ck / np.where(h_c > 0, h_c, 1.0), 1.0)
         completeness = np.where(h_k > 0, 1.0 - h_kc / np.where(h_k > 0, h_k, 1.0), 1.0)
         s = homogeneity + completeness

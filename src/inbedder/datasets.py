@@ -57,6 +57,7 @@ called with another one, so two runs give identical tables.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import zipfile
@@ -297,8 +298,10 @@ def dataset_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+@functools.cache
 def hub_only_datasets() -> frozenset[str]:
-    """Prepared datasets whose every source is hub-only (unavailable offline)."""
+    """Prepared datasets whose every source is hub-only (unavailable offline). Read once per process: the
+    workflow asks for every task while it builds its DAG."""
     from inbedder.sources import load_sources
 
     registry = load_sources()

@@ -20,13 +20,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import spearmanr
-from sklearn.cluster import MiniBatchKMeans
-from sklearn.metrics import average_precision_score, silhouette_score, v_measure_score
-from sklearn.metrics.pairwise import paired_cosine_distances
 from threadpoolctl import threadpool_limits
 
 from inbedder.vocabulary import ROBUSTNESS_GROUPS
+
+# scikit-learn and SciPy are imported where they are used: this module is imported by the workflow's
+# DAG code and by jobs that score nothing, and the two take ~1 s to import.
 
 KMEANS_BATCH_SIZE = 500  # mteb's (and the authors') clustering batch size
 KMEANS_N_INIT = "auto"  # the authors' setting: one k-means++ initialisation
@@ -47,6 +46,8 @@ def paired_cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = _as_2d(a, "a"), _as_2d(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"paired arrays differ in shape: {a.shape} vs {b.shape}")
+    from sklearn.metrics.pairwise import paired_cosine_distances
+
     return paired_cosine_distances(a, b)
 
 
@@ -83,6 +84,8 @@ def harmonic_mean(values: Sequence[float]) -> float:
 
 def kmeans_assign(embeddings: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Cluster ids from MiniBatchKMeans(k, batch 500, n_init 'auto', random_state=seed)."""
+    from sklearn.cluster import MiniBatchKMeans
+
     x = _as_2d(embeddings, "embeddings")
     if not 2 <= k <= len(x):
         raise ValueError(f"kmeans_assign: k={k} must be between 2 and the number of texts ({len(x)})")
@@ -102,12 +105,16 @@ def kmeans_v_measure(
     if len(labels) != len(embeddings):
         raise ValueError(f"kmeans_v_measure: {len(embeddings)} embeddings but {len(labels)} labels")
     k = len(set(labels)) if k is None else k
+    from sklearn.metrics import v_measure_score
+
     assignment = kmeans_assign(embeddings, k, seed)
     return float(v_measure_score(labels, assignment)), assignment
 
 
 def cosine_silhouette(embeddings: np.ndarray, assignment: Sequence[int]) -> float:
     """Silhouette of a clustering under cosine distance (a label-free quality score for own data)."""
+    from sklearn.metrics import silhouette_score
+
     return float(silhouette_score(_as_2d(embeddings, "embeddings"), np.asarray(assignment), metric="cosine"))
 
 
@@ -121,6 +128,8 @@ def pair_spearman(text1: np.ndarray, text2: np.ndarray, scores: Sequence[float])
         raise ValueError("pair_spearman: needs at least two pairs")
     if np.all(gold == gold[0]):
         raise ValueError("pair_spearman: every gold score is the same; Spearman is undefined")
+    from scipy.stats import spearmanr
+
     rho = spearmanr(sims, gold).statistic
     # Constant similarities (an embedder that maps every text alike) carry no ranking: rho = 0.
     return 0.0 if not np.isfinite(rho) else float(rho)
@@ -145,6 +154,8 @@ def robustness_summary(v_measures: Mapping[str, Sequence[float]]) -> dict[str, f
 
 def average_precision_v1(is_relevant: Sequence[bool], scores: Sequence[float]) -> float:
     """mteb 1.x reranking AP of one query: sklearn's average precision of its candidates' scores."""
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(np.asarray(is_relevant, dtype=bool), np.asarray(scores)))
 
 

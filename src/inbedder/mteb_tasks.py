@@ -14,10 +14,14 @@ reciprocal rank, ... as mteb computed it from its saved predictions), so every s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import sys
 import tempfile
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +271,33 @@ def cached_encoder(lookup: Lookup, instruction: str, meta: Any) -> Any:
     return _cached_encoder_class()(lookup, instruction, meta)
 
 
+@contextlib.contextmanager
+def sentence_transformers_unloaded() -> Iterator[None]:
+    """Let `mteb.evaluate` run without importing sentence-transformers, when it is not loaded yet.
+
+    `mteb.evaluate` imports `SentenceTransformer` and `CrossEncoder` only to ask whether the model is one
+    of them (to wrap it); ours is an mteb `AbsEncoder`, never either. That import brings transformers'
+    modelling code and more: ~3 s of the ~7.5 s an evaluate job of an mteb task took here, in a job that
+    needs none of it. For the call, the two names resolve to a class nothing is an instance of; the
+    placeholder is removed afterwards, so a later real import is unaffected.
+    """
+    if "sentence_transformers" in sys.modules:
+        yield
+        return
+    placeholder = types.ModuleType("sentence_transformers", "placeholder: not loaded (inbedder.mteb_tasks)")
+
+    class NotLoaded:  # no object is an instance of it
+        pass
+
+    placeholder.SentenceTransformer = placeholder.CrossEncoder = NotLoaded  # type: ignore[attr-defined]
+    sys.modules["sentence_transformers"] = placeholder
+    try:
+        yield
+    finally:
+        if sys.modules.get("sentence_transformers") is placeholder:
+            del sys.modules["sentence_transformers"]
+
+
 def score_mteb(task_name: str, spec: dict, table: pd.DataFrame, lookup: Lookup, scoring: Scoring) -> Outcome:
     """Run the mteb task (once per seed for clustering) on cached embeddings; mteb's results cached in out_dir."""
     import mteb
@@ -286,7 +317,8 @@ def score_mteb(task_name: str, spec: dict, table: pd.DataFrame, lookup: Lookup, 
             task.seed = seed
         meta = scoring.model_meta(seed)
         encoder = cached_encoder(lookup, instruction, meta)
-        with tempfile.TemporaryDirectory() as predictions, threadpool_limits(limits=1):
+        with (tempfile.TemporaryDirectory() as predictions, threadpool_limits(limits=1),
+              sentence_transformers_unloaded()):
             result = mteb.evaluate(
                 encoder, task, cache=cache, overwrite_strategy="always", co2_tracker=False,
                 prediction_folder=predictions if keep_predictions else None,

@@ -15,12 +15,12 @@ variants (config `method.filter`):
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import Counter
 from collections.abc import Sequence
-
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+from typing import Any
 
 from inbedder.fidelity import AUTHORS_FILLERS, authors_stopwords, switch
 
@@ -35,7 +35,21 @@ TEMPLATES: dict[str, str] = {
 # The stopword list used for answers (training data) and for filtering generation steps:
 # scikit-learn's ENGLISH_STOP_WORDS (318 words, from the Glasgow Information Retrieval Group list).
 STOPWORD_LIST_NAME = "scikit-learn ENGLISH_STOP_WORDS (Glasgow IR group list, 318 words)"
-STOPWORDS: frozenset[str] = frozenset(ENGLISH_STOP_WORDS)
+
+
+@functools.cache
+def stopwords() -> frozenset[str]:
+    """The stopword list (`STOPWORD_LIST_NAME`), read from scikit-learn when first asked for: importing
+    scikit-learn takes ~0.7 s, paid otherwise by every job and workflow start that imports this module."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def __getattr__(name: str) -> Any:  # `STOPWORDS`, the list as a module constant, made when first read
+    if name == "STOPWORDS":
+        return stopwords()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Phrases the paper also filters: chat-style openers that carry no content.
 FILLER_PHRASES: tuple[str, ...] = ("Based on", "Sure!")
@@ -147,7 +161,7 @@ def normalize_token(token: str) -> str:
 def filter_vocabulary(instruction_tokens: Sequence[str], filler_tokens: Sequence[str]) -> frozenset[str]:
     """Normalised tokens the filter drops: stopwords, the instruction's tokens and the filler phrases' tokens."""
     words = {normalize_token(t) for t in (*instruction_tokens, *filler_tokens)}
-    return frozenset((words | set(STOPWORDS)) - {""})
+    return frozenset((words | stopwords()) - {""})
 
 
 def keep_steps(tokens: Sequence[str], valid: Sequence[bool], instruction_tokens: Sequence[str],
@@ -168,7 +182,8 @@ def keep_steps(tokens: Sequence[str], valid: Sequence[bool], instruction_tokens:
 def remove_stopwords(answer: str) -> str:
     """Drop stopwords from an answer, keeping word order and the original casing (the paper's answers)."""
     words = _WORD.findall(answer)
-    kept = [w for w in words if w.lower() not in STOPWORDS]
+    stop = stopwords()
+    kept = [w for w in words if w.lower() not in stop]
     return " ".join(kept)
 
 
