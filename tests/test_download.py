@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
-import yaml
 from workspace import SMOKE_CONFIGS, SmokeRun, clean_env, fresh_clone, make, snakemake
 
 from inbedder import sources
@@ -268,22 +267,17 @@ def test_kill_9_mid_download_then_rerun_never_takes_a_partial_file(hosts, tmp_pa
 
 # --- the workflow, in a fresh folder with no mirror -------------------------------------------------
 
-SCORE_KEYS = ["model", "recipe", "mode", "layer", "task", "subset", "metric", "seed"]
-# The smoke settings for one model: every smoke task (the nlupp and stsb data) scored with MiniLM, and
-# the training tables of the fine-tuned recipe (the c3 data), not the fine-tuning: the data of the whole
-# smoke DAG, downloaded, for a third of its jobs. The session's smoke run (from the mirror) is the
-# reference.
-DOWNLOAD_MODEL = "minilm-l6"
-SMOKE_TASKS = {"NLUPPTwoViewTriplets", "NLUPPTwoViewClustering", "NLUPPInstructedPairs", "STSBenchmark"}
-
-
-def read_scores(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path).sort_values(SCORE_KEYS).reset_index(drop=True)
+# The smoke DAG's data, downloaded: the task table of every smoke task (from the nlupp and stsb data)
+# and the training tables of the fine-tuned recipe (from the c3 data). Every score is computed from a
+# task table and a model only (encode: rule inputs model, table; evaluate: cache, table), so equal task
+# tables give equal scores; the session's smoke run (from the mirror) is the reference, and its own
+# tests cover the encoding and scoring of those tables.
+SMOKE_TASKS = ("NLUPPTwoViewTriplets", "NLUPPTwoViewClustering", "NLUPPInstructedPairs", "STSBenchmark")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # this run, then the shared smoke run when it is not finished yet
-def test_smoke_profile_downloads_when_no_mirror_is_found_and_scores_equal_the_mirror_run(
+def test_smoke_profile_downloads_when_no_mirror_is_found_and_its_tables_equal_the_mirror_run(
     hosts, mirror, request, tmp_path_factory
 ):
     base = tmp_path_factory.mktemp("anywhere")  # base/../shared/data does not exist
@@ -291,18 +285,17 @@ def test_smoke_profile_downloads_when_no_mirror_is_found_and_scores_equal_the_mi
     downloaded = fresh_clone(base / "clone-online")
     online = {**env, sources.REWRITE_VARIABLE: hosts.rewrite}
     run = "smoke-download"
-    one_model = base / "one-model.yaml"
-    one_model.write_text(yaml.safe_dump({"select": {"models": [DOWNLOAD_MODEL]}}), encoding="utf-8")
     results = downloaded / "results" / run
     result = snakemake(
-        downloaded, f"results/{run}/scores.csv", f"results/{run}/train/inbedder.jsonl",
-        f"results/{run}/train/inbedder.heldout.jsonl", "--profile", "workflow/profiles/smoke",
-        "--configfile", *SMOKE_CONFIGS, str(one_model), "--config", f"run={run}", env=online,
+        downloaded, *[f"results/{run}/tasks/{task}.parquet" for task in SMOKE_TASKS],
+        f"results/{run}/train/inbedder.jsonl", f"results/{run}/train/inbedder.heldout.jsonl",
+        "--profile", "workflow/profiles/smoke", "--configfile", *SMOKE_CONFIGS, "--config", f"run={run}",
+        env=online,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     result = make(downloaded, "data", env=online)  # the other three offline sources
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    # Asked for only now: under pytest-xdist another worker builds it while this run downloads and scores.
+    # Asked for only now: under pytest-xdist another worker builds it while this run downloads.
     smoke_run: SmokeRun = request.getfixturevalue("smoke_run")
     mirrored = smoke_run.workspace  # `make smoke` with INBEDDER_DATA_MIRROR set
 
@@ -318,14 +311,13 @@ def test_smoke_profile_downloads_when_no_mirror_is_found_and_scores_equal_the_mi
         assert manifest["origin"] == "url", name
         for f, record in zip(REGISTRY[name].files, manifest["files"]):
             assert sha256_file(downloaded / "data" / "raw" / name / f.name) == record["sha256"]
-    scores = read_scores(results / "scores.csv")
-    assert set(scores["model"]) == {DOWNLOAD_MODEL} and set(scores["task"]) == SMOKE_TASKS
-    reference = read_scores(smoke_run.results / "scores.csv")
-    pd.testing.assert_frame_equal(
-        scores,
-        reference[reference["model"] == DOWNLOAD_MODEL].reset_index(drop=True),
-        check_exact=False, rtol=1e-6,
-    )
+    for task in SMOKE_TASKS:
+        table, reference = (pd.read_parquet(r / "tasks" / f"{task}.parquet") for r in (results, smoke_run.results))
+        assert len(table) > 0 and table.attrs == reference.attrs, task
+        pd.testing.assert_frame_equal(table, reference, check_exact=True)
+    # the scores of the mirror run came from those tables
+    scored = set(pd.read_csv(smoke_run.results / "scores.csv")["task"])
+    assert scored == set(SMOKE_TASKS)
     # What the fine-tuning of the smoke run reads, from the downloaded c3, is what it read from the mirror.
     for table in ("inbedder.jsonl", "inbedder.heldout.jsonl"):
         assert (results / "train" / table).read_bytes() == (smoke_run.results / "train" / table).read_bytes()

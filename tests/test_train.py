@@ -1149,3 +1149,29 @@ def test_the_paper_profile_trains_alpaca_for_3_epochs():
     config["recipes"]["alpaca"]["epochs"] = 0
     with pytest.raises(ValueError, match=r"recipes.alpaca.epochs: must be a number > 0"):
         rule_params("opt-350m", "alpaca", config)
+
+
+def test_no_checkpoint_of_the_final_step_unless_checkpoints_are_kept(tmp_path, data, smollm2_dir):
+    """Trainer would save the step training ends at; the final model is written next and the checkpoints
+    deleted, so that save is skipped, for the step cap and for a stop asked by a callback alike."""
+    from transformers import TrainerCallback
+
+    class Saves(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def on_save(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    capped, kept = Saves(), Saves()
+    the_job = job("causal", max_steps=4, save_steps=2, batch_size=2)
+    summary = train_model(the_job, base, data["train"], data["heldout"], tmp_path / "capped", extra_callbacks=[capped])
+    assert capped.steps == [2] and summary["steps"] == 4
+    assert not (tmp_path / "capped" / "checkpoints").exists()
+    train_model(the_job, base, data["train"], data["heldout"], tmp_path / "kept", extra_callbacks=[kept],
+                keep_checkpoints=True)
+    assert kept.steps == [2, 4]
+    assert last_complete_checkpoint(tmp_path / "kept" / "checkpoints").name == "checkpoint-4"
+    # the same weights either way: skipping the save changes nothing that is trained
+    assert (tmp_path / "capped" / "model.safetensors").read_bytes() == (tmp_path / "kept" / "model.safetensors").read_bytes()

@@ -352,6 +352,21 @@ def _stop_at(step: int):
     return StopAt()
 
 
+def _no_checkpoint_at_the_end():
+    """Trainer callback: no checkpoint of the step training ends at (Trainer writes one by default). The
+    final model is saved right after training and the checkpoints are deleted once the outputs are written,
+    so it would be ~1.6 GB written (SmolLM2: weights and AdamW state) for a few seconds; a kill in between
+    reruns from the checkpoint before. Added last: it sees every other callback's decision to stop."""
+    from transformers import TrainerCallback
+
+    class NoCheckpointAtTheEnd(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_training_stop:
+                control.should_save = False
+
+    return NoCheckpointAtTheEnd()
+
+
 def training_arguments(settings: TrainSettings, output_dir: Path, *, bf16: bool, device: str):
     """transformers' TrainingArguments of a fine-tune: its settings, length-grouped batches, no reporting."""
     from transformers import TrainingArguments
@@ -508,6 +523,8 @@ def train_model(
     trainer.add_callback(curve_callback(curve))  # last: after the step meter stops the step's clock
     if job.stop_at_step is not None:
         trainer.add_callback(_stop_at(job.stop_at_step))
+    if not keep_checkpoints:
+        trainer.add_callback(_no_checkpoint_at_the_end())
     scan = scan_checkpoints(ckpt_dir)
     resume = scan.complete
     for fault in scan.rejected:
