@@ -601,12 +601,28 @@ SAVE_MOMENTS = {
 }
 
 
+KILLED_DURING_SAVE_JOB = {"max_steps": 6, "save_steps": 2, "batch_size": 2}
+
+
+@pytest.fixture(scope="module")
+def straight_run_loss(tmp_path_factory, smollm2_dir) -> float:
+    """The last step's loss of the killed job run straight through (once for the moments below: the same
+    seeded tiny model, data and settings in each)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    rows = {"train": tmp / "qa.jsonl", "heldout": tmp / "qa.heldout.jsonl"}
+    write_jsonl(rows["train"], c3_rows(8))
+    write_jsonl(rows["heldout"], c3_rows(4, offset=600))
+    base = tiny_model("causal", smollm2_dir, tmp / "tiny-causal")
+    the_job = job("causal", **KILLED_DURING_SAVE_JOB)
+    return train_model(the_job, base, rows["train"], rows["heldout"], tmp / "out")["last_step_loss"]
+
+
 @pytest.mark.parametrize("moment", sorted(SAVE_MOMENTS))
 def test_kill_9_while_a_checkpoint_is_saved_resumes_from_the_newest_complete_one(
-    moment, tmp_path, data, smollm2_dir, caplog
+    moment, tmp_path, data, smollm2_dir, caplog, straight_run_loss
 ):
     base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
-    the_job = job("causal", max_steps=6, save_steps=2, batch_size=2)
+    the_job = job("causal", **KILLED_DURING_SAVE_JOB)
     out = tmp_path / "out"
     _killed_during_save(moment, 4, the_job, base, data, out)
     assert not (out / "train_summary.json").exists()
@@ -624,8 +640,7 @@ def test_kill_9_while_a_checkpoint_is_saved_resumes_from_the_newest_complete_one
     assert summary["first_logged_step_this_run"] == 3 and summary["steps"] == 6
     with open(out / "train_log.csv", newline="") as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5, 6]
-    straight = train_model(the_job, base, data["train"], data["heldout"], tmp_path / "straight")
-    assert straight["last_step_loss"] == pytest.approx(summary["last_step_loss"], rel=1e-4)
+    assert straight_run_loss == pytest.approx(summary["last_step_loss"], rel=1e-4)
 
 
 def test_kill_9_during_the_first_checkpoint_starts_over_and_says_why(tmp_path, data, smollm2_dir, caplog):

@@ -51,10 +51,11 @@ def job_blocks(output: str) -> list[tuple[str, str]]:
     return blocks
 
 
-def run_to_end(smoke: SmokeRun, work: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    """The smoke profile in `work` (the shared run's folder or a copy of it) with its environment."""
+def run_to_end(smoke: SmokeRun, work: Path, *targets: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The smoke profile in `work` (the shared run's folder or a copy of it) with its environment, to
+    `targets` (default: the whole run, report included)."""
     result = subprocess.run(
-        command(smoke.run), check=False, cwd=work, env=smoke.env, capture_output=True, text=True,
+        command(smoke.run, *targets), check=False, cwd=work, env=smoke.env, capture_output=True, text=True,
         timeout=timeout,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -186,10 +187,11 @@ def test_kill_9_at_training_encoding_and_evaluation_then_rerun_gives_the_same_sc
     run_until(smoke_run, work,
               lambda: bool(set((results / "scores" / trained.name).glob("*.csv")) - scored_before))
 
-    # Rerun to the end: finished caches are not recomputed and the scores equal the uninterrupted run's
-    # (the fine-tuned model's rows computed again here, the untrained models' copied).
+    # Rerun to the scores: finished caches are not recomputed and the scores equal the uninterrupted run's
+    # (the fine-tuned model's rows computed again here, the untrained models' copied). The report of
+    # those scores is the shared run's to check (the test above).
     unlock(smoke_run, work)
-    final = run_to_end(smoke_run, work)
+    final = run_to_end(smoke_run, work, f"results/{smoke_run.run}/scores.csv")
     encoded_again = {
         work / re.search(r"^\s*output: (\S+)/meta\.json", block, flags=re.MULTILINE).group(1)
         for rule, block in job_blocks(final.stdout + final.stderr)
