@@ -54,9 +54,9 @@ def job_blocks(output: str) -> list[tuple[str, str]]:
 def run_to_end(smoke: SmokeRun, work: Path, *targets: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """The smoke profile in `work` (the shared run's folder or a copy of it) with its environment, to
     `targets` (default: the whole run, report included)."""
+    targets_first = [SNAKEMAKE, *targets, *command(smoke.run)[1:]]  # not after --config: it takes the rest
     result = subprocess.run(
-        command(smoke.run, *targets), check=False, cwd=work, env=smoke.env, capture_output=True, text=True,
-        timeout=timeout,
+        targets_first, check=False, cwd=work, env=smoke.env, capture_output=True, text=True, timeout=timeout,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
