@@ -167,8 +167,8 @@ def v_measure_replicates(clusters: np.ndarray, labels: np.ndarray, idx: np.ndarr
     b, m = idx.shape
     # Every resample holds m items, so the entropy of its counts c is log m - sum(c log c) / m, with
     # c log c looked up for the integers 0..m (a positive entropy of m items is at least ~log(m) / m).
-    # The joint counts run over the (label, cluster) pairs the
-    # items have, at most n of them, not over every pair of a label and a cluster.
+    # The joint counts run over the (label, cluster) pairs the items have, at most n of them, not over
+    # every pair of a label and a cluster.
     c_log_c = np.zeros(m + 1)
     c_log_c[1:] = np.arange(1, m + 1) * np.log(np.arange(1, m + 1))
 

@@ -101,12 +101,12 @@ def kmeans_v_measure(
     embeddings: np.ndarray, labels: Sequence, seed: int, k: int | None = None
 ) -> tuple[float, np.ndarray]:
     """V-measure of MiniBatchKMeans clusters (k = number of distinct labels unless given) and the assignment."""
+    from sklearn.metrics import v_measure_score
+
     labels = list(labels)
     if len(labels) != len(embeddings):
         raise ValueError(f"kmeans_v_measure: {len(embeddings)} embeddings but {len(labels)} labels")
     k = len(set(labels)) if k is None else k
-    from sklearn.metrics import v_measure_score
-
     assignment = kmeans_assign(embeddings, k, seed)
     return float(v_measure_score(labels, assignment)), assignment
 
