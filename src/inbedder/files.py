@@ -75,12 +75,3 @@ def sha256_json(obj: Any) -> str:
     """SHA-256 of a canonical JSON rendering: a content key for settings and inputs."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
-
-@contextlib.contextmanager
-def rule_log(path: str | os.PathLike) -> Iterator[Any]:
-    """Send stderr and logging of a workflow script to its rule's log file."""
-    import logging
-
-    with open(path, "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):
-        logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-        yield log_file

@@ -1,21 +1,12 @@
 """Rule prepare_dataset: build data/prepared/<dataset>.parquet from the fetched sources."""
 
-import logging
 from pathlib import Path
 
 from inbedder.datasets import prepare
-from inbedder.files import rule_log
+from inbedder.rule_script import rule_script
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
-log = logging.getLogger("prepare_dataset")
+dataset = snakemake.wildcards.dataset
 
-with rule_log(snakemake.log[0]) as log_file:
-    try:
-        prepare(
-            snakemake.wildcards.dataset,
-            raw_root=Path(snakemake.input[0]).parents[1],
-            out_path=snakemake.output[0],
-        )
-    except Exception:
-        log.exception("preparing dataset %s failed", snakemake.wildcards.dataset)
-        raise
+with rule_script(snakemake.log[0], "prepare_dataset", f"preparing dataset {dataset}"):
+    prepare(dataset, raw_root=Path(snakemake.input[0]).parents[1], out_path=snakemake.output[0])

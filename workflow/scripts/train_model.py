@@ -1,34 +1,29 @@
 """Rule train_model: fine-tune one (model, recipe) into results/<run>/models/<model>-<recipe>/."""
 
-import logging
 from pathlib import Path
 
 import torch
 
 from inbedder.config import resolve_device, resolve_dtype
-from inbedder.files import rule_log
+from inbedder.rule_script import rule_script
 from inbedder.train import job_from_params, train_model
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
-log = logging.getLogger("train_model")
+w = snakemake.wildcards
 
-with rule_log(snakemake.log[0]) as log_file:
+with rule_script(snakemake.log[0], "train_model", f"training {w.model}-{w.recipe}") as log:
     torch.set_num_threads(max(1, snakemake.threads))
     params = dict(snakemake.params.job)
     params["device"] = resolve_device(params["device"])
     params["dtype"] = resolve_dtype(params["dtype"], params["device"])
     job = job_from_params(params)
-    try:
-        summary = train_model(
-            job,
-            Path(snakemake.input.base).parent,
-            snakemake.input.train,
-            snakemake.input.heldout,
-            Path(snakemake.output[0]).parent,
-        )
-    except Exception:
-        log.exception("training %s-%s failed", job.model, job.recipe)
-        raise
+    summary = train_model(
+        job,
+        Path(snakemake.input.base).parent,
+        snakemake.input.train,
+        snakemake.input.heldout,
+        Path(snakemake.output[0]).parent,
+    )
     log.info(
         "%s-%s: %d steps, %.2f s/step, loss %.3f -> %.3f, held-out F1 %.3f -> %.3f",
         job.model,

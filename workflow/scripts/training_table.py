@@ -1,24 +1,18 @@
 """Rule training_table: results/<run>/train/<recipe>.jsonl and <recipe>.heldout.jsonl from prepared tables."""
 
-import logging
-
 from inbedder.datasets import write_training_tables
-from inbedder.files import rule_log
+from inbedder.rule_script import rule_script
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
-log = logging.getLogger("training_table")
+recipe = snakemake.wildcards.recipe
 
-with rule_log(snakemake.log[0]) as log_file:
-    try:
-        n_train, n_heldout = write_training_tables(
-            snakemake.input.train,
-            snakemake.input.heldout,
-            snakemake.output.train,
-            snakemake.output.heldout,
-            train_rows=snakemake.params.train_rows,
-            heldout_rows=snakemake.params.heldout_rows,
-        )
-    except Exception:
-        log.exception("training table of recipe %s failed", snakemake.wildcards.recipe)
-        raise
-    log.info("%s: %d training rows, %d held-out rows", snakemake.wildcards.recipe, n_train, n_heldout)
+with rule_script(snakemake.log[0], "training_table", f"training table of recipe {recipe}") as log:
+    n_train, n_heldout = write_training_tables(
+        snakemake.input.train,
+        snakemake.input.heldout,
+        snakemake.output.train,
+        snakemake.output.heldout,
+        train_rows=snakemake.params.train_rows,
+        heldout_rows=snakemake.params.heldout_rows,
+    )
+    log.info("%s: %d training rows, %d held-out rows", recipe, n_train, n_heldout)
