@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from inbedder.checkpoints import last_complete_checkpoint, scan_checkpoints
+from inbedder.checkpoints import scan_checkpoints
 from inbedder.files import read_jsonl, write_jsonl
 from inbedder.heldout import CURVE, add_point, curve_until, plateau, read_curve, write_curve
 from inbedder.models import ensure_materialized, generate_answers, load_lm, write_fingerprint
@@ -494,7 +494,7 @@ def test_rerun_after_kill_resumes_from_last_checkpoint(tmp_path, data, smollm2_d
             out,
             extra_callbacks=[_kill_at(3)],
         )
-    assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"
+    assert scan_checkpoints(out / "checkpoints").complete.name == "checkpoint-2"
     assert not (out / "train_summary.json").exists()
 
     summary = train_model(job("causal", **settings), base, data["train"], data["heldout"], out)
@@ -869,7 +869,7 @@ def test_a_resumed_run_keeps_the_curve_up_to_its_checkpoint(tmp_path, data, smol
     # job's outputs, heldout_curve.csv among them
     assert not (out / CURVE).exists()
     assert [p["step"] for p in read_curve(out / "checkpoints" / CURVE)] == [0, 1, 2, 3]
-    assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"
+    assert scan_checkpoints(out / "checkpoints").complete.name == "checkpoint-2"
     saved = json.loads((out / "checkpoints" / "run_settings.json").read_text())
     assert "heldout_every" not in saved["job"]["settings"]  # checks alone change no weight: not in the run key
     # mark the points: step 1 (<= checkpoint-2) is kept as it is, step 3 (after it) is checked again
@@ -1187,6 +1187,6 @@ def test_no_checkpoint_of_the_final_step_unless_checkpoints_are_kept(tmp_path, d
     train_model(the_job, base, data["train"], data["heldout"], tmp_path / "kept", extra_callbacks=[kept],
                 keep_checkpoints=True)
     assert kept.steps == [2, 4]
-    assert last_complete_checkpoint(tmp_path / "kept" / "checkpoints").name == "checkpoint-4"
+    assert scan_checkpoints(tmp_path / "kept" / "checkpoints").complete.name == "checkpoint-4"
     # the same weights either way: skipping the save changes nothing that is trained
     assert (tmp_path / "capped" / "model.safetensors").read_bytes() == (tmp_path / "kept" / "model.safetensors").read_bytes()

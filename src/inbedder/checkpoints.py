@@ -79,11 +79,6 @@ def scan_checkpoints(folder: str | os.PathLike) -> CheckpointScan:
     return CheckpointScan(None, tuple(rejected))
 
 
-def last_complete_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The newest checkpoint folder whose save finished (see `scan_checkpoints`)."""
-    return scan_checkpoints(folder).complete
-
-
 def mark_checkpoint_complete(path: str | os.PathLike) -> None:
     """Flush every file of a finished checkpoint to disk, then record their sizes in the marker."""
     path = Path(path)

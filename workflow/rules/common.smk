@@ -24,16 +24,6 @@ def selected_models():
     return list(config["select"]["models"])
 
 
-def model_spec(name):
-    """The registry entry of a model."""
-    return MODELS[name]
-
-
-def task_spec(name):
-    """The registry entry of a task."""
-    return TASKS[name]
-
-
 def recipes_for(model):
     """Runs of a model: sentence encoders only untuned, language models every selected recipe, a
     fine-tuned recipe once per training seed (`inbedder`, `inbedder@1`, ...: rule_params.recipe_runs)."""
@@ -98,13 +88,6 @@ def score_files():
 def eval_modes(model, task):
     """Embedding modes scored: the model's, restricted by the task's `modes` (robustness: 1st-gen)."""
     return modes_for(TASKS[task], MODELS[model].get("modes", []))
-
-
-def eval_layers(model):
-    """Hidden layers scored: config `layers` for language models, -1 for sentence encoders."""
-    if MODELS[model]["kind"] == SENTENCE_ENCODER:
-        return [-1]
-    return list(config["layers"])
 
 
 def task_data(wildcards):

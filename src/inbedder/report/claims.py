@@ -105,9 +105,6 @@ class ClaimResult:
     point_only: bool = False  # the scope's numbers have no CI (the paper's own)
 
 
-VERDICTS = ("supported", "contradicted", "inconclusive", "not tested")
-
-
 CLAIMS = {
     1: ("QA fine-tuning improves instruction following",
         ("Fine-tuning on short abstractive QA answers (InBedder) makes embeddings follow the instruction better "
