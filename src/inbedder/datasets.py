@@ -77,7 +77,7 @@ from inbedder.analogs import (
     build_stsb,
     build_twenty_newsgroups,
 )
-from inbedder.files import atomic_path, read_jsonl, write_jsonl
+from inbedder.files import atomic_path, write_jsonl
 from inbedder.raw import (
     SEED,
     DataError,
@@ -423,13 +423,6 @@ def write_training_tables(
     write_jsonl(out_train, train.to_dict("records"))
     write_jsonl(out_heldout, heldout.to_dict("records"))
     return len(train), len(heldout)
-
-
-def read_training_table(path: str | os.PathLike) -> list[dict]:
-    """Read a training JSONL table, checking the training-pair columns."""
-    rows = read_jsonl(path)
-    check_records(rows, SCHEMAS["training"], str(path))
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------
