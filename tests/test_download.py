@@ -26,7 +26,8 @@ from workspace import SMOKE_CONFIGS, SmokeRun, clean_env, fresh_clone, make, sna
 
 from inbedder import sources
 from inbedder.files import sha256_file
-from inbedder.sources import ChecksumError, DownloadError, DownloadPolicy, fetch, load_sources
+from inbedder.source_registry import load_sources
+from inbedder.sources import ChecksumError, DownloadError, DownloadPolicy, fetch
 
 pytestmark = pytest.mark.enable_socket
 

@@ -16,7 +16,8 @@ import yaml
 from inbedder import sources
 from inbedder.datasets import DATASET_SOURCES, hub_only_datasets
 from inbedder.files import sha256_file
-from inbedder.sources import ChecksumError, DeclarationError, OfflineError, SourceError, fetch, load_sources
+from inbedder.source_registry import DeclarationError, Registry, load_sources
+from inbedder.sources import ChecksumError, OfflineError, SourceError, fetch
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -133,7 +134,7 @@ def test_offline_file_source_needs_the_mirror(socket_disabled, tmp_path):
     assert not (tmp_path / "c3").exists()
 
 
-def _local_registry(tmp_path: Path, mirror: Path, sha: str) -> sources.Registry:
+def _local_registry(tmp_path: Path, mirror: Path, sha: str) -> Registry:
     # A source whose URL is a local file:// URL: the download path of fetch, without a network.
     spec = {
         "sources": {

@@ -1,8 +1,9 @@
 # Data stage: declared sources -> data/raw/<source>/ -> data/prepared/<dataset>.parquet ->
-# results/<run>/train/<recipe>.jsonl (+ .heldout.jsonl: per run, since runs slice differently). Library: inbedder.sources, inbedder.datasets
-# (which also computes each rule's inputs and params, so this file holds rules only).
+# results/<run>/train/<recipe>.jsonl (+ .heldout.jsonl: per run, since runs slice differently).
+# Library: inbedder.sources (declarations: inbedder.source_registry), inbedder.datasets (which also
+# computes each rule's inputs and params, so this file holds rules only).
 from inbedder.datasets import DATASETS, source_manifests, training_inputs
-from inbedder.sources import load_sources
+from inbedder.source_registry import load_sources
 
 SOURCES = load_sources()
 
