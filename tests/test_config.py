@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from inbedder.config import SCHEMA, ConfigError, check_runtime, load_config, merge
-from inbedder.datasets import unavailable_reason
+from inbedder.task_kinds import unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

@@ -37,6 +37,11 @@ def offline_config() -> dict:
     return load_config(ROOT / "config.yaml", ROOT / "workflow" / "profiles" / "offline" / "run.yaml")
 
 
+# The suites of the project's task records (config.yaml `tasks.<name>.report`).
+SUITES = report.suites_of(load_config(ROOT / "config.yaml")["tasks"])
+PAPER_SUITE, OFFLINE_SUITE = SUITES["paper"], SUITES["offline"]
+
+
 def frame(rows: list[tuple]) -> pd.DataFrame:
     """Score rows (model, recipe, mode, task, subset, metric, value, seed) as load_scores returns them."""
     df = pd.DataFrame(rows, columns=["model", "recipe", "mode", "task", "subset", "metric", "value", "seed"])
@@ -73,14 +78,14 @@ def test_paper_numbers_hold_the_published_headline_rows():
     assert list(paper.columns[: len(report.PAPER_NUMBER_COLUMNS)]) == list(report.PAPER_NUMBER_COLUMNS)
     assert (paper["source"] != "").all()
 
-    def value(table, row, column):
-        sel = paper[(paper["table"] == table) & (paper["row"] == row) & (paper["column"] == column)]
-        assert len(sel) == 1, (table, row, column)
+    def value(table, row, task):
+        sel = paper[(paper["table"] == table) & (paper["row"] == row) & (paper["task"] == task)]
+        assert len(sel) == 1, (table, row, task)
         return float(sel["value"].iloc[0])
 
     assert value("instruction_awareness", "llama-2-7b-InBedder (1st-gen)", "Avg") == 58.80
     assert value("instruction_awareness", "e5-large-v2 (no instruction)", "Avg") == 26.77
-    assert value("instruction_awareness", "roberta-large-InBedder (avg-gen)", "NYT") == 51.18
+    assert value("instruction_awareness", "roberta-large-InBedder (avg-gen)", "NYTClustering") == 51.18
     assert value("generic", "llama-2-7b-InBedder (1st-gen)", "Avg") == 59.51
     assert value("generic", "e5-large-v2", "Avg") == 60.35
     # 9 instruction-awareness rows x 4 columns, 7 generic rows x 5 columns, as the paper's tables
@@ -88,11 +93,11 @@ def test_paper_numbers_hold_the_published_headline_rows():
     assert len(paper[paper["table"] == "generic"]) == 35
     # every published average is the mean of its row (to the paper's rounding)
     for table, cols in (
-        ("instruction_awareness", ["I.STSB", "IntEmo", "NYT"]),
-        ("generic", ["AskU", "SciD", "StackO", "20News"]),
+        ("instruction_awareness", [c.task for c in PAPER_SUITE.ia]),
+        ("generic", [c.task for c in PAPER_SUITE.generic]),
     ):
         for row, grp in paper[paper["table"] == table].groupby("row"):
-            vals = dict(zip(grp["column"], grp["value"], strict=True))
+            vals = dict(zip(grp["task"], grp["value"], strict=True))
             mean = np.mean([vals[c] for c in cols])
             tolerance = 0.35 if any(grp["note"]) else 0.011  # a noted cell differs from the authors' run
             assert abs(mean - vals["Avg"]) <= tolerance, (table, row, mean, vals["Avg"])
@@ -104,14 +109,14 @@ def test_paper_numbers_agree_with_the_authors_released_runs():
     with open(REFERENCE, encoding="utf-8") as fh:
         ref = {r["run"]: r for r in csv.DictReader(fh)}
     refcol = {
-        ("instruction_awareness", "I.STSB"): "instruct_stsb_spearman",
-        ("instruction_awareness", "IntEmo"): "intent_emotion_hmean",
-        ("instruction_awareness", "NYT"): "nyt_hmean",
+        ("instruction_awareness", "InstructSTSB"): "instruct_stsb_spearman",
+        ("instruction_awareness", "IntentEmotion"): "intent_emotion_hmean",
+        ("instruction_awareness", "NYTClustering"): "nyt_hmean",
         ("instruction_awareness", "Avg"): "instruction_awareness_avg",
-        ("generic", "AskU"): "askubuntu_map",
-        ("generic", "SciD"): "scidocsrr_map",
-        ("generic", "StackO"): "stackoverflow_map",
-        ("generic", "20News"): "twentynewsgroups_v",
+        ("generic", "AskUbuntuDupQuestions"): "askubuntu_map",
+        ("generic", "SciDocsRR"): "scidocsrr_map",
+        ("generic", "StackOverflowDupQuestions"): "stackoverflow_map",
+        ("generic", "TwentyNewsgroupsClustering"): "twentynewsgroups_v",
         ("generic", "Avg"): "generic_avg",
         ("modes", "Avg"): "instruction_awareness_avg",
         ("filtering", "Avg"): "instruction_awareness_avg",
@@ -120,13 +125,13 @@ def test_paper_numbers_agree_with_the_authors_released_runs():
     for row in report.load_paper_numbers().itertuples(index=False):
         r = ref.get(row.run)
         assert r is not None, f"run {row.run!r} of {row.row} is not in {REFERENCE.name}"
-        theirs = r[refcol[(row.table, row.column)]]
+        theirs = r[refcol[(row.table, row.task)]]
         if not theirs:  # the released run lacks this score (llama generic); the paper's table is the source
             continue
         if row.note:
             assert f"{float(theirs):.2f}" in row.note
         else:
-            assert abs(float(theirs) - row.value) <= 0.011, (row.row, row.column, theirs, row.value)
+            assert abs(float(theirs) - row.value) <= 0.011, (row.row, row.task, theirs, row.value)
         checked += 1
     assert checked > 90
 
@@ -144,7 +149,7 @@ def test_hmean_by_hand():
 
 
 def test_column_cells_combine_subsets_and_seeds():
-    col = report.OFFLINE_SUITE.ia[1]  # IntEmo <- NLUPPTwoViewTriplets, harmonic mean of the views
+    col = OFFLINE_SUITE.ia[1]  # IntEmo <- NLUPPTwoViewTriplets, harmonic mean of the views
     rows = frame(
         [
             ("m", "inbedder", "1st-gen", "NLUPPTwoViewTriplets", "action", "success_rate", 0.6, None),
@@ -163,7 +168,7 @@ def test_column_cells_combine_subsets_and_seeds():
     )
     assert report.column_cells(rows, col)[("m", "inbedder", "1st-gen")].value == pytest.approx(70.0)
     # clustering: mean and sd (ddof=1) over seeds of the per-seed hmean
-    clus = report.OFFLINE_SUITE.ia[2]
+    clus = OFFLINE_SUITE.ia[2]
     rows = frame(
         [
             ("m", "none", "plain", "NLUPPTwoViewClustering", "hmean", "v_measure", v, s)
@@ -221,7 +226,7 @@ def items_of(rows: list[tuple], own_noise: float = 0.2, n_items: int = N_ITEMS) 
 
 
 def book_of(rows: list[tuple], items: bool = True, own_noise: float = 0.2) -> report.SuiteScores:
-    return report.suite_scores(frame(rows), report.OFFLINE_SUITE, items_of(rows, own_noise) if items else None)
+    return report.suite_scores(frame(rows), OFFLINE_SUITE, items_of(rows, own_noise) if items else None)
 
 
 def test_claim_1_paired_difference_of_the_ia_averages():
@@ -323,14 +328,14 @@ def test_claim_4_instruction_awareness_and_generic_margin():
 
 def test_a_ci_from_fewer_than_20_items_is_flagged_in_the_page_cells():
     rows = ia_rows("lm", "inbedder", "1st-gen", 0.80, [0.40], 0.20)
-    book = report.suite_scores(frame(rows), report.OFFLINE_SUITE, items_of(rows, n_items=12))
+    book = report.suite_scores(frame(rows), OFFLINE_SUITE, items_of(rows, n_items=12))
     cell = book.get(report.Run("lm", "inbedder", "1st-gen"), report.suites.IA_AVG)
     assert cell.has_ci and cell.few_items and cell.est.n_items == 12
     assert not book_of(rows).get(report.Run("lm", "inbedder", "1st-gen"), report.suites.IA_AVG).few_items
 
 
 def test_the_rules_applied_to_the_papers_own_numbers_support_every_claim():
-    book = report.paper_suite_scores(report.load_paper_numbers())
+    book = report.paper_suite_scores(report.load_paper_numbers(), PAPER_SUITE)
     results = report.evaluate_claims(book, "published")
     assert [r.verdict for r in results] == ["supported"] * 4
     c4 = results[3]
@@ -527,7 +532,7 @@ def test_paper_table_compares_a_matching_run():
     """A paper-profile run (opt-350m InBedder, 1st-gen) lands in the paper's row with the difference."""
     rows = ia_rows("opt-350m", "inbedder", "1st-gen", 0.90, [0.40, 0.41, 0.42], 0.10, suite="paper")
     scores = frame(rows)
-    book = report.suite_scores(scores, report.PAPER_SUITE)
+    book = report.suite_scores(scores, PAPER_SUITE)
     reasons = report.MissingReasons(scores, {}, None, None)
     table = report.paper_table(report.load_paper_numbers(), "instruction_awareness", book, reasons)
     row = next(r for r in table.rows if r.label == "opt-350m-InBedder (1st-gen)")
@@ -830,7 +835,7 @@ def _modes_table(re_encoder: str, models: dict | None = None, method: list | Non
     for mode, base in (("1st-gen", 0.9), ("re-encode", 0.7)):
         rows += ia_rows("opt-350m", "inbedder", mode, base, [0.40, 0.41, 0.42], 0.10, suite="paper")
     scores = frame(rows)
-    book = report.suite_scores(scores, report.PAPER_SUITE)
+    book = report.suite_scores(scores, PAPER_SUITE)
     reasons = report.MissingReasons(scores, {}, None, None)
     return report.paper_table(report.load_paper_numbers(), "modes", book, reasons, method=method or [],
                               re_encoder=re_encoder, models=models)

@@ -25,6 +25,8 @@ from inbedder.scores import read_scores, write_scores
 from inbedder.vocabulary import SCORE_COLUMNS, split_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
+# The offline analogs of the project's task records (config.yaml `tasks.<name>.report`).
+OFFLINE_SUITE = report.suites_of(load_config(ROOT / "config.yaml")["tasks"])["offline"]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +145,7 @@ def _items(seed_values: dict[int, float], n_items: int = 300) -> ItemData:
 
 
 def test_report_averages_training_seeds_and_resamples_them():
-    col = report.OFFLINE_SUITE.ia[1]  # IntEmo analog: NLUPPTwoViewTriplets, hmean of the views
+    col = OFFLINE_SUITE.ia[1]  # IntEmo analog: NLUPPTwoViewTriplets, hmean of the views
     spread = {42: 0.5, 7: 0.7, 8: 0.6}
     cell = report.column_cells(_rows(spread), col, _items(spread))[("smollm2-135m", "inbedder", "avg-gen")]
     assert cell.value == pytest.approx(60.0)
@@ -170,11 +172,11 @@ def test_spread_across_training_seeds_per_headline_run():
                           "task": "NLUPPTwoViewClustering", "subset": view, "metric": "v_measure", "value": v / 4,
                           "seed": 0, "train_seed": train_seed, "n": 300})
     scores = pd.concat([scores, pd.DataFrame(extra)[list(SCORE_COLUMNS)]], ignore_index=True)
-    rows = report.train_seed_spread(scores, report.OFFLINE_SUITE, [run])
+    rows = report.train_seed_spread(scores, OFFLINE_SUITE, [run])
     ia = next(r for r in rows if r["column"] == report.IA_AVG)
     assert ia["seeds"] == [7, 42]
     expected = {s: 100 * (v + v / 4 + v / 2) / 3 for s, v in spread.items()}
     assert ia["values"] == pytest.approx([expected[7], expected[42]])
     assert ia["sd"] == pytest.approx(np.std(list(expected.values()), ddof=1))
     # one training seed: no spread to show
-    assert report.train_seed_spread(scores[scores["train_seed"] == 42], report.OFFLINE_SUITE, [run]) == []
+    assert report.train_seed_spread(scores[scores["train_seed"] == 42], OFFLINE_SUITE, [run]) == []

@@ -88,6 +88,7 @@ from inbedder.raw import (
     read_parquet,
     sample_order,
 )
+from inbedder.source_registry import load_sources
 from inbedder.sources import read_manifest
 from inbedder.text import remove_stopwords
 
@@ -302,8 +303,6 @@ def dataset_spec(name: str) -> DatasetSpec:
 def hub_only_datasets() -> frozenset[str]:
     """Prepared datasets whose every source is hub-only (unavailable offline). Read once per process: the
     workflow asks for every task while it builds its DAG."""
-    from inbedder.sources import load_sources
-
     registry = load_sources()
     return frozenset(n for n, s in DATASETS.items() if all(registry[src].hub_only for src in s.sources))
 
@@ -423,28 +422,3 @@ def write_training_tables(
     write_jsonl(out_train, train.to_dict("records"))
     write_jsonl(out_heldout, heldout.to_dict("records"))
     return len(train), len(heldout)
-
-
-# ----------------------------------------------------------------------------------------------
-# which selected tasks a run can reach
-
-
-def _offline_value(config: dict) -> str:
-    value = config.get("offline")
-    return "true" if value is True else str(value)
-
-
-def unavailable_reason(task: str, config: dict) -> str | None:
-    """Why a selected task cannot run in this configuration, or None when it can."""
-    spec = config["tasks"][task]
-    if not config.get("offline"):
-        return None
-    if spec["kind"] == "mteb" and "dataset" not in spec:
-        return (
-            f"hub-only data not available in this run (mteb downloads {spec.get('mteb_task', task)}; "
-            f"offline: {_offline_value(config)})"
-        )
-    dataset = spec.get("dataset")
-    if dataset in hub_only_datasets():
-        return f"hub-only data not available in this run (dataset {dataset!r}; offline: {_offline_value(config)})"
-    return None

@@ -12,7 +12,7 @@ from typing import Any
 
 from inbedder.fidelity import method_settings
 from inbedder.models import RELEASED_SUFFIX, check_kind
-from inbedder.task_kinds import modes_for
+from inbedder.task_kinds import kind_class, modes_for
 from inbedder.train import RUN_KEYS, TrainSettings, check_recipe
 from inbedder.train_loop import TRAIN_LOOP
 from inbedder.vocabulary import SENTENCE_ENCODER, TRAIN_SEED_SEP, UNTRAINED_RECIPES, split_recipe
@@ -75,10 +75,11 @@ def materialize_params(name: str, models: Mapping[str, Mapping[str, Any]], relea
 
 
 def task_spec(task: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The task's entry in `tasks` without `rows` (which only sizes its table: task_row_limit)."""
+    """The task's entry in `tasks` without `rows` (which only sizes its table: task_row_limit) and `report`
+    (which only places it in the report)."""
     if task not in config["tasks"]:
         raise KeyError(f"task {task!r} is not a key of tasks; known: {sorted(config['tasks'])}")
-    return {k: v for k, v in config["tasks"][task].items() if k != "rows"}
+    return {k: v for k, v in config["tasks"][task].items() if k not in ("rows", "report")}
 
 
 def task_row_limit(task: str, config: Mapping[str, Any]) -> int | None:
@@ -207,21 +208,14 @@ def keep_last_words(spec: Mapping[str, Any], recipe: str, task: str, task_spec: 
     words = (spec.get("keep_last_words") or {}).get(recipe)
     if words is None:
         return None
-    kind = task_spec.get("kind")
-    if kind == "mteb":
-        from inbedder.mteb_tasks import is_legacy_clustering, mteb_task_class
-
-        clustering = is_legacy_clustering(mteb_task_class(task_spec.get("mteb_task", task)))
-    else:
-        clustering = kind in ("clustering", "robustness")
-    return int(words) if clustering else None
+    return int(words) if kind_class(task_spec["kind"])(task, task_spec).keeps_last_words() else None
 
 
 def filter_instructions(spec: Mapping[str, Any]) -> list[str]:
     """The instructions whose tokens the authors' filter drops on a task: every instruction the task
     names in the config, none for pairs tasks (whose instructions come with each pair, as the
     authors' InstructSTSB filter held only the fillers)."""
-    if spec.get("kind") == "pairs":
+    if not kind_class(spec["kind"]).instructions_filtered:
         return []
     out: list[str] = []
     for value in (spec.get("instructions") or {}).values():

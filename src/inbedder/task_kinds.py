@@ -39,6 +39,7 @@ import pandas as pd
 
 from inbedder import metrics, mteb_tasks
 from inbedder.bootstrap import item_rows
+from inbedder.datasets import hub_only_datasets
 from inbedder.tasks import (
     DEFAULT_SUBSET,
     ROBUSTNESS_GROUPS,
@@ -64,6 +65,7 @@ from inbedder.tasks import (
 
 HMEAN = "hmean"
 ALL = "all"
+OVERALL = "overall"  # a report column of the task reads one subset (all, default, ...), not a harmonic mean
 
 
 class TaskKind:
@@ -75,6 +77,11 @@ class TaskKind:
     writes_mteb_results: ClassVar[bool] = False  # mteb writes the result JSON itself
     writes_assignments: ClassVar[bool] = False  # assignments.csv beside the scores
     default_modes: ClassVar[tuple[str, ...] | None] = None  # modes scored when `tasks.<t>.modes` is unset: all
+    report_metrics: ClassVar[tuple[str, ...]]  # the metric a report column shows: the first one scored
+    report_combine: ClassVar[str] = OVERALL  # how a report column combines the subsets: OVERALL or HMEAN
+    # The authors' filter drops the tokens of the instructions the config names for the task.
+    instructions_filtered: ClassVar[bool] = True
+    labelled_views: ClassVar[bool] = False  # each subset the same labelled texts under its own instruction
 
     def __init__(self, name: str, spec: Mapping[str, Any]) -> None:
         self.name = name
@@ -95,6 +102,25 @@ class TaskKind:
     def where(self, data_dir: str | Path) -> str:
         """The prepared table and config entry an error about this task names."""
         return f"{prepared_path(self.spec.get('dataset', '?'), data_dir)} (tasks.{self.name})"
+
+    def data_files(self, data_dir: str | Path = "data") -> list[str]:
+        """The files its table is built from (the task_table rule's inputs): its prepared table, if any."""
+        return [prepared_path(self.spec["dataset"], data_dir).as_posix()] if "dataset" in self.spec else []
+
+    def unavailable_offline(self, offline: str) -> str | None:
+        """Why an offline run (config `offline`, as text) cannot reach the task's data, or None."""
+        dataset = self.spec.get("dataset")
+        if dataset in hub_only_datasets():
+            return f"hub-only data not available in this run (dataset {dataset!r}; offline: {offline})"
+        return None
+
+    def keeps_last_words(self) -> bool:
+        """Whether `models.<m>.keep_last_words` cuts its texts (the authors' clustering tasks alone did)."""
+        return False
+
+    def data_note(self) -> str:
+        """What the report says about where the task's data came from, when that differs from the paper's."""
+        return ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,6 +167,8 @@ class Triplets(_TwoView):
     text_columns = ("anchor", "positive", "negative")
     limit_key = "anchor"
     main_metric = "success_rate"
+    report_metrics = ("success_rate",)
+    report_combine = HMEAN
 
     def score(self, table: pd.DataFrame, lookup: Lookup, scoring: Scoring) -> Outcome:
         out = Outcome()
@@ -175,6 +203,12 @@ class Clustering(_TwoView):
     text_columns = ("text",)
     limit_key = "text"
     main_metric = "v_measure"
+    report_metrics = ("v_measure",)
+    report_combine = HMEAN
+    labelled_views = True
+
+    def keeps_last_words(self) -> bool:
+        return True
 
     def score(self, table: pd.DataFrame, lookup: Lookup, scoring: Scoring) -> Outcome:
         out = Outcome()
@@ -217,6 +251,8 @@ class Pairs(TaskKind):
     kind = "pairs"
     columns = ("subset", "instruction", "text1", "text2", "score")
     main_metric = "spearman"
+    report_metrics = ("spearman", "cosine_spearman", "main_score")
+    instructions_filtered = False  # the instructions come with each pair; the authors' filter held the fillers only
 
     def table(self, data_dir: str | Path = "data", limit: int | None = None) -> pd.DataFrame:
         table = fill_instructions(read_dataset(self.name, self.spec, "pairs", data_dir), self.name, self.spec,
@@ -264,6 +300,10 @@ class Robustness(TaskKind):
     columns = ("subset", "instruction", "text", "label")
     main_metric = "v_measure"
     default_modes = ("1st-gen",)  # 30 instructions x every text is expensive
+    report_metrics = ("v_measure_mean",)
+
+    def keeps_last_words(self) -> bool:
+        return True
 
     def table(self, data_dir: str | Path = "data", limit: int | None = None) -> pd.DataFrame:
         instructions = robustness_instructions(self.name, self.spec)
@@ -304,6 +344,10 @@ class Own(TaskKind):
     columns = ("subset", "instruction", "text")  # and `label` when the file has one
     main_metric = "v_measure"
     writes_assignments = True
+    report_metrics = ("v_measure", "silhouette")
+
+    def data_files(self, data_dir: str | Path = "data") -> list[str]:
+        return [self.spec["path"]]
 
     def table(self, data_dir: str | Path = "data", limit: int | None = None) -> pd.DataFrame:
         instructions = subset_instructions(self.name, self.spec)
@@ -357,6 +401,22 @@ class Mteb(TaskKind):
     columns = ("subset", "instruction", "text")  # cluster sets add `label`; STS tables are text1, text2, score
     main_metric = None
     writes_mteb_results = True
+    # mteb's names, by task type: reranking (map, map_at_1000), clustering, STS; no type scores another's
+    report_metrics = ("map", "map_at_1000", "v_measure", "cosine_spearman", "spearman", "main_score")
+
+    def unavailable_offline(self, offline: str) -> str | None:
+        if "dataset" not in self.spec:
+            return (f"hub-only data not available in this run (mteb downloads {mteb_task_name(self.name, self.spec)}; "
+                    f"offline: {offline})")
+        return super().unavailable_offline(offline)
+
+    def keeps_last_words(self) -> bool:
+        return mteb_tasks.is_legacy_clustering(mteb_tasks.mteb_task_class(mteb_task_name(self.name, self.spec)))
+
+    def data_note(self) -> str:
+        if "dataset" not in self.spec:
+            return ""
+        return f"our data: dataset {self.spec['dataset']} (sources.yaml) in place of mteb's own loading"
 
     def table(self, data_dir: str | Path = "data", limit: int | None = None) -> pd.DataFrame:
         instruction = mteb_instruction(self.name, self.spec)
@@ -407,12 +467,24 @@ class Mteb(TaskKind):
 KINDS: dict[str, type[TaskKind]] = {cls.kind: cls for cls in (Triplets, Clustering, Pairs, Robustness, Own, Mteb)}
 
 
+def kind_class(kind: Any, where: str = "kind") -> type[TaskKind]:
+    """The class of a task kind; `where` names the config key or file an unknown kind is reported against."""
+    if kind not in KINDS:
+        raise TaskError(f"{where}: {kind!r} is not one of {tuple(KINDS)}")
+    return KINDS[kind]
+
+
 def kind_of(name: str, spec: Mapping[str, Any]) -> TaskKind:
     """The task `tasks.<name>` as an instance of its kind's class."""
-    kind = spec.get("kind")
-    if kind not in KINDS:
-        raise TaskError(f"tasks.{name}.kind: {kind!r} is not one of {tuple(KINDS)}")
-    return KINDS[kind](name, spec)
+    return kind_class(spec.get("kind"), f"tasks.{name}.kind")(name, spec)
+
+
+def unavailable_reason(task: str, config: Mapping[str, Any]) -> str | None:
+    """Why a selected task cannot run in this configuration, or None when it can."""
+    offline = config["offline"]
+    if not offline:
+        return None
+    return kind_of(task, config["tasks"][task]).unavailable_offline("true" if offline is True else str(offline))
 
 
 def modes_for(spec: Mapping[str, Any], model_modes: Sequence[str]) -> list[str]:
@@ -443,9 +515,8 @@ def task_prompts(name: str, spec: Mapping[str, Any], table: pd.DataFrame) -> lis
 def table_prompts(table: pd.DataFrame) -> list[dict[str, str]]:
     """The prompts of a task table read from its file (its kind is in its metadata)."""
     kind = table.attrs.get("kind")
-    if kind not in KINDS:
-        raise TaskError(f"task table of {table.attrs.get('task')!r}: unknown kind {kind!r}")
-    return KINDS[kind](str(table.attrs.get("task")), {"kind": kind}).prompts(table)
+    cls = kind_class(kind, f"task table of {table.attrs.get('task')!r}: kind")
+    return cls(str(table.attrs.get("task")), {"kind": kind}).prompts(table)
 
 
 def build_task_table(name: str, spec: Mapping[str, Any], out_path: str | Path, data_dir: str | Path = "data",

@@ -6,9 +6,8 @@ from inbedder.vocabulary import SENTENCE_ENCODER, UNTRAINED_RECIPES
 from inbedder.config import check_runtime
 from inbedder.rule_params import evaluate_params, recipe_runs
 from inbedder.vocabulary import split_recipe
-from inbedder.datasets import unavailable_reason
 from inbedder.report.inputs import data_manifests, declared_inputs, projection_of
-from inbedder.task_kinds import modes_for
+from inbedder.task_kinds import kind_of, modes_for, unavailable_reason
 
 check_runtime(config)
 
@@ -92,12 +91,7 @@ def eval_modes(model, task):
 
 def task_data(wildcards):
     """The task's own input file: its prepared table, or the own-data file."""
-    spec = TASKS[wildcards.task]
-    if spec["kind"] == "own":
-        return [spec["path"]]
-    if "dataset" in spec:
-        return [f"data/prepared/{spec['dataset']}.parquet"]
-    return []
+    return kind_of(wildcards.task, TASKS[wildcards.task]).data_files()
 
 
 def evaluation_skips():

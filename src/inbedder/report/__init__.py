@@ -6,7 +6,8 @@ the data manifests and model fingerprints the run read, the projection task's ca
 project's own copy of the paper's numbers (`paper_numbers.csv`, package data). A missing piece is shown as
 "not run" with its reason; nothing is ever filled in.
 
-Modules, in the order the page is built: `suites` (what is compared, the run key, the score files),
+Modules, in the order the page is built: `suites` (what is compared, from the task records
+`tasks.<name>.report`; the run key; the score files),
 `aggregate` (cells and averages), `claims` (the four decision rules), `tables`, `figures`, `provenance`
 (the other inputs and the page's own provenance), `inputs` (the declared files), `render` (the page).
 """
@@ -36,23 +37,23 @@ from inbedder.report.claims import (
 )
 from inbedder.report.figures import Figure, figure_projection
 from inbedder.report.inputs import ReportInputs, declared_inputs, run_inputs
-from inbedder.report.render import main, render_report
+from inbedder.report.render import PageData, main, read_page_data, render_report
 from inbedder.report.suites import (
     GEN_AVG,
     IA_AVG,
-    OFFLINE_SUITE,
     PAPER_NUMBER_COLUMNS,
-    PAPER_SUITE,
     SCORE_COLUMNS,
-    SUITES,
     Cell,
     Column,
     Run,
     Suite,
+    analog_mapping,
     headline_layer,
     load_paper_numbers,
     load_scores,
     load_skipped,
+    projection_task,
+    suites_of,
 )
 from inbedder.report.tables import MissingReasons, TableView, filter_ablation, offline_table, paper_table
 
@@ -60,22 +61,21 @@ __all__ = [
     "CLAIMS",
     "GEN_AVG",
     "IA_AVG",
-    "OFFLINE_SUITE",
     "PAPER_NUMBER_COLUMNS",
-    "PAPER_SUITE",
     "SCORE_COLUMNS",
-    "SUITES",
     "Cell",
     "ClaimResult",
     "Column",
     "Evidence",
     "Figure",
     "MissingReasons",
+    "PageData",
     "ReportInputs",
     "Run",
     "Suite",
     "SuiteScores",
     "TableView",
+    "analog_mapping",
     "average_cell",
     "claim_1",
     "claim_2",
@@ -98,9 +98,12 @@ __all__ = [
     "offline_table",
     "paper_suite_scores",
     "paper_table",
+    "projection_task",
+    "read_page_data",
     "render_report",
     "robustness_rows",
     "run_inputs",
     "suite_scores",
+    "suites_of",
     "train_seed_spread",
 ]

@@ -12,11 +12,11 @@ import pandas as pd
 
 from inbedder.bootstrap import BootstrapError, Estimate, ItemData, combine_mean, estimate
 from inbedder.report.suites import (
+    AVG,
     GEN_AVG,
     IA_AVG,
     NO_SEED,
     OVERALL_SUBSETS,
-    PAPER_SUITE,
     SCALE,
     Cell,
     Column,
@@ -179,18 +179,19 @@ def suite_scores(scores: pd.DataFrame, suite: Suite, items: ItemData | None = No
     return SuiteScores(suite=suite, runs=runs, metrics_used=metrics_used, notes=notes)
 
 
-def paper_suite_scores(paper: pd.DataFrame) -> SuiteScores:
-    """The paper's own numbers arranged like our scores (columns of the paper tables, IA and GEN averages)."""
+def paper_suite_scores(paper: pd.DataFrame, suite: Suite) -> SuiteScores:
+    """The paper's own numbers arranged like our scores (the paper suite's columns, IA and GEN averages)."""
     runs: dict[Run, dict[str, Cell]] = {}
     order = {"instruction_awareness": 0, "generic": 0, "modes": 1, "filtering": 1}
+    labels = {c.task: c.label for c in suite.columns}
     for row in sorted(paper.itertuples(index=False), key=lambda r: order.get(r.table, 2)):
-        col = row.column
-        if col == "Avg":
+        col = labels.get(row.task, row.task)
+        if row.task == AVG:
             col = GEN_AVG if row.table == "generic" else IA_AVG
         cells = runs.setdefault(Run(row.model, row.recipe, row.mode), {})
         if col not in cells:  # headline tables win over the ablation rows
             cells[col] = Cell(value=float(row.value), note=row.note)
-    return SuiteScores(suite=PAPER_SUITE, runs=runs, metrics_used={}, notes={}, point_only=True)
+    return SuiteScores(suite=suite, runs=runs, metrics_used={}, notes={}, point_only=True)
 
 
 def headline_runs(book: SuiteScores) -> list[Run]:

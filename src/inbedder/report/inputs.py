@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inbedder.report.suites import PROJECTION_TASK
+from inbedder.datasets import source_manifests, training_inputs
+from inbedder.report.suites import projection_task
+from inbedder.task_kinds import unavailable_reason
 from inbedder.vocabulary import UNTRAINED_RECIPES, split_recipe
 
 REPORT_DIR = Path(__file__).resolve().parents[3] / "report"  # the project's templates, css and captions
@@ -106,8 +108,6 @@ def declared_inputs(
 def data_manifests(config: Mapping[str, Any], tasks: Iterable[str], recipes: Iterable[str],
                    data_dir: str = "data") -> list[str]:
     """Manifests of the sources behind the tasks' prepared tables and the recipes' training tables."""
-    from inbedder.datasets import source_manifests, training_inputs
-
     datasets = [config["tasks"][t]["dataset"] for t in tasks if "dataset" in config["tasks"][t]]
     for recipe in dict.fromkeys(recipes):
         if recipe not in UNTRAINED_RECIPES:
@@ -117,21 +117,21 @@ def data_manifests(config: Mapping[str, Any], tasks: Iterable[str], recipes: Ite
 
 
 def projection_of(config: Mapping[str, Any], tasks: Iterable[str]) -> str | None:
-    """The task of the projection figure (a two-view clustering task) when the run scores it, else None."""
-    spec = config["tasks"].get(PROJECTION_TASK) or {}
-    return PROJECTION_TASK if PROJECTION_TASK in tasks and spec.get("kind") == "clustering" else None
+    """The task of the projection figure (`report.projection`, a two-view clustering task) when the run scores
+    it, else None."""
+    task = projection_task(config["tasks"])
+    return task if task in tasks else None
 
 
 def run_inputs(run_dir: str | os.PathLike, config: Mapping[str, Any], data_dir: str = "data") -> ReportInputs:
     """The inputs of a finished run's report, the jobs taken from its scores.csv (for re-rendering by hand)."""
     import pandas as pd
 
-    from inbedder.datasets import unavailable_reason
-
     run_dir = str(run_dir)
     scores = Path(run_dir) / "scores.csv"
     jobs: list[tuple[str, str, str]] = []
     if scores.is_file():
+        # rule_params brings in the training modules, which only this re-render by hand needs
         from inbedder.rule_params import run_name
 
         frame = pd.read_csv(scores, dtype=str, keep_default_na=False)

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from inbedder.report.suites import Run, as_int, num
+from inbedder.task_kinds import kind_class
+from inbedder.tasks import read_task_table
 
 VERSION_PACKAGES = ("inbedder-repro", "snakemake", "torch", "transformers", "sentence-transformers", "mteb",
                     "datasets", "scikit-learn", "numpy", "pandas", "safetensors", "matplotlib", "jinja2")
@@ -196,15 +198,13 @@ def load_projection(table_path: str | os.PathLike | None, caches: Sequence[str |
     `<model>-<recipe>`. Returns (views, labels, reason): views = run label -> view -> (X, texts); labels =
     view -> text -> label; reason is non-empty when nothing could be loaded.
     """
-    from inbedder.tasks import read_task_table
-
     if table_path is None:
         return {}, {}, "the run has no table of the two-view clustering task"
     table_path = Path(table_path)
     if not table_path.is_file():
         return {}, {}, f"task table {table_path} not found"
     table = read_task_table(table_path)
-    if table.attrs.get("kind") != "clustering":
+    if not kind_class(table.attrs.get("kind"), f"{table_path}: kind").labelled_views:
         raise ValueError(f"{table_path}: the projection needs a clustering task table, not {table.attrs.get('kind')!r}")
     for col in ("subset", "instruction", "text", "label"):
         if col not in table.columns:

@@ -7,15 +7,20 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 import inbedder.report.figures as fg
 from inbedder.bootstrap import BOOT_SEED, LEVEL, MIN_ITEMS, N_BOOT, ItemData, read_items
+from inbedder.config import load_config
 from inbedder.fidelity import (
     AUTHORS_COMMIT,
     AUTHORS_REPO,
+    MethodRow,
     method_notes,
     method_rows,
     method_settings,
@@ -48,32 +53,32 @@ from inbedder.report.provenance import (
     training_rows,
 )
 from inbedder.report.suites import (
-    ANALOG_MAPPING,
     ANSWER_MODES,
     GENERIC_MARGIN,
     IA_AVG,
     INBEDDER_RECIPES,
     NO_INSTRUCTION_MODE,
-    OFFLINE_SUITE,
-    PAPER_SUITE,
-    PROJECTION_TASK,
     PROMPT_MODE,
-    SUITES,
     Run,
+    analog_mapping,
     empty_scores,
     headline_layer,
     load_paper_numbers,
     load_scores,
     load_skipped,
     num,
+    projection_task,
+    suites_of,
 )
 from inbedder.report.tables import (
     MissingReasons,
+    TableView,
     crossview_groups,
     filter_ablation,
     offline_table,
     paper_table,
 )
+from inbedder.task_kinds import kind_of, unavailable_reason
 
 # The paper's tables each claim rests on (a switch that moves one of them moves the claim).
 CLAIM_TABLES = {1: ("instruction_awareness",), 2: ("modes",), 3: ("filtering",), 4: ("instruction_awareness", "generic")}
@@ -172,12 +177,10 @@ def conclusion(results: Sequence[ClaimResult]) -> list[dict]:
 
 def _unavailable_reasons(config: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, str]:
     """Why each task (selected or not) cannot run under this config (hub-only data offline, ...)."""
-    from inbedder.datasets import unavailable_reason
-
     out = {}
     for task in tasks:
-        if task in (config.get("tasks") or {}):
-            reason = unavailable_reason(task, dict(config))
+        if task in config["tasks"]:
+            reason = unavailable_reason(task, config)
             if reason:
                 out[task] = reason
     return out
@@ -223,23 +226,27 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def render_report(
-    inputs: ReportInputs,
-    out_html: str | os.PathLike,
-    *,
-    config: Mapping[str, Any],
-    figures_dir: str | os.PathLike | None = None,
-    repo_root: str | os.PathLike = ".",
-    configfiles: Sequence[str] = (),
-    margin: float = GENERIC_MARGIN,
-) -> dict[str, Any]:
-    """Render results/<run>/report/index.html (self-contained) and its figures; return the verdicts."""
-    import yaml
+@dataclass
+class PageData:
+    """What every part of the page reads: the scores, the paper's numbers, the suites' cells and why cells are empty."""
 
-    started = datetime.now(timezone.utc)
-    out_html, repo_root = Path(out_html), Path(repo_root)
-    notes: list[str] = []  # warnings: a missing input
-    infos: list[str] = []  # remarks on what is shown
+    raw: pd.DataFrame  # scores.csv, every layer
+    scores: pd.DataFrame  # the headline layer
+    skipped: dict[str, str]
+    paper: pd.DataFrame
+    items: ItemData
+    books: dict[str, SuiteScores]  # per suite (paper, offline)
+    reasons: MissingReasons
+    data_notes: dict[str, str]  # task -> where its data came from, when not from the paper's source
+    layers: dict[Run, str]
+    notes: list[str] = field(default_factory=list)  # warnings: a missing input
+    infos: list[str] = field(default_factory=list)  # remarks on what is shown
+    boot_started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def read_page_data(inputs: ReportInputs, config: Mapping[str, Any]) -> PageData:
+    """Read the scores, skipped tasks, paper numbers and per-item data; aggregate the suites of the task records."""
+    notes, infos = [], []
     if inputs.scores.is_file():
         raw = load_scores(inputs.scores)
     else:
@@ -253,24 +260,25 @@ def render_report(
     if other_layers:
         infos.append(f"scores.csv also holds layer(s) {', '.join(other_layers)}; the tables show the last layer "
                      "(all layers are in Appendix A).")
-    select = config.get("select") or {}
-    unavailable = _unavailable_reasons(config, sorted({t for s in SUITES for t in s.tasks}))
-    reasons = MissingReasons(scores, {**unavailable, **skipped}, select.get("tasks"), select.get("models"))
+    suites = suites_of(config["tasks"])
+    unavailable = _unavailable_reasons(config, sorted({t for s in suites.values() for t in s.tasks}))
+    reasons = MissingReasons(scores, {**unavailable, **skipped}, config["select"]["tasks"],
+                             config["select"]["models"])
     paper = load_paper_numbers(inputs.paper)
     boot_started = datetime.now(timezone.utc)
     items = ItemData(read_items(inputs.item_data))
     if not items:
         notes.append("No per-item data (scores/<model>-<recipe>/<task>.items.parquet) in this run: its numbers "
                      "carry no CI and no comparison is decided.")
-    books = {s.name: suite_scores(scores, s, items) for s in SUITES}
-    data_notes = {}
-    tw = (config.get("tasks") or {}).get("TwentyNewsgroupsClustering") or {}
-    if tw.get("dataset"):
-        data_notes["TwentyNewsgroupsClustering"] = (f"our data: the offline mirror (dataset {tw['dataset']}), "
-                                                    "not mteb's hub copy")
+    books = {name: suite_scores(scores, suite, items) for name, suite in suites.items()}
+    data_notes = {name: note for name, spec in config["tasks"].items() if (note := kind_of(name, spec).data_note())}
+    return PageData(raw, scores, skipped, paper, items, books, reasons, data_notes, layers, notes, infos, boot_started)
 
-    scopes = (("paper tasks", books["paper"]), ("offline analogs", books["offline"]),
-              (PAPER_SCOPE, paper_suite_scores(paper)))
+
+def claims_part(data: PageData, margin: float, method: Sequence[MethodRow]) -> tuple[list[dict], list[fg.Figure]]:
+    """The four claims on each scope (paper tasks, offline analogs, the paper's own numbers) and their forests."""
+    scopes = (("paper tasks", data.books["paper"]), ("offline analogs", data.books["offline"]),
+              (PAPER_SCOPE, paper_suite_scores(data.paper, data.books["paper"].suite)))
     claim_results = [evaluate_claims(book, title, margin) for title, book in scopes]
     claims = []
     for n in range(1, 5):
@@ -281,41 +289,43 @@ def render_report(
                for c in claims]
     for c, forest in zip(claims, forests, strict=True):
         c["forest"] = forest
-    long = long_table(raw, items)
-    boot_seconds = (datetime.now(timezone.utc) - boot_started).total_seconds()
-    method = method_rows(config)
-    compare_kw = {"method": method, "re_encoder": config.get("re_encoder"), "models": config.get("models")}
-    for c in claims:
-        keys = method_notes(method, CLAIM_TABLES[c["number"]])
+        keys = method_notes(list(method), CLAIM_TABLES[c["number"]])
         c["method_note"] = f"method differs: {', '.join(keys)}" if keys else ""
-    tables = {
-        "paper_ia": paper_table(paper, "instruction_awareness", books["paper"], reasons, data_notes, **compare_kw),
-        "paper_generic": paper_table(paper, "generic", books["paper"], reasons, data_notes, **compare_kw),
-        "paper_modes": paper_table(paper, "modes", books["paper"], reasons, data_notes, **compare_kw),
-        "paper_filtering": paper_table(paper, "filtering", books["paper"], reasons, data_notes, **compare_kw),
-        "offline_ia": offline_table(books["offline"], "ia", reasons, data_notes),
-        "offline_generic": offline_table(books["offline"], "generic", reasons, data_notes),
-    }
+    return claims, forests
 
-    training = load_training(list(zip(inputs.training, inputs.train_logs, strict=True)))
-    headline = {name: headline_runs(books[name]) for name in ("paper", "offline")}
-    all_headline = list(dict.fromkeys(headline["offline"] + headline["paper"]))
-    robust = robustness_rows(scores)
+
+def tables_part(data: PageData, method: Sequence[MethodRow], config: Mapping[str, Any]) -> dict[str, TableView]:
+    """The paper's four tables with our numbers beside them, and the two offline-analog tables."""
+    paper_book, offline_book = data.books["paper"], data.books["offline"]
+    compare_kw = {"method": method, "re_encoder": config.get("re_encoder"), "models": config["models"]}
+    tables = {f"paper_{key}": paper_table(data.paper, table, paper_book, data.reasons, data.data_notes, **compare_kw)
+              for key, table in (("ia", "instruction_awareness"), ("generic", "generic"), ("modes", "modes"),
+                                 ("filtering", "filtering"))}
+    for part in ("ia", "generic"):
+        tables[f"offline_{part}"] = offline_table(offline_book, part, data.reasons, data.data_notes)
+    return tables
+
+
+def figures_part(data: PageData, inputs: ReportInputs, config: Mapping[str, Any], training: list[dict],
+                 headline: Sequence[Run], robust: list[dict]) -> list[fg.Figure]:
+    """The page's figures, numbered: scores, modes, filtering, training, clustering, robustness, projection."""
+    paper_book, offline_book = data.books["paper"], data.books["offline"]
     figures: list[fg.Figure] = []
-    paper_only = [c.label for c in PAPER_SUITE.ia + PAPER_SUITE.generic if c.task not in OFFLINE_SUITE.tasks]
-    if any(books["paper"].get(r, lab).ok for r in books["paper"].runs for lab in paper_only):
-        figures.append(fg.figure_scores(books["paper"]))
-    figures.append(fg.figure_scores(books["offline"]))
-    mode_book = books["offline"] if books["offline"].runs or not books["paper"].runs else books["paper"]
-    figures.append(fg.figure_modes(mode_book, paper))
-    figures.append(fg.figure_filtering(mode_book, paper))
+    paper_only = [c.label for c in paper_book.suite.columns if not c.shared]
+    if any(paper_book.get(r, lab).ok for r in paper_book.runs for lab in paper_only):
+        figures.append(fg.figure_scores(paper_book))
+    figures.append(fg.figure_scores(offline_book))
+    mode_book = offline_book if offline_book.runs or not paper_book.runs else paper_book
+    figures.append(fg.figure_modes(mode_book, data.paper))
+    figures.append(fg.figure_filtering(mode_book, data.paper))
     figures.append(fg.figure_loss(training))
     figures.append(fg.figure_heldout(training))
-    figures.append(fg.figure_clustering(scores, all_headline))
+    figures.append(fg.figure_clustering(data.scores, list(headline)))
     figures.append(fg.figure_robustness(robust))
     views, labels, why = load_projection(inputs.projection_table, inputs.projection_caches,
-                                         _projection_runs(books["offline"]), layers)
-    proj = fg.figure_projection(views, labels, f" ({PROJECTION_TASK})")
+                                         _projection_runs(offline_book), data.layers)
+    task = projection_task(config["tasks"])
+    proj = fg.figure_projection(views, labels, f" ({task})" if task else "")
     if not proj.png:
         proj.reason = why or proj.reason
     figures.append(proj)
@@ -324,13 +334,20 @@ def render_report(
         if fig.name.startswith("modes_"):
             fig.caption += (" The authors' re-encode bars were made with average_word_embeddings_komninos; this "
                             f"run re-encodes with {ours_re_encoder or 'none'}"
-                            + ("." if same_re_encoder("komninos", ours_re_encoder, config.get("models"))
+                            + ("." if same_re_encoder("komninos", ours_re_encoder, config["models"])
                                else ", so its re-encode bars are not comparable with theirs."))
     for i, fig in enumerate(figures, 1):
         fig.title = f"Figure {i}. {fig.title}"
+    return figures
+
+
+def provenance_part(inputs: ReportInputs, config: Mapping[str, Any], repo_root: Path, configfiles: Sequence[str],
+                    training: list[dict]) -> dict[str, Any]:
+    """Where the page comes from: commit, config, packages, hardware, data manifests, models, benchmarks."""
+    import yaml
 
     benches = load_benchmarks(inputs.benchmarks)
-    provenance = {
+    return {
         "git": git_state(repo_root),
         "run": config.get("run", inputs.scores.parent.name),
         "configfiles": list(dict.fromkeys(_display_path(p, repo_root) for p in configfiles)),
@@ -349,21 +366,50 @@ def render_report(
         "bench_total": sum(r["s"] for r in benches),
         "config_yaml": yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True, width=110),
     }
+
+
+def render_report(
+    inputs: ReportInputs,
+    out_html: str | os.PathLike,
+    *,
+    config: Mapping[str, Any],
+    figures_dir: str | os.PathLike | None = None,
+    repo_root: str | os.PathLike = ".",
+    configfiles: Sequence[str] = (),
+    margin: float = GENERIC_MARGIN,
+) -> dict[str, Any]:
+    """Render results/<run>/report/index.html (self-contained) and its figures; return the verdicts."""
+    started = datetime.now(timezone.utc)
+    out_html, repo_root = Path(out_html), Path(repo_root)
+    data = read_page_data(inputs, config)
+    method = method_rows(config)
+    claims, forests = claims_part(data, margin, method)
+    long = long_table(data.raw, data.items)
+    boot_seconds = (datetime.now(timezone.utc) - data.boot_started).total_seconds()
+    tables = tables_part(data, method, config)
+    training = load_training(list(zip(inputs.training, inputs.train_logs, strict=True)))
+    books = data.books
+    headline = {name: headline_runs(books[name]) for name in ("paper", "offline")}
+    all_headline = list(dict.fromkeys(headline["offline"] + headline["paper"]))
+    robust = robustness_rows(data.scores)
+    figures = figures_part(data, inputs, config, training, all_headline, robust)
+    provenance = provenance_part(inputs, config, repo_root, configfiles, training)
     ctx = {
         "run": provenance["run"], "generated": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "claims": claims, "tables": tables, "mapping": ANALOG_MAPPING, "figures": figures,
-        "crossview": crossview_groups(crossview_table(scores), all_headline),
+        "claims": claims, "tables": tables, "mapping": analog_mapping(books["offline"].suite), "figures": figures,
+        "crossview": crossview_groups(crossview_table(data.scores), all_headline),
         "training": training_rows(training),
         "seed_spread": [{"scope": scope, "rows": rows} for scope, rows in
-                        (("offline analogs", train_seed_spread(scores, books["offline"].suite, headline["offline"])),
-                         ("paper tasks", train_seed_spread(scores, books["paper"].suite, headline["paper"])))
+                        (("offline analogs", train_seed_spread(data.scores, books["offline"].suite,
+                                                               headline["offline"])),
+                         ("paper tasks", train_seed_spread(data.scores, books["paper"].suite, headline["paper"])))
                         if rows],
         "robustness": [r for r in robust if r["groups"] or r.get("dci") is not None],
         "explanations": load_explanations(inputs.explanations, all_headline),
-        "skipped": dict(sorted(skipped.items())), "provenance": provenance, "long": long,
+        "skipped": dict(sorted(data.skipped.items())), "provenance": provenance, "long": long,
         "bootstrap": {"resamples": N_BOOT, "level": LEVEL, "seed": BOOT_SEED, "min_items": MIN_ITEMS,
-                      "seconds": boot_seconds, "scores": len(items.series)},
-        "margin": margin, "min_items": MIN_ITEMS, "notes": notes, "infos": infos, "n_scores": len(raw),
+                      "seconds": boot_seconds, "scores": len(data.items.series)},
+        "margin": margin, "min_items": MIN_ITEMS, "notes": data.notes, "infos": data.infos, "n_scores": len(data.raw),
         "css": inputs.css.read_text(encoding="utf-8"), "answer_modes": ANSWER_MODES, "prompt_mode": PROMPT_MODE,
         "method": method, "method_finding": TRUNCATION_FINDING, "config_re_encoder": config.get("re_encoder") or "none",
         "authors_code": {"repo": AUTHORS_REPO, "commit": AUTHORS_COMMIT,
@@ -371,15 +417,8 @@ def render_report(
         "filter_ablation": [t for t in (filter_ablation(books[name], method_settings(config)["filter"])
                                         for name in ("paper", "offline")) if t is not None],
     }
-    html = _jinja_env(inputs.template.parent).get_template(inputs.template.name).render(**ctx)
-    write_text(out_html, html)
-    if figures_dir is not None:
-        fdir = Path(figures_dir)
-        fdir.mkdir(parents=True, exist_ok=True)
-        for fig in figures + forests:
-            if fig.png:
-                with atomic_path(fdir / f"{fig.name}.png") as tmp:
-                    tmp.write_bytes(fig.png)
+    write_text(out_html, _jinja_env(inputs.template.parent).get_template(inputs.template.name).render(**ctx))
+    _write_figures(figures + forests, figures_dir)
     return {
         "html": str(out_html),
         "run": provenance["run"],
@@ -393,6 +432,18 @@ def render_report(
     }
 
 
+def _write_figures(figures: Sequence[fg.Figure], figures_dir: str | os.PathLike | None) -> None:
+    """Each drawn figure as <figures_dir>/<name>.png (nothing when no folder is given)."""
+    if figures_dir is None:
+        return
+    fdir = Path(figures_dir)
+    fdir.mkdir(parents=True, exist_ok=True)
+    for fig in figures:
+        if fig.png:
+            with atomic_path(fdir / f"{fig.name}.png") as tmp:
+                tmp.write_bytes(fig.png)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m inbedder.report RESULTS_DIR CONFIG...`: re-render a finished run's report."""
     import argparse
@@ -403,8 +454,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default=None, help="output HTML (default RESULTS_DIR/report/index.html)")
     args = parser.parse_args(argv)
-    from inbedder.config import load_config
-
     config = load_config(*args.configs)
     res = Path(args.results_dir)
     out = Path(args.out) if args.out else res / "report" / "index.html"

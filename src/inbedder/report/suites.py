@@ -1,4 +1,5 @@
-"""What the report compares: the paper's columns and their offline analogs, the run key, and the score files.
+"""What the report compares: the paper's columns and their offline analogs (from the task records,
+`tasks.<name>.report`), the run key, and the score files.
 
 Scores are stored as fractions (docs/contracts.md: V-measure, success rate, Spearman); the report shows
 them x100 like the paper.
@@ -10,18 +11,21 @@ import importlib.resources
 import io
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pandas as pd
 
 from inbedder.bootstrap import Estimate
 from inbedder.fidelity import AUTHORS_RE_ENCODERS
 from inbedder.scores import read_scores
+from inbedder.task_kinds import kind_class
 from inbedder.vocabulary import CI_COLUMNS, ENCODER_MODES, MODES, SCORE_COLUMNS
 
-PAPER_NUMBER_COLUMNS = ("table", "row", "model", "recipe", "mode", "column", "value", "source", "run", "note",
+# `task`: the task's record name (tasks.<name>), or AVG for the table's average.
+PAPER_NUMBER_COLUMNS = ("table", "row", "model", "recipe", "mode", "task", "value", "source", "run", "note",
                         "re_encoder")
 RE_ENCODE_PREFIX = "re-encode"  # modes that embed the generated answer with a sentence encoder
 SCALE = 100.0  # fractions -> the paper's points
@@ -83,7 +87,7 @@ def runs_of(frame: pd.DataFrame) -> list[Run]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Table layout: the paper's columns and the offline analogs that stand in for them
+# Table layout: the paper's columns and the offline analogs that stand in for them, read from the task records
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -96,6 +100,8 @@ class Column:
     metrics: tuple[str, ...]
     combine: str  # "hmean" (harmonic mean over subsets) | "overall"
     analog_of: str = ""  # the paper task this offline task stands in for
+    construction: str = ""  # how an offline task's data is built
+    shared: bool = False  # the same task is a column of both suites
 
 
 @dataclass(frozen=True)
@@ -112,62 +118,74 @@ class Suite:
         """Every task the suite reads."""
         return tuple(c.task for c in self.ia + self.generic)
 
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        """Its columns, instruction awareness first."""
+        return self.ia + self.generic
 
-_PAIRS = ("spearman", "cosine_spearman", "main_score")
-_RERANK = ("map", "map_at_1000", "main_score")
-_CLUSTER = ("v_measure", "main_score")
 
-PAPER_SUITE = Suite(
-    name="paper",
-    title="paper tasks",
-    ia=(
-        Column("I.STSB", "InstructSTSB", _PAIRS, "overall"),
-        Column("IntEmo", "IntentEmotion", ("success_rate",), "hmean"),
-        Column("NYT", "NYTClustering", ("v_measure",), "hmean"),
-    ),
-    generic=(
-        Column("AskU", "AskUbuntuDupQuestions", _RERANK, "overall"),
-        Column("SciD", "SciDocsRR", _RERANK, "overall"),
-        Column("StackO", "StackOverflowDupQuestions", _RERANK, "overall"),
-        Column("20News", "TwentyNewsgroupsClustering", _CLUSTER, "overall"),
-    ),
-)
+# The suites a task record (`tasks.<name>.report.suites`) can name, and the parts of a suite (`part`).
+SUITE_TITLES = {"paper": "paper tasks", "offline": "offline analogs"}
+PARTS = ("instruction_awareness", "generic")
+NO_PAPER_TASK = "—"
 
-OFFLINE_SUITE = Suite(
-    name="offline",
-    title="offline analogs",
-    ia=(
-        Column("I.STSB", "NLUPPInstructedPairs", _PAIRS, "overall", analog_of="InstructSTSB"),
-        Column("IntEmo", "NLUPPTwoViewTriplets", ("success_rate",), "hmean", analog_of="IntentEmotion"),
-        Column("NYT", "NLUPPTwoViewClustering", ("v_measure",), "hmean", analog_of="NYTClustering"),
-    ),
-    generic=(
-        Column("20News", "TwentyNewsgroupsClustering", _CLUSTER, "overall",
-               analog_of="TwentyNewsgroupsClustering"),
-        Column("STS-B", "STSBenchmark", ("cosine_spearman", "spearman", "main_score"), "overall"),
-        Column("B77", "Banking77Clustering", _CLUSTER, "overall"),
-    ),
-)
-SUITES = (PAPER_SUITE, OFFLINE_SUITE)
+
+def _report_record(name: str, tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A task's report record with the column and part of the paper task it stands in for filled in."""
+    record = dict(tasks[name]["report"])
+    analog = record.get("analog_of")
+    if analog is not None:
+        paper = (tasks.get(analog) or {}).get("report") or {}
+        if "paper" not in paper.get("suites", ()):
+            raise ValueError(f"tasks.{name}.report.analog_of: {analog!r} is not a task whose report record "
+                             "names the paper suite")
+        record = {"column": paper["column"], "part": paper["part"], **record}
+    for key in ("column", "part"):
+        if key not in record:
+            raise ValueError(f"tasks.{name}.report.{key}: required (or analog_of, whose {key} it takes)")
+    if record["part"] not in PARTS:
+        raise ValueError(f"tasks.{name}.report.part: {record['part']!r} is not one of {PARTS}")
+    unknown = sorted(set(record["suites"]) - set(SUITE_TITLES))
+    if unknown:
+        raise ValueError(f"tasks.{name}.report.suites: {unknown} not among {tuple(SUITE_TITLES)}")
+    return record
+
+
+def suites_of(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, Suite]:
+    """The paper and offline suites of the task records (`tasks.<name>.report`), columns in config order."""
+    parts: dict[str, dict[str, list[Column]]] = {s: {p: [] for p in PARTS} for s in SUITE_TITLES}
+    for name, spec in tasks.items():
+        if not spec.get("report"):
+            continue
+        record = _report_record(name, tasks)
+        kind = kind_class(spec["kind"], f"tasks.{name}.kind")
+        shared = len(set(record["suites"])) > 1
+        for suite in dict.fromkeys(record["suites"]):
+            analog = record.get("analog_of") or (name if suite == "offline" and shared else "")
+            column = Column(record["column"], name, kind.report_metrics, kind.report_combine, analog,
+                            record.get("construction", ""), shared)
+            same = [c.task for p in PARTS for c in parts[suite][p] if c.label == column.label]
+            if same:
+                raise ValueError(f"tasks.{name}.report.column: {column.label!r} is also the column of {same[0]} "
+                                 f"in the {suite} suite")
+            parts[suite][record["part"]].append(column)
+    return {s: Suite(s, title, tuple(parts[s]["instruction_awareness"]), tuple(parts[s]["generic"]))
+            for s, title in SUITE_TITLES.items()}
+
+
+def analog_mapping(suite: Suite) -> list[tuple[str, str, str, str]]:
+    """The page's mapping of an offline suite: per column, the paper task, the offline task and its construction."""
+    return [(c.label, c.analog_of or NO_PAPER_TASK, c.task, c.construction) for c in suite.columns]
+
+
+def projection_task(tasks: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The task the projection figure draws (`report.projection`, a task of labelled views), or None."""
+    return next((name for name, spec in tasks.items() if (spec.get("report") or {}).get("projection")
+                 and kind_class(spec["kind"], f"tasks.{name}.kind").labelled_views), None)
+
+
 IA_AVG, GEN_AVG = "IA", "GEN"
-# The two-view task whose embeddings the projection figure draws.
-PROJECTION_TASK = "NLUPPTwoViewClustering"
-
-ANALOG_MAPPING = (
-    ("I.STSB", "InstructSTSB", "NLUPPInstructedPairs",
-     ("pairs of NLU++ banking utterances sharing one label (action or object) but not the other: similar under "
-      "the instruction that asks about the shared label, dissimilar under the other; Spearman of cosine vs score")),
-    ("IntEmo", "IntentEmotion", "NLUPPTwoViewTriplets",
-     ("anchor and positive share the instructed label and differ in the other, the negative shares the other "
-      "label; success rate per view (action, object) and their harmonic mean")),
-    ("NYT", "NYTClustering", "NLUPPTwoViewClustering",
-     ("the NLU++ utterances with exactly one action and one object label, clustered under each view's "
-      "instruction; V-measure per view and their harmonic mean")),
-    ("20News", "TwentyNewsgroupsClustering", "TwentyNewsgroupsClustering",
-     "the same task on the mirrored 20 Newsgroups 'bydate' archive (subject lines, as MTEB builds it)"),
-    ("STS-B", "—", "STSBenchmark", "generic semantic similarity (no paper column; reported as an extra)"),
-    ("B77", "—", "Banking77Clustering", "generic intent clustering (no paper column; reported as an extra)"),
-)
+AVG = "Avg"  # paper_numbers.csv: the `task` of a table's average
 
 
 @dataclass
@@ -263,7 +281,7 @@ def load_paper_numbers(path: str | os.PathLike | None = None) -> pd.DataFrame:
     if len(bad):
         first = bad.iloc[0]
         raise ValueError(f"{where}: column 're_encoder' must name the re-encoder of every re-encode row "
-                         f"({', '.join(sorted(AUTHORS_RE_ENCODERS))}); row {first['row']!r} ({first['column']}) "
+                         f"({', '.join(sorted(AUTHORS_RE_ENCODERS))}); row {first['row']!r} ({first['task']}) "
                          f"has {first['re_encoder']!r}")
     return df
 

@@ -12,10 +12,9 @@ import pandas as pd
 from inbedder.fidelity import MethodRow, method_notes, same_re_encoder
 from inbedder.report.aggregate import SuiteScores
 from inbedder.report.suites import (
+    AVG,
     GEN_AVG,
     IA_AVG,
-    OFFLINE_SUITE,
-    PAPER_SUITE,
     RE_ENCODE_PREFIX,
     Cell,
     Column,
@@ -118,14 +117,14 @@ class MissingReasons:
 
 def _row_cells(book: SuiteScores, run: Run, cols: Sequence[Column], avg_key: str, reasons: MissingReasons,
                paper: Mapping[str, float] | None = None) -> list[CompareCell]:
-    """The run's cells of `cols` and the average, each empty one saying why, beside the paper's values."""
+    """The run's cells of `cols` and the average, each empty one saying why, beside the paper's values (by task)."""
     paper = paper or {}
     cells = []
     for c in cols:
         cell = book.get(run, c.label)
-        cells.append(CompareCell(cell if cell.ok else Cell(reason=reasons.reason(run, c.task)), paper.get(c.label)))
+        cells.append(CompareCell(cell if cell.ok else Cell(reason=reasons.reason(run, c.task)), paper.get(c.task)))
     avg = book.get(run, avg_key)
-    cells.append(CompareCell(avg if avg.ok else Cell(reason=avg.reason), paper.get("Avg")))
+    cells.append(CompareCell(avg if avg.ok else Cell(reason=avg.reason), paper.get(AVG)))
     return cells
 
 
@@ -161,15 +160,16 @@ def paper_table(paper: pd.DataFrame, table: str, ours: SuiteScores, reasons: Mis
     if table not in PAPER_TABLES:
         raise ValueError(f"unknown paper table {table!r}; expected one of {', '.join(PAPER_TABLES)}")
     title = PAPER_TABLES[table]
-    cols, avg_key = (PAPER_SUITE.generic, GEN_AVG) if table == "generic" else (PAPER_SUITE.ia, IA_AVG)
+    cols, avg_key = (ours.suite.generic, GEN_AVG) if table == "generic" else (ours.suite.ia, IA_AVG)
+    label_of = {c.task: c.label for c in ours.suite.columns}
     sub = paper[paper["table"] == table]
     task_level = {col.label: reasons.task_reason(col.task) for col in cols}
     rows: list[TableRow] = []
     matched: set[Run] = set()
     for paper_label, grp in sub.groupby("row", sort=False):
         first = grp.iloc[0]
-        paper_vals = dict(zip(grp["column"], grp["value"], strict=True))
-        notes = [f"{c}: {n}" for c, n in zip(grp["column"], grp["note"], strict=True) if n]
+        paper_vals = dict(zip(grp["task"], grp["value"], strict=True))
+        notes = [f"{label_of.get(t, t)}: {n}" for t, n in zip(grp["task"], grp["note"], strict=True) if n]
         candidates = [Run(first["model"], first["recipe"], first["mode"])]
         if first["recipe"] == "inbedder":
             candidates.append(candidates[0].with_(recipe="released"))
@@ -188,11 +188,10 @@ def paper_table(paper: pd.DataFrame, table: str, ours: SuiteScores, reasons: Mis
                 extra_notes += [n for n in [method_note(method, table, run)] if n]
             rows.append(TableRow(label=label, cells=cells, paper_label=paper_label, group="paper",
                                  note="; ".join(extra_notes + _run_level_reasons(cells, cols, task_level) + notes)))
-    # Runs of ours without a paper row: only those with a paper-only task (not the shared offline 20News), and
-    # only under the headline tables (the ablation tables hold the paper's rows alone).
-    shared = set(OFFLINE_SUITE.tasks)
+    # Runs of ours without a paper row: only those with a paper-only task (not one shared with the offline
+    # suite, as 20News), and only under the headline tables (the ablation tables hold the paper's rows alone).
     extra = sorted((r for r in ours.runs if r not in matched and table in ("instruction_awareness", "generic")
-                    and any(ours.get(r, c.label).ok for c in cols if c.task not in shared)),
+                    and any(ours.get(r, c.label).ok for c in cols if not c.shared)),
                    key=lambda r: r.sort_key)
     for run in extra:
         cells = _row_cells(ours, run, cols, avg_key, reasons)
