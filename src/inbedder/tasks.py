@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from inbedder.datasets import read_prepared
 from inbedder.files import atomic_path, sha256_json
+from inbedder.raw import DataError
 
 LIMIT_SEED = 0  # seed of the deterministic slice taken by limits.task_rows
 ROBUSTNESS_GROUPS = ("correct", "implicit", "incorrect")
@@ -107,8 +109,6 @@ def check_columns(table: pd.DataFrame, columns: Iterable[str], where: str) -> No
 
 def read_dataset(task_name: str, spec: Mapping, schema: str, data_dir: str | Path = "data") -> pd.DataFrame:
     """The prepared table `tasks.<name>.dataset`, read and checked by inbedder.datasets (schema of `schema`)."""
-    from inbedder.datasets import DataError, read_prepared
-
     if "dataset" not in spec:
         raise TaskError(f"tasks.{task_name}.dataset: kind {spec.get('kind')!r} reads a prepared table; none is named")
     path = prepared_path(spec["dataset"], data_dir)

@@ -7,6 +7,7 @@ from inbedder.config import check_runtime
 from inbedder.rule_params import evaluate_params, recipe_runs
 from inbedder.vocabulary import split_recipe
 from inbedder.report.inputs import data_manifests, declared_inputs, projection_of
+from inbedder.report.suites import suites_of
 from inbedder.task_kinds import kind_of, modes_for, unavailable_reason
 
 check_runtime(config)
@@ -15,6 +16,7 @@ R = f"results/{config['run']}"
 MODELS = config["models"]
 TASKS = config["tasks"]
 RECIPES = config["recipes"]
+suites_of(TASKS)  # the tasks' report records are checked here, before any job runs, not when the report renders
 
 
 
