@@ -39,7 +39,6 @@ import pandas as pd
 
 from inbedder import metrics, mteb_tasks
 from inbedder.bootstrap import item_rows
-from inbedder.datasets import hub_only_datasets
 from inbedder.tasks import (
     DEFAULT_SUBSET,
     ROBUSTNESS_GROUPS,
@@ -48,6 +47,7 @@ from inbedder.tasks import (
     Score,
     Scoring,
     TaskError,
+    TaskKind,
     distinct_prompts,
     embed_texts,
     fill_instructions,
@@ -55,7 +55,6 @@ from inbedder.tasks import (
     limit_per_group,
     mteb_instruction,
     mteb_task_name,
-    prepared_path,
     read_dataset,
     read_own,
     robustness_instructions,
@@ -65,62 +64,6 @@ from inbedder.tasks import (
 
 HMEAN = "hmean"
 ALL = "all"
-OVERALL = "overall"  # a report column of the task reads one subset (all, default, ...), not a harmonic mean
-
-
-class TaskKind:
-    """A kind of task; an instance is one config task (`name`, `spec`)."""
-
-    kind: ClassVar[str]
-    columns: ClassVar[tuple[str, ...]]  # columns of its task table
-    main_metric: ClassVar[str | None]  # main score of the mteb-layout results (None: mteb's own)
-    writes_mteb_results: ClassVar[bool] = False  # mteb writes the result JSON itself
-    writes_assignments: ClassVar[bool] = False  # assignments.csv beside the scores
-    default_modes: ClassVar[tuple[str, ...] | None] = None  # modes scored when `tasks.<t>.modes` is unset: all
-    report_metrics: ClassVar[tuple[str, ...]]  # the metric a report column shows: the first one scored
-    report_combine: ClassVar[str] = OVERALL  # how a report column combines the subsets: OVERALL or HMEAN
-    # The authors' filter drops the tokens of the instructions the config names for the task.
-    instructions_filtered: ClassVar[bool] = True
-    labelled_views: ClassVar[bool] = False  # each subset the same labelled texts under its own instruction
-
-    def __init__(self, name: str, spec: Mapping[str, Any]) -> None:
-        self.name = name
-        self.spec = dict(spec)
-
-    def table(self, data_dir: str | Path = "data", limit: int | None = None) -> pd.DataFrame:
-        """The rows the task scores, limited, with subset and resolved instruction (`columns`)."""
-        raise NotImplementedError
-
-    def prompts(self, table: pd.DataFrame) -> list[dict[str, str]]:
-        """Every distinct (text, instruction) the table needs, in a deterministic order (first appearance)."""
-        return distinct_prompts(zip(table["text"], table["instruction"], strict=True))
-
-    def score(self, table: pd.DataFrame, lookup: Lookup, scoring: Scoring) -> Outcome:
-        """Scores of one (mode, layer) from the embeddings `lookup` serves."""
-        raise NotImplementedError
-
-    def where(self, data_dir: str | Path) -> str:
-        """The prepared table and config entry an error about this task names."""
-        return f"{prepared_path(self.spec.get('dataset', '?'), data_dir)} (tasks.{self.name})"
-
-    def data_files(self, data_dir: str | Path = "data") -> list[str]:
-        """The files its table is built from (the task_table rule's inputs): its prepared table, if any."""
-        return [prepared_path(self.spec["dataset"], data_dir).as_posix()] if "dataset" in self.spec else []
-
-    def unavailable_offline(self, offline: str) -> str | None:
-        """Why an offline run (config `offline`, as text) cannot reach the task's data, or None."""
-        dataset = self.spec.get("dataset")
-        if dataset in hub_only_datasets():
-            return f"hub-only data not available in this run (dataset {dataset!r}; offline: {offline})"
-        return None
-
-    def keeps_last_words(self) -> bool:
-        """Whether `models.<m>.keep_last_words` cuts its texts (the authors' clustering tasks alone did)."""
-        return False
-
-    def data_note(self) -> str:
-        """What the report says about where the task's data came from, when that differs from the paper's."""
-        return ""
 
 
 # ----------------------------------------------------------------------------------------------
