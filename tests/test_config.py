@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from inbedder.config import SCHEMA, ConfigError, check_runtime, load_config, merge
+from inbedder.config import SCHEMA, ConfigError, check_block, check_runtime, load_config, merge
+from inbedder.heldout import StopWhenFlat
 from inbedder.task_kinds import unavailable_reason
+from inbedder.train_settings import TrainJob, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -140,7 +146,145 @@ def test_the_schema_lists_the_shared_vocabulary():
     assert tuple(kinds) == MODEL_KINDS
 
 
-def test_defaults_come_from_the_schema_alone(root):
-    config = load_config(root / "config.yaml")
-    assert config["device"] == "auto" and config["dtype"] == "auto" and config["layers"] == [-1]
-    assert all(spec["max_new_tokens"] >= 1 for spec in config["models"].values())
+# ------------------------------------------------------------------------------------------------
+# defaults live in the schema only
+
+ANY = "*"  # any key of a mapping (additionalProperties, patternProperties)
+PAPER_TRAIN = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))["train_defaults"]
+STOPPING_TRAIN = {**PAPER_TRAIN, "heldout_every": 5, "stop_when_flat": {"patience": 2}}
+# The smallest config that reaches every block of the schema holding a default.
+MINIMAL = {
+    "run": "minimal",
+    "select": {"models": ["lm"], "recipes": ["qa"], "tasks": ["t"]},
+    "train_defaults": STOPPING_TRAIN,
+    "models": {
+        "lm": {"kind": "causal", "source": {"hub": "a/lm"}, "train": STOPPING_TRAIN},
+        "sampled": {"kind": "causal", "source": {"hub": "a/sampled"}, "decoding": {"temperature": 0.5}},
+    },
+    "recipes": {"qa": {"dataset": "qa", "template": "inbedder"}},
+    "tasks": {"t": {"kind": "triplets"}},
+}
+
+
+def schema_defaults() -> list[tuple[tuple[str, ...], Any]]:
+    """(key path, default) of every key of the schema that has a default, `ANY` standing for any key of a
+    mapping; the walk follows properties, additionalProperties, patternProperties, items, the *Of lists
+    and $ref, and fails when a default is left where it does not reach."""
+    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    found: list[tuple[tuple[str, ...], Any]] = []
+    reached: set[int] = set()
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(node, dict):
+            return
+        if "$ref" in node:
+            target = schema
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            walk(target, path)
+        for key, sub in (node.get("properties") or {}).items():
+            if isinstance(sub, dict) and "default" in sub:
+                found.append(((*path, key), sub["default"]))
+                reached.add(id(sub))
+            walk(sub, (*path, key))
+        for sub in [node.get("additionalProperties"), *(node.get("patternProperties") or {}).values()]:
+            walk(sub, (*path, ANY))
+        walk(node.get("items"), (*path, ANY))
+        for group in ("oneOf", "anyOf", "allOf"):
+            for sub in node.get(group) or []:
+                walk(sub, path)
+
+    walk(schema, ())
+
+    def every_default(node: Any) -> list[dict]:
+        if isinstance(node, list):
+            return [d for item in node for d in every_default(item)]
+        if not isinstance(node, dict):
+            return []
+        return ([node] if "default" in node else []) + [d for v in node.values() for d in every_default(v)]
+
+    unreached = [d for d in every_default(schema) if id(d) not in reached]
+    assert not unreached, f"defaults the walk does not reach: {unreached}"
+    return found
+
+
+def instances(config: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+    """The (concrete path, mapping) pairs of `config` where the last key of `path` would live."""
+    found = [((), config)]
+    for part in path[:-1]:
+        found = [((*where, key), node[key]) for where, node in found if isinstance(node, dict)
+                 for key in (node if part == ANY else [part]) if key in node]
+    return [(where, node) for where, node in found if isinstance(node, dict)]
+
+
+def test_loading_a_minimal_config_fills_in_every_default_of_the_schema(tmp_path):
+    path = tmp_path / "minimal.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL), encoding="utf-8")
+    config = load_config(path)
+    for key_path, default in schema_defaults():
+        filled = [(where, node[key_path[-1]]) for where, node in instances(config, key_path)
+                  if key_path[-1] not in dict(instances(MINIMAL, key_path)).get(where, {})]
+        assert filled, f"{'.'.join(key_path)}: the minimal config reaches no place where it is filled in"
+        for where, value in filled:
+            if isinstance(default, dict):  # an object default: its own keys' defaults are filled into it
+                assert value == {**value, **default}, (where, value)
+            else:
+                assert value == default, (where, key_path[-1], value, default)
+
+
+# Settings classes built from config keys, each field -> the key path it comes from.
+SETTINGS_CLASSES = {
+    TrainSettings: {f.name: ("models", ANY, "train", f.name) for f in dataclasses.fields(TrainSettings)},
+    StopWhenFlat: {f.name: ("models", ANY, "train", "stop_when_flat", f.name) for f in dataclasses.fields(StopWhenFlat)},
+    TrainJob: {"device": ("device",), "dtype": ("dtype",), "max_new_tokens": ("models", ANY, "max_new_tokens"),
+               "heldout_rows": ("limits", "heldout_rows"), "train_rows": ("limits", "train_rows"),
+               "train_target": ("method", "train_target"), "train_answer_cut": ("method", "train_answer_cut")},
+}
+
+
+def test_settings_classes_leave_every_schema_default_to_the_schema():
+    defaulted = {key_path for key_path, _ in schema_defaults()}
+    for cls, keys in SETTINGS_CLASSES.items():
+        for field in dataclasses.fields(cls):
+            if keys.get(field.name) in defaulted:
+                assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING, (
+                    f"{cls.__name__}.{field.name} repeats the schema's default of {'.'.join(keys[field.name])}")
+
+
+def _repeated_defaults(path: Path, defaults: dict[str, list[Any]]) -> list[str]:
+    """`.get(key, value)` / `.pop(key, value)` calls of a Python file whose value is a schema default of `key`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("get", "pop") and len(node.args) == 2
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value in defaults):
+            continue
+        try:
+            value = ast.literal_eval(node.args[1])
+        except ValueError:
+            continue
+        if value in defaults[node.args[0].value]:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_code_repeats_a_schema_default_as_a_fallback():
+    defaults: dict[str, list[Any]] = {}
+    for key_path, default in schema_defaults():
+        defaults.setdefault(key_path[-1], []).append(default)
+    files = sorted((ROOT / "src").rglob("*.py")) + sorted((ROOT / "workflow").rglob("*.py"))
+    found = [hit for path in files for hit in _repeated_defaults(path, defaults)]
+    # the rule files are not Python to ast: a textual look for the same calls
+    call = re.compile(r"\.(?:get|pop)\(\s*[\"'](" + "|".join(map(re.escape, defaults)) + r")[\"']\s*,")
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]:
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if call.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")
+    assert not found, "schema defaults repeated as fallbacks (read config[...] instead):\n" + "\n".join(found)
+
+
+def test_a_block_outside_a_config_gets_the_schemas_defaults_and_bounds():
+    block = check_block(STOPPING_TRAIN, "/$defs/train", "x")
+    assert block["stop_when_flat"] == {"patience": 2, "min_delta": 0, "recipes": None}
+    with pytest.raises(ValueError, match=r"^x.warmup_ratio: 1 is greater than or equal to the maximum of 1$"):
+        check_block({**PAPER_TRAIN, "warmup_ratio": 1}, "/$defs/train", "x")

@@ -20,7 +20,9 @@ from authors_reference import (
 )
 
 from inbedder import fidelity
+from inbedder.config import schema
 from inbedder.fidelity import AUTHORS_COMMIT, SWITCHES, Citation, Switch, authors_stopwords, switch
+from inbedder.text import FILLER_PHRASES
 
 ROOT = Path(__file__).resolve().parents[1]
 # A clone or bare mirror of zhang-yu-wei/InBedder holding commit e7747148.
@@ -278,6 +280,23 @@ def test_method_settings_fill_the_authors_values_and_name_a_bad_key():
         fidelity.method_settings({"method": {"reranking_map": "v1"}})
 
 
+def test_the_schemas_method_block_is_the_registrys():
+    """One home each: the switches hold the authors' values, the schema's `method` block defaults to them."""
+    block = schema()["properties"]["method"]["properties"]
+    configurable = {s.key.removeprefix(fidelity.METHOD_PREFIX): s for s in SWITCHES
+                    if s.key.startswith(fidelity.METHOD_PREFIX) and s.configurable}
+    assert set(block) == set(configurable)
+    for name, s in configurable.items():
+        assert block[name]["default"] == s.authors, name
+        assert tuple(block[name]["enum"]) == s.values, name
+    assert fidelity.method_settings({"method": {k: v["default"] for k, v in block.items()}}) == \
+        fidelity.method_settings({})
+
+
+def test_the_filler_phrases_are_the_authors_fillers_as_words():
+    assert FILLER_PHRASES == tuple(f.rstrip() for f in fidelity.AUTHORS_FILLERS) == ("Based on", "Sure!")
+
+
 # ----------------------------------------------------------------------------------------------
 # our encode cache against the reference, on >= 64 real prompts
 
@@ -305,15 +324,15 @@ def test_our_cache_equals_the_authors_aggregation_on_smollm2(lm, smollm2, mirror
     """Every mode, unfiltered and with the authors' filter, within cosine 0.9999 of tests/authors_reference.py."""
     from inbedder import pooling
     from inbedder.cache import load_cache
-    from inbedder.encode import encode_prompts
+    from inbedder.encode import EncodeJob, encode_prompts
 
     model, tok = lm
     prompts = _agreement_prompts(mirror)
     assert len(prompts) >= 64
-    encode_prompts(smollm2, "causal", prompts, "{input}", tmp_path, max_new_tokens=MAX_NEW, batch_size=8,
-                   device="cpu", dtype="float32", filter_instructions=INSTRUCTIONS, progress=False,
-                   method={"special_steps": "authors", "filter": "authors", "truncation": "authors"},
-                   loaded=(model, tok))
+    job = EncodeJob(smollm2, "causal", "{input}", max_new_tokens=MAX_NEW, batch_size=8, device="cpu",
+                    dtype="float32", filter_instructions=INSTRUCTIONS,
+                    method={"special_steps": "authors", "filter": "authors", "truncation": "authors"})
+    encode_prompts(job, prompts, tmp_path, progress=False, loaded=(model, tok))
     cache = load_cache(tmp_path)
     texts = [p["text"] for p in prompts]
     plain, filtered = authors_causal_filters(

@@ -715,9 +715,9 @@ def paper_config() -> dict:
 
 
 def test_method_rows_of_the_paper_profile():
-    from inbedder import fidelity
+    from inbedder import fidelity, fidelity_rows
 
-    rows = fidelity.method_rows(paper_config())
+    rows = fidelity_rows.method_rows(paper_config())
     by_key = {r.key: r for r in rows}
     # every switch has a row; per-model and per-recipe keys expand to the selected models and recipes
     assert {r.switch for r in rows} == {s.key for s in fidelity.SWITCHES}
@@ -739,7 +739,7 @@ def test_method_rows_of_the_paper_profile():
     config = paper_config()
     config["recipes"]["alpaca"]["epochs"] = 1
     config["models"]["opt-350m"]["train"] = {**config["models"]["opt-350m"]["train"], "max_steps": 50}
-    alpaca = next(r for r in fidelity.method_rows(config) if r.key == "recipes.alpaca.epochs")
+    alpaca = next(r for r in fidelity_rows.method_rows(config) if r.key == "recipes.alpaca.epochs")
     assert (alpaca.value, alpaca.authors, alpaca.agrees) == (
         "1 epoch (roberta-large); 50 steps (opt-350m) [recipe: 1]", "3", False)
     # decoding: a masked LM decodes nothing; OPT was greedy for the authors too
@@ -753,13 +753,13 @@ def test_method_rows_of_the_paper_profile():
     # a model without one, on device auto with dtype auto: the config alone cannot tell
     config = paper_config()
     del config["models"]["roberta-large"]["dtype"]
-    dt = {r.key: r for r in fidelity.method_rows(config)}["models.roberta-large.dtype"]
+    dt = {r.key: r for r in fidelity_rows.method_rows(config)}["models.roberta-large.dtype"]
     assert dt.value == "auto (bfloat16 on CUDA, float32 on CPU)" and dt.agrees is None and dt.marker == "?"
     assert "models.e5-large-v2.dtype" not in by_key  # sentence encoders have no such switch
 
 
 def test_method_rows_read_per_model_keys_and_refuse_bad_values():
-    from inbedder import fidelity
+    from inbedder import fidelity_rows
 
     config = paper_config()
     config["device"] = "cpu"
@@ -769,7 +769,7 @@ def test_method_rows_read_per_model_keys_and_refuse_bad_values():
     config["models"]["llama-2-7b"]["decoding"] = "greedy"
     del config["models"]["llama-2-7b"]["dtype"]
     config["recipes"]["alpaca"]["epochs"] = 3
-    by_key = {r.key: r for r in fidelity.method_rows(config)}
+    by_key = {r.key: r for r in fidelity_rows.method_rows(config)}
     assert by_key["method.truncation"].agrees is False
     llama = by_key["models.llama-2-7b.decoding"]
     assert llama.agrees is False and llama.authors.startswith("sampled (temperature 0.6, top_p 0.9)")
@@ -780,30 +780,30 @@ def test_method_rows_read_per_model_keys_and_refuse_bad_values():
         "3 epochs (llama-2-7b, opt-350m) [recipe: 3]", True)
     rows = list(by_key.values())
     # notes: a per-model key only on that model's rows, a training key never on an untuned row
-    assert fidelity.method_notes(rows, "modes", "opt-350m", "inbedder") == [
+    assert fidelity_rows.method_notes(rows, "modes", "opt-350m", "inbedder") == [
         "method.truncation", "models.opt-350m.dtype"]
-    assert fidelity.method_notes(rows, "instruction_awareness", "llama-2-7b", "alpaca") == [
+    assert fidelity_rows.method_notes(rows, "instruction_awareness", "llama-2-7b", "alpaca") == [
         "method.truncation", "models.llama-2-7b.decoding", "models.llama-2-7b.dtype"]
-    assert fidelity.method_notes(rows, "filtering", "opt-350m", "none") == []
+    assert fidelity_rows.method_notes(rows, "filtering", "opt-350m", "none") == []
     config["models"]["opt-350m"]["decoding"] = "beam"
     with pytest.raises(ValueError, match=r"models\.opt-350m\.decoding: 'beam'"):
-        fidelity.method_rows(config)
+        fidelity_rows.method_rows(config)
     config["models"]["opt-350m"]["decoding"] = "greedy"
     config["recipes"]["alpaca"]["epochs"] = 0
     with pytest.raises(ValueError, match=r"recipes\.alpaca\.epochs: 0"):
-        fidelity.method_rows(config)
+        fidelity_rows.method_rows(config)
 
 
 def test_method_rows_of_the_offline_profile():
-    from inbedder import fidelity
+    from inbedder import fidelity_rows
 
-    rows = fidelity.method_rows(offline_config())
+    rows = fidelity_rows.method_rows(offline_config())
     by_key = {r.key: r for r in rows}
     assert by_key["re_encoder"].value == "minilm-l6" and by_key["re_encoder"].agrees is False
     assert by_key["recipes.alpaca.epochs"].value.startswith("30 steps (smollm2-135m)")
     assert by_key["recipes.alpaca.epochs"].agrees is False
     assert by_key["models.smollm2-135m.dtype"].value == "bfloat16"
-    assert fidelity.method_notes(rows, "instruction_awareness") == [
+    assert fidelity_rows.method_notes(rows, "instruction_awareness") == [
         "recipes.inbedder.epochs", "recipes.alpaca.epochs", "models.smollm2-135m.dtype"]
 
 
@@ -861,11 +861,11 @@ def test_a_re_encode_row_is_compared_only_with_the_same_re_encoder():
 
 
 def test_paper_rows_note_the_switches_that_differ():
-    from inbedder import fidelity
+    from inbedder import fidelity_rows
 
     config = paper_config()
     config["method"] = {"special_steps": "keep_eos", "filter": "words"}
-    table = _modes_table("komninos", method=fidelity.method_rows(config))
+    table = _modes_table("komninos", method=fidelity_rows.method_rows(config))
     row = next(r for r in table.rows if r.label == "opt-350m-InBedder (1st-gen)")
     # filter moves only the filtering table; re_encoder is said by the comparability note; alpaca epochs not here
     assert row.note == "method differs: method.special_steps"
@@ -931,15 +931,15 @@ def test_render_method_fidelity_and_filter_ablation(tmp_path):
 
 
 def test_method_rows_read_the_sampling_settings_of_the_paper_profile():
-    from inbedder import fidelity
+    from inbedder import fidelity_rows
 
     config = paper_config()
     config["select"]["models"] = ["llama-2-7b"]
-    row = {r.key: r for r in fidelity.method_rows(config)}["models.llama-2-7b.decoding"]
+    row = {r.key: r for r in fidelity_rows.method_rows(config)}["models.llama-2-7b.decoding"]
     assert (row.value, row.agrees) == ("sampled (temperature 0.6, top_p 0.9, seed 42)", True)
-    config["models"]["llama-2-7b"]["decoding"] = {"temperature": 0.8}
-    row = {r.key: r for r in fidelity.method_rows(config)}["models.llama-2-7b.decoding"]
-    assert (row.value, row.agrees) == ("sampled (temperature 0.8, top_p 1)", False)
+    config["models"]["llama-2-7b"]["decoding"] = {"temperature": 0.8, "top_p": 1.0, "seed": 42}  # as validated
+    row = {r.key: r for r in fidelity_rows.method_rows(config)}["models.llama-2-7b.decoding"]
+    assert (row.value, row.agrees) == ("sampled (temperature 0.8, top_p 1, seed 42)", False)
 
 
 def test_best_mode_leaves_out_the_filter_ablation_variants():

@@ -14,7 +14,7 @@ import yaml
 
 from inbedder.config import load_config
 from inbedder.rule_params import train_leader, train_params
-from inbedder.train import TrainJob, TrainSettings
+from inbedder.train_settings import job_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m"
@@ -65,9 +65,8 @@ def test_bad_steps_of_names_the_key(offline, steps_of, stop_recipes, message):
         train_params(MODEL, "alpaca", config)
 
 
-def test_following_reads_the_leaders_final_step_into_the_run_key(tmp_path):
-    job = TrainJob(model=MODEL, recipe="alpaca", kind="causal", template="alpaca", dataset="alpaca",
-                   settings=TrainSettings(max_steps=250))
+def test_following_reads_the_leaders_final_step_into_the_run_key(tmp_path, offline):
+    job = job_from_params(train_params(MODEL, "alpaca", with_train(offline, max_steps=250)))
     leader = tmp_path / f"{MODEL}-inbedder@1" / "train_summary.json"
     leader.parent.mkdir()
     leader.write_text(json.dumps({"steps": 200}))

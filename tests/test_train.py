@@ -13,19 +13,38 @@ import pytest
 import torch
 import yaml
 
+import inbedder.train as train_module
 from inbedder.checkpoints import scan_checkpoints
+from inbedder.config import load_config
 from inbedder.files import read_jsonl, write_jsonl
 from inbedder.heldout import CURVE, add_point, curve_until, plateau, read_curve, write_curve
 from inbedder.models import ensure_materialized, generate_answers, load_lm, write_fingerprint
+from inbedder.rule_params import train_params
 from inbedder.text import format_prompt, remove_stopwords
-from inbedder.train import TrainJob, TrainSettings, train_from_config, train_model
+from inbedder.throughput import count_parameters, train_throughput
+from inbedder.train import train_model, training_arguments
 from inbedder.train_data import IGNORE_INDEX, Collator, Encoded, EncodedDataset, encode_example, read_rows
 from inbedder.train_loop import TRAIN_LOOP, StepMeter, answer_only_loss, make_trainer
+from inbedder.train_settings import TrainJob, TrainSettings, job_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("INBEDDER_DATA_MIRROR", ROOT.parent / "shared" / "data"))
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
 MODELS = CONFIG["models"]
+# the tiny models' train block: a step of 4 examples at a time, no warm-up
+TINY_TRAIN = {
+    "learning_rate": 1e-3,
+    "epochs": 1.0,
+    "max_steps": 1,
+    "lr_scheduler": "constant",
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "max_length": 128,
+    "save_steps": 100,
+    "seed": 0,
+}
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -124,26 +143,28 @@ def tiny_model(kind: str, tokenizer_dir: Path, out: Path) -> Path:
 
 
 def job(kind: str, **settings) -> TrainJob:
-    base = {
-        "learning_rate": 1e-3,
-        "max_steps": 1,
-        "lr_scheduler": "constant",
-        "warmup_ratio": 0.0,
-        "batch_size": 4,
-        "grad_accum": 1,
-        "max_length": 128,
-        "save_steps": 100,
-        "seed": 0,
-    }
     return TrainJob(
         model=f"tiny-{kind}",
         recipe="inbedder",
         kind=kind,
         template="inbedder",
         dataset="c3_qa",
-        settings=TrainSettings(**{**base, **settings}),
+        settings=TrainSettings.from_config({**TINY_TRAIN, **settings}),
+        device="cpu",
+        dtype="float32",
         max_new_tokens=3,
+        heldout_rows=None,
+        train_rows=None,
+        train_target="authors",
+        train_answer_cut="authors",
     )
+
+
+def workflow_job(model: str, recipe: str, config: dict, **where) -> TrainJob:
+    """The job the train_model rule runs: rule params of `config` (paper profile keys filled in) -> TrainJob."""
+    paper = load_config(ROOT / "config.yaml")
+    return job_from_params(train_params(model, recipe, {**paper, "device": "cpu", "dtype": "float32", **config,
+                                                        **where}))
 
 
 # ---------------------------------------------------------------------------------------------- label masks
@@ -259,37 +280,14 @@ def test_seq2seq_labels_and_one_step_bf16(tmp_path, data, bert_tokenizer_dir):
 
 def test_smollm2_few_steps_loss_falls(tmp_path, smollm2_dir):
     rows = c3_rows(4)
-    write_jsonl(tmp_path / "data" / "train" / "inbedder.jsonl", rows)
-    write_jsonl(tmp_path / "data" / "train" / "inbedder.heldout.jsonl", rows)
-    (tmp_path / "data" / "models").mkdir(parents=True)
-    (tmp_path / "data" / "models" / "smollm2-135m").symlink_to(smollm2_dir)
-    models = {
-        "smollm2-135m": {
-            **MODELS["smollm2-135m"],
-            "train": {
-                "learning_rate": 1e-4,
-                "lr_scheduler": "constant",
-                "warmup_ratio": 0.0,
-                "max_steps": 4,
-                "batch_size": 4,
-                "grad_accum": 1,
-                "max_length": 128,
-                "save_steps": 100,
-                "seed": 0,
-            },
-        }
-    }
+    write_jsonl(tmp_path / "inbedder.jsonl", rows)
+    write_jsonl(tmp_path / "inbedder.heldout.jsonl", rows)
+    train = {**TINY_TRAIN, "learning_rate": 1e-4, "max_steps": 4}
+    models = {"smollm2-135m": {**MODELS["smollm2-135m"], "train": train}}
     out = tmp_path / "out"
-    summary = train_from_config(
-        "smollm2-135m",
-        "inbedder",
-        models,
-        CONFIG["recipes"],
-        train_dir=tmp_path / "data" / "train",
-        models_dir=tmp_path / "data" / "models",
-        out_dir=out,
-        dtype="bfloat16",  # CPU autocast: ~1.9x faster than fp32 here
-    )
+    the_job = workflow_job("smollm2-135m", "inbedder", {"models": models},
+                           dtype="bfloat16")  # CPU autocast: ~1.9x faster than fp32 here
+    summary = train_model(the_job, smollm2_dir, tmp_path / "inbedder.jsonl", tmp_path / "inbedder.heldout.jsonl", out)
     with open(out / "train_log.csv", newline="") as fh:
         log = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in log] == [1, 2, 3, 4]
@@ -392,8 +390,6 @@ def test_answer_only_loss_equals_the_full_logits_loss(kind):
 def test_parameter_counts_and_peak_fractions():
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from inbedder.throughput import count_parameters, train_throughput
-
     shape = dict(TINY_CAUSAL_SHAPE)
     for tied in (True, False):
         model = AutoModelForCausalLM.from_config(LlamaConfig(**shape, tie_word_embeddings=tied))
@@ -435,11 +431,9 @@ def test_batches_are_grouped_by_length(tmp_path):
     # 640 examples of 4..67 tokens in random order, batches of 8: grouped by length (sorted within
     # random megabatches of 20 batches here, 50 on C3) a batch pads to about its own examples' length;
     # drawn at random it pads to the longest of 8 random lengths.
-    from inbedder.train import training_arguments
-
     order = torch.randperm(640, generator=torch.Generator().manual_seed(0)).tolist()
     examples = [Encoded([5] * (4 + i % 64), [IGNORE_INDEX] * (3 + i % 64) + [5]) for i in order]
-    settings = TrainSettings(batch_size=8, grad_accum=1, max_steps=8, seed=0)
+    settings = TrainSettings.from_config({**TINY_TRAIN, "batch_size": 8, "max_steps": 8})
     meter = StepMeter()
     padding = {}
     for strategy in ("random", "group_by_length"):
@@ -553,12 +547,13 @@ elif moment == "optimizer":
 elif moment == "trainer_state":
     patch(TrainerState, "save_to_json", lambda d: None)
 elif moment == "marker":
-    original_mark = train.mark_checkpoint_complete
+    import inbedder.train_callbacks as callbacks
+    original_mark = callbacks.mark_checkpoint_complete
     def mark(path):
         if target in str(path):
             die()
         original_mark(path)
-    train.mark_checkpoint_complete = mark
+    callbacks.mark_checkpoint_complete = mark
 
 spec = json.loads(job_json)
 job = train.TrainJob(**{**spec, "settings": train.TrainSettings(**spec["settings"])})
@@ -706,26 +701,13 @@ def test_a_changed_training_switch_starts_over(change, named, tmp_path, data, sm
 
 
 def test_recipe_epochs_replace_the_models_epochs(tmp_path, data, smollm2_dir):
-    models_dir = tmp_path / "models"
-    tiny_model("causal", smollm2_dir, models_dir / "tiny-causal")
-    (tmp_path / "train").mkdir()
-    for name in ("qa.jsonl", "qa.heldout.jsonl"):
-        (tmp_path / "train" / name).write_bytes(data["train" if name == "qa.jsonl" else "heldout"].read_bytes())
-    train = {"learning_rate": 1e-3, "epochs": 1, "max_steps": None, "batch_size": 4, "grad_accum": 1,
-             "max_length": 128, "save_steps": 100, "seed": 0, "warmup_ratio": 0.0}
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    train = {**TINY_TRAIN, "epochs": 1, "max_steps": None, "lr_scheduler": "cosine"}
     models = {"tiny-causal": {"kind": "causal", "max_new_tokens": 3, "train": train}}
     recipes = {"qa": {"dataset": "c3_qa", "template": "inbedder", "epochs": 2}}
-    summary = train_from_config(
-        "tiny-causal",
-        "qa",
-        models,
-        recipes,
-        train_dir=tmp_path / "train",
-        models_dir=models_dir,
-        out_dir=tmp_path / "out",
-        method={"train_target": "space", "train_answer_cut": "quarter"},
-        keep_checkpoints=True,
-    )
+    method = {"train_target": "space", "train_answer_cut": "quarter"}
+    the_job = workflow_job("tiny-causal", "qa", {"models": models, "recipes": recipes, "method": method})
+    summary = train_model(the_job, base, data["train"], data["heldout"], tmp_path / "out", keep_checkpoints=True)
     # 8 rows in batches of 4: 2 steps an epoch, 2 epochs
     assert summary["steps"] == 4 and summary["epochs_done"] == 2.0
     assert summary["settings"]["epochs"] == 2.0 and summary["recipe_epochs"] == 2
@@ -756,8 +738,6 @@ def test_heldout_curve_every_k_steps_leaves_the_training_untouched(
     import random
 
     import numpy as np
-
-    import inbedder.train as train_module
 
     # A masked LM with dropout 0.1: its training draws from the RNG at every step, so a check that
     # moved the RNG stream (or left the model in eval mode) would change the losses and the weights.
@@ -967,49 +947,52 @@ def asdict_settings(the_job: TrainJob) -> dict:
 @pytest.mark.parametrize(
     ("values", "error"),
     [
-        ({"heldout_every": 0}, r"models.m.train.heldout_every: must be an integer >= 1 or null, got 0"),
-        ({"heldout_every": "50"}, r"models.m.train.heldout_every: must be an integer >= 1 or null, got '50'"),
-        ({"heldout_every": True}, r"models.m.train.heldout_every: must be an integer >= 1 or null, got True"),
+        ({"heldout_every": 0}, r"models.m.train.heldout_every: 0 is less than the minimum of 1"),
+        ({"heldout_every": "50"}, r"models.m.train.heldout_every: '50' is not of type 'integer', 'null'"),
+        ({"heldout_every": True}, r"models.m.train.heldout_every: True is not of type 'integer', 'null'"),
         (
             {"stop_when_flat": {"patience": 2}},
             r"models.m.train.stop_when_flat: needs models.m.train.heldout_every .* which is null",
         ),
         (
             {"heldout_every": 5, "stop_when_flat": {"patience": 0}},
-            r"models.m.train.stop_when_flat.patience: must be an integer >= 1, got 0",
+            r"models.m.train.stop_when_flat.patience: 0 is less than the minimum of 1",
         ),
         (
             {"heldout_every": 5, "stop_when_flat": {"min_delta": 0.1}},
-            r"models.m.train.stop_when_flat.patience: must be an integer >= 1, got None",
+            r"models.m.train.stop_when_flat: 'patience' is a required property",
         ),
         (
             {"heldout_every": 5, "stop_when_flat": {"patience": 2, "min_delta": -0.1}},
-            r"models.m.train.stop_when_flat.min_delta: must be a number >= 0 .*got -0.1",
+            r"models.m.train.stop_when_flat.min_delta: -0.1 is less than the minimum of 0",
         ),
         (
             {"heldout_every": 5, "stop_when_flat": {"patience": 2, "delta": 0.1}},
-            r"models.m.train.stop_when_flat: unknown key\(s\) \['delta'\]",
+            r"models.m.train.stop_when_flat: Additional properties .*'delta' was unexpected",
         ),
         (
             {"heldout_every": 5, "stop_when_flat": {"patience": 2, "recipes": "inbedder"}},
-            r"models.m.train.stop_when_flat.recipes: must be a non-empty list of recipe names",
+            r"models.m.train.stop_when_flat.recipes: 'inbedder' is not of type 'array', 'null'",
         ),
         (
             {"heldout_every": 5, "stop_when_flat": 3},
-            r"models.m.train.stop_when_flat: must be null or a mapping",
+            r"models.m.train.stop_when_flat: 3 is not of type 'object', 'null'",
         ),
+        ({"warmup_ratio": 1}, r"models.m.train.warmup_ratio: 1 is greater than or equal to the maximum of 1"),
+        ({"max_length": 4}, r"models.m.train.max_length: 4 is less than the minimum of 8"),
     ],
 )
-def test_bad_heldout_keys_give_clear_errors(values, error):
+def test_bad_train_keys_give_the_schemas_errors(values, error):
     with pytest.raises(ValueError, match=error):
-        TrainSettings.from_config(values, where="models.m.train")
+        TrainSettings.from_config({**TINY_TRAIN, **values}, where="models.m.train")
+
+
+def test_the_stop_rule_gets_the_schemas_defaults():
+    settings = TrainSettings.from_config({**TINY_TRAIN, "heldout_every": 5, "stop_when_flat": {"patience": 2}})
+    assert (settings.stop_when_flat.min_delta, settings.stop_when_flat.recipes) == (0.0, None)
 
 
 def test_the_offline_full_profile_stops_inbedder_when_flat_and_trains_alpaca_to_the_cap():
-    from inbedder.config import load_config
-    from inbedder.rule_params import train_params as rule_params
-    from inbedder.train import job_from_params
-
     profiles = ROOT / "workflow" / "profiles"
     config = load_config(
         ROOT / "config.yaml", profiles / "offline" / "run.yaml", profiles / "offline-full" / "run.yaml"
@@ -1017,7 +1000,7 @@ def test_the_offline_full_profile_stops_inbedder_when_flat_and_trains_alpaca_to_
     for model in ("smollm2-135m", "gemma3-270m"):
         jobs = {
             recipe: job_from_params(
-                {**rule_params(model, recipe, config), "device": "cpu", "dtype": "float32"}
+                {**train_params(model, recipe, config), "device": "cpu", "dtype": "float32"}
             )
             for recipe in ("inbedder", "alpaca")
         }
@@ -1030,81 +1013,47 @@ def test_the_offline_full_profile_stops_inbedder_when_flat_and_trains_alpaca_to_
 # ---------------------------------------------------------------------------------------------- bad input
 
 
-def test_bad_input_gives_clear_errors(tmp_path, data):
+def test_bad_input_gives_clear_errors(tmp_path, data, smollm2_dir):
     recipes = {
         "qa": {"dataset": "c3_qa", "template": "inbedder"},
         "ghost": {"dataset": "nope", "template": "alpaca"},
     }
     models = {
         "smollm2-135m": MODELS["smollm2-135m"],
-        "lstm": {"kind": "rnn", "source": {"hub": "a/b"}},
+        "lstm": {"kind": "rnn", "source": {"hub": "a/b"}, "train": TINY_TRAIN},
         "minilm-l6": MODELS["minilm-l6"],
     }
+    config = {"models": models, "recipes": recipes}
+    tables = tmp_path / "data" / "train"
+
+    def train(model, recipe, config=config, **where):
+        the_job = workflow_job(model, recipe, config, **where)
+        return train_model(the_job, smollm2_dir, tables / f"{recipe}.jsonl", tables / f"{recipe}.heldout.jsonl",
+                           tmp_path / "o")
+
     with pytest.raises(
         FileNotFoundError, match=r"recipe 'ghost' \(dataset 'nope'\).*ghost\.jsonl does not exist"
     ):
-        train_from_config(
-            "smollm2-135m",
-            "ghost",
-            models,
-            recipes,
-            train_dir=tmp_path / "data" / "train",
-            out_dir=tmp_path / "o",
-        )
+        train("smollm2-135m", "ghost")
     with pytest.raises(ValueError, match=r"model 'lstm'.*'rnn'.*allowed kinds: causal, masked, seq2seq"):
-        train_from_config(
-            "lstm", "qa", models, recipes, train_dir=tmp_path / "data" / "train", out_dir=tmp_path / "o"
-        )
+        train("lstm", "qa")
     with pytest.raises(ValueError, match="'minilm-l6' has kind 'sentence-encoder', which is not trained"):
-        train_from_config(
-            "minilm-l6", "qa", models, recipes, train_dir=tmp_path / "data" / "train", out_dir=tmp_path / "o"
-        )
+        encoder = {**MODELS["minilm-l6"], "max_new_tokens": 3, "train": TINY_TRAIN}  # as the schema fills it in
+        train("minilm-l6", "qa", {"models": {"minilm-l6": encoder}, "recipes": recipes})
     with pytest.raises(ValueError, match="recipe 'none' is never trained"):
-        train_from_config(
-            "smollm2-135m",
-            "none",
-            models,
-            recipes,
-            train_dir=tmp_path / "data" / "train",
-            out_dir=tmp_path / "o",
-        )
+        train("smollm2-135m", "none")
     with pytest.raises(KeyError, match="recipe 'qa2'"):
-        train_from_config(
-            "smollm2-135m",
-            "qa2",
-            models,
-            recipes,
-            train_dir=tmp_path / "data" / "train",
-            out_dir=tmp_path / "o",
-        )
-    with pytest.raises(ValueError, match=r"models.smollm2-135m.train: unknown key\(s\) \['lr'\]"):
-        train_from_config(
-            "smollm2-135m",
-            "qa",
-            {"smollm2-135m": {**MODELS["smollm2-135m"], "train": {"lr": 1}}},
-            recipes,
-            train_dir=tmp_path / "data" / "train",
-            out_dir=tmp_path / "o",
-        )
-    with pytest.raises(ValueError, match=r"recipes.qa.epochs: must be a number > 0 \(or left out\), got 0"):
-        train_from_config(
-            "smollm2-135m",
-            "qa",
-            models,
-            {"qa": {**recipes["qa"], "epochs": 0}},
-            train_dir=tmp_path / "data" / "train",
-            out_dir=tmp_path / "o",
-        )
+        train("smollm2-135m", "qa2")
+    with pytest.raises(ValueError, match=r"models.smollm2-135m.train: Additional properties .*'lr' was unexpected"):
+        train("smollm2-135m", "qa", {**config, "models": {"smollm2-135m": {**MODELS["smollm2-135m"],
+                                                                            "train": {**TINY_TRAIN, "lr": 1}}}})
+    with pytest.raises(ValueError, match=r"models.smollm2-135m.train.seed: missing"):
+        train("smollm2-135m", "qa", {**config, "models": {"smollm2-135m": {
+            **MODELS["smollm2-135m"], "train": {k: v for k, v in TINY_TRAIN.items() if k != "seed"}}}})
+    with pytest.raises(ValueError, match=r"recipes.qa.epochs: 0 is less than or equal to the minimum of 0"):
+        train("smollm2-135m", "qa", {**config, "recipes": {"qa": {**recipes["qa"], "epochs": 0}}})
     with pytest.raises(ValueError, match=r"method.train_answer_cut: 'half' is not one of 'authors', 'quarter'"):
-        train_from_config(
-            "smollm2-135m",
-            "qa",
-            models,
-            recipes,
-            train_dir=tmp_path / "data" / "train",
-            out_dir=tmp_path / "o",
-            method={"train_answer_cut": "half"},
-        )
+        train("smollm2-135m", "qa", method={"train_answer_cut": "half"})
     with pytest.raises(ValueError, match=r"method.train_target: 'spaces' is not one of 'authors', 'space'"):
         replace(job("causal"), train_target="spaces")
     bad = tmp_path / "bad.jsonl"
@@ -1115,55 +1064,47 @@ def test_bad_input_gives_clear_errors(tmp_path, data):
 
 
 def test_rule_params_hold_exactly_the_models_training_settings():
-    from inbedder.config import load_config
-    from inbedder.rule_params import train_params as rule_params
-    from inbedder.train import job_from_params
-
     config = load_config(ROOT / "config.yaml", ROOT / "workflow" / "profiles" / "offline" / "run.yaml")
-    params = rule_params("smollm2-135m", "inbedder", config)
+    params = train_params("smollm2-135m", "inbedder", config)
     assert params["train"] == config["models"]["smollm2-135m"]["train"]
     assert params["train"]["max_steps"] == 30 and params["kind"] == "causal"
     assert (params["template"], params["max_new_tokens"]) == ("inbedder", 3)
     assert params["heldout_rows"] == config["limits"]["heldout_rows"]
     # Another model's settings do not reach this rule's params (no needless retraining).
     config["models"]["opt-350m"]["train"]["learning_rate"] = 1.0
-    assert rule_params("smollm2-135m", "inbedder", config) == params
+    assert train_params("smollm2-135m", "inbedder", config) == params
     assert params["loop"] == TRAIN_LOOP  # a change of the training loop retrains
     job = job_from_params({**params, "device": "cpu", "dtype": "float32"})
     assert job.settings.learning_rate == 1e-4 and job.settings.lr_scheduler == "constant_with_warmup"
     # the training switches of `method` (the authors' values) and the recipe's epochs
     assert (params["train_target"], params["train_answer_cut"], params["recipe_epochs"]) == ("authors", "authors", None)
     assert (job.train_target, job.train_answer_cut, job.recipe_epochs) == ("authors", "authors", None)
-    alpaca = rule_params("smollm2-135m", "alpaca", config)
+    alpaca = train_params("smollm2-135m", "alpaca", config)
     assert alpaca["recipe_epochs"] == 3  # config.yaml's, kept by the offline profile ...
     alpaca_job = job_from_params({**alpaca, "device": "cpu", "dtype": "float32"})
     assert alpaca_job.effective_settings().epochs == 1  # ... where the step budget wins
     assert alpaca_job.effective_settings().max_steps == 30
     for key, value in (("train_target", "space"), ("train_answer_cut", "quarter")):
-        changed = rule_params("smollm2-135m", "inbedder", {**config, "method": {**config["method"], key: value}})
+        changed = train_params("smollm2-135m", "inbedder", {**config, "method": {**config["method"], key: value}})
         assert changed == {**params, key: value}
     other = {**config, "method": {**config["method"], "filter": "words", "special_steps": "keep_eos"}}
-    assert rule_params("smollm2-135m", "inbedder", other) == params  # encode-side switches do not retrain
+    assert train_params("smollm2-135m", "inbedder", other) == params  # encode-side switches do not retrain
     with pytest.raises(ValueError, match=r"method.train_target: 'spaces' is not one of 'authors', 'space'"):
-        rule_params("smollm2-135m", "inbedder", {**config, "method": {"train_target": "spaces"}})
+        train_params("smollm2-135m", "inbedder", {**config, "method": {"train_target": "spaces"}})
     with pytest.raises(ValueError, match="recipe 'none' is never trained"):
-        rule_params("smollm2-135m", "none", config)
+        train_params("smollm2-135m", "none", config)
 
 
 def test_the_paper_profile_trains_alpaca_for_3_epochs():
-    from inbedder.config import load_config
-    from inbedder.rule_params import train_params as rule_params
-    from inbedder.train import job_from_params
-
     config = load_config(ROOT / "config.yaml")
     for recipe, epochs in (("alpaca", 3.0), ("inbedder", 1.0)):
-        params = rule_params("opt-350m", recipe, config)
+        params = train_params("opt-350m", recipe, config)
         job = job_from_params({**params, "device": "cpu", "dtype": "float32"})
         assert job.settings.epochs == 1 and job.settings.max_steps is None
         assert job.effective_settings().epochs == epochs
     config["recipes"]["alpaca"]["epochs"] = 0
-    with pytest.raises(ValueError, match=r"recipes.alpaca.epochs: must be a number > 0"):
-        rule_params("opt-350m", "alpaca", config)
+    with pytest.raises(ValueError, match=r"recipes.alpaca.epochs: 0 is less than or equal to the minimum of 0"):
+        train_params("opt-350m", "alpaca", config)
 
 
 def test_no_checkpoint_of_the_final_step_unless_checkpoints_are_kept(tmp_path, data, smollm2_dir):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,11 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dict[str, Any]:
-    """Read config files in order (later ones win), apply overrides, validate against the schema."""
+    """Read config files in order (later ones win), apply overrides, validate against the schema.
+
+    Validation is Snakemake's (`snakemake.utils.validate`, as the Snakefile calls it): it also fills in
+    every default of the schema, which is where all of them live.
+    """
     from snakemake.utils import validate
 
     config: dict[str, Any] = {}
@@ -43,6 +49,49 @@ def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dic
         config = merge(config, overrides)
     validate(config, schema=str(SCHEMA))
     return config
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    """The config schema, read once."""
+    with open(SCHEMA, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def check_block(values: Mapping[str, Any], pointer: str, where: str) -> dict[str, Any]:
+    """A copy of one block of a config checked against the schema's part at `pointer` (e.g. "/$defs/train"),
+    its defaults filled in as validation fills them in; a ValueError names the first wrong key under `where`.
+
+    For blocks that reach the code without passing through a whole config (rule params, tests), so that
+    their bounds and defaults come from the schema as the config's do.
+    """
+    from jsonschema.exceptions import best_match
+
+    block = copy.deepcopy(dict(values))
+    error = best_match(_block_validator(pointer).iter_errors(block))
+    if error is not None:
+        key = "".join(f".{k}" for k in error.absolute_path)
+        raise ValueError(f"{where}{key}: {error.message}")
+    return block
+
+
+@functools.cache
+def _block_validator(pointer: str) -> Any:
+    """A validator of the schema's part at `pointer` that fills in defaults as Snakemake's `validate` does."""
+    from jsonschema import Draft202012Validator, validators
+    from referencing import Registry, Resource
+
+    def fill_defaults(validator, properties, instance, part):
+        if validator.is_type(instance, "object"):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, part)
+
+    uri = SCHEMA.as_uri()
+    registry = Registry().with_resource(uri, Resource.from_contents(schema()))
+    filling = validators.extend(Draft202012Validator, {"properties": fill_defaults})
+    return filling({"$ref": f"{uri}#{pointer}"}, registry=registry)
 
 
 def check_runtime(config: dict) -> None:
@@ -69,12 +118,12 @@ def check_runtime(config: dict) -> None:
             raise ConfigError(f"re_encoder: {re_encoder!r} is not a key of models")
         if config["models"][re_encoder]["kind"] != SENTENCE_ENCODER:
             raise ConfigError(f"re_encoder: {re_encoder!r} is not a sentence-encoder")
-    if config.get("device") == "cuda":
+    if config["device"] == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("device: 'cuda' was asked for but no CUDA GPU is visible (use device: auto or cpu)")
-    if config.get("offline"):
+    if config["offline"]:
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ[var] = "1"
     data_origin(config)
@@ -86,7 +135,7 @@ def data_origin(config: dict) -> Origin:
     Raises before any job runs when the named mirror is missing, or when `offline: true` finds none.
     """
     try:
-        return resolve_origin(config.get("data_mirror", "auto"), config.get("offline", False))
+        return resolve_origin(config["data_mirror"], config["offline"])
     except SourceError as err:
         raise ConfigError(str(err)) from None
 

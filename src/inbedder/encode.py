@@ -251,7 +251,7 @@ def _sampling(decoding: str | Mapping[str, Any]) -> dict[str, Any]:
     top_p = decoding.get("top_p")
     return {"temperature": float(decoding["temperature"]),
             "top_p": None if top_p is None or float(top_p) >= 1.0 else float(top_p),
-            "sample_seed": int(decoding.get("seed", 42))}
+            "sample_seed": int(decoding["seed"])}
 
 
 def _versions() -> dict[str, str]:

@@ -7,7 +7,9 @@ choice), and the lines of the authors' code it follows (`Citation`, with a short
 so a test can check the citation against the authors' repository). `moves` names the tables of
 `paper_numbers.csv` whose numbers the switch can change. docs/fidelity.md gives the reading behind each
 entry. `authors_stopwords()` is the authors' stopword list (NLTK's English list, 179 words), packaged
-as `data/nltk_english_stopwords.txt`.
+as `data/nltk_english_stopwords.txt`. The config schema's `method` block defaults every key to its switch's
+`authors` value (tests/test_fidelity.py holds the two together); the report's rows of a run's values
+beside the authors' are built in `inbedder.fidelity_rows`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
-
-from inbedder.vocabulary import GENERATIVE_KINDS, UNTRAINED_RECIPES
 
 AUTHORS_REPO = "zhang-yu-wei/InBedder"
 AUTHORS_COMMIT = "e7747148"
@@ -326,7 +326,8 @@ METHOD_PREFIX = "method."
 
 
 def method_settings(config: dict[str, Any] | None) -> dict[str, str]:
-    """The `method` block of a config with every key filled in: the authors' value where it is left out.
+    """The `method` block of a config, each value checked; a block that did not pass the schema (a cache's
+    meta, a test) gets the authors' value for a key it lacks.
 
     A deviation no config selects (`configurable` False) is not a key of the block."""
     given = dict((config or {}).get("method") or {})
@@ -344,11 +345,6 @@ def method_settings(config: dict[str, Any] | None) -> dict[str, str]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------
-# A run's values beside the authors': the rows of the report's method-fidelity section
-# ----------------------------------------------------------------------------------------------------------
-
-AUTHORS_BLOB = f"https://github.com/{AUTHORS_REPO}/blob/{AUTHORS_COMMIT}"
 # The re-encoders of the authors' runs (each config's `reencoder`), by the name paper_numbers.csv gives them.
 AUTHORS_RE_ENCODERS: dict[str, str] = {
     "komninos": "sentence-transformers/average_word_embeddings_komninos",
@@ -356,224 +352,3 @@ AUTHORS_RE_ENCODERS: dict[str, str] = {
 }
 # Epochs of the authors' recipes (alpaca_train/scripts/train.sh:46, 67).
 AUTHORS_EPOCHS: dict[str, int] = {"alpaca": 3, "inbedder": 1}
-_SAMPLED = "sampled (temperature 0.6, top_p 0.9)"
-_DTYPES = ("float32", "bfloat16")
-_GENERATING = ("causal", "seq2seq")  # kinds that decode an answer (a masked LM fills its masks in one pass)
-# Switches of the fine-tuning: they cannot move a row of an untuned model or of the authors' checkpoint.
-_TRAINING_SWITCHES = ("method.train_answer_cut", "method.train_target", "recipes.<recipe>.epochs")
-
-
-def citation_url(c: Citation) -> str:
-    """The cited lines on GitHub, at the authors' commit."""
-    return f"{AUTHORS_BLOB}/{c.path}#L{c.first}-L{c.last}"
-
-
-@dataclass(frozen=True)
-class MethodRow:
-    """One switch as a run sets it: the concrete key, this run's value, the authors', and whether they agree.
-
-    `agrees` is None where the config alone cannot tell (dtype `auto` with device `auto`: it depends on the
-    machine). `model` / `recipe` name the only model or recipe the row concerns (per-model and per-recipe keys).
-    """
-
-    key: str
-    switch: str
-    value: str
-    authors: str
-    agrees: bool | None
-    description: str
-    citations: tuple[tuple[str, str], ...]  # (path:lines, URL at the authors' commit)
-    moves: tuple[str, ...]
-    model: str | None = None
-    recipe: str | None = None
-
-    @property
-    def marker(self) -> str:
-        """A marker for the page: ✓ agrees, ✗ differs, ? depends on the machine."""
-        return {True: "\u2713", False: "\u2717", None: "?"}[self.agrees]
-
-    @property
-    def verdict(self) -> str:
-        """agrees / differs / depends on the device, in words."""
-        return {True: "agrees", False: "differs", None: "depends on the device"}[self.agrees]
-
-
-def _row(s: Switch, key: str, value: str, authors: str, agrees: bool | None, *, model: str | None = None,
-         recipe: str | None = None) -> MethodRow:
-    return MethodRow(key=key, switch=s.key, value=value, authors=authors, agrees=agrees, description=s.description,
-                     citations=tuple((str(c), citation_url(c)) for c in s.follows), moves=s.moves, model=model,
-                     recipe=recipe)
-
-
-def _is_llama(name: str, spec: dict[str, Any]) -> bool:
-    """Whether a registry model is a Llama-2 model (the authors sampled those in bfloat16)."""
-    hub = str(((spec.get("source") or {}) if isinstance(spec.get("source"), dict) else {}).get("hub") or "")
-    return "llama" in name.lower() or "llama" in hub.lower()
-
-
-def _selected_models(config: dict[str, Any], kinds: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
-    """The selected models (in selection order) of the given kinds, with their registry entries."""
-    registry = config.get("models") or {}
-    out = []
-    for name in (config.get("select") or {}).get("models") or []:
-        if name not in registry:
-            raise ValueError(f"select.models: {name!r} is not in the models registry")
-        spec = dict(registry[name] or {})
-        if spec.get("kind") in kinds:
-            out.append((name, spec))
-    return out
-
-
-def same_re_encoder(paper: str, ours: str | None, models: dict[str, Any] | None = None) -> bool:
-    """Whether this run's re-encoder (a registry name) is the one an authors' run used (`komninos`,
-    `e5-large-v2`): the same name, or a registry entry whose hub source is that model."""
-    if paper not in AUTHORS_RE_ENCODERS:
-        raise ValueError(f"re_encoder {paper!r} of a paper row is not one of {sorted(AUTHORS_RE_ENCODERS)}")
-    if not ours:
-        return False
-    if ours == paper:
-        return True
-    source = ((models or {}).get(ours) or {}).get("source") or {}
-    return isinstance(source, dict) and source.get("hub") == AUTHORS_RE_ENCODERS[paper]
-
-
-def _decoding_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
-    rows = []
-    for name, spec in _selected_models(config, GENERATIVE_KINDS):
-        key = f"models.{name}.decoding"
-        value = spec.get("decoding", "greedy")
-        if isinstance(value, dict):  # the config's sampling settings: {temperature, top_p, seed}
-            if "temperature" not in value:
-                raise ValueError(f"{key}: a sampling setting needs `temperature`, got {value!r}")
-            sampled = (float(value["temperature"]), float(value.get("top_p", 1.0)))
-            value = (f"sampled (temperature {sampled[0]:g}, top_p {sampled[1]:g}"
-                     f"{', seed ' + str(value['seed']) if 'seed' in value else ''})")
-            matches_theirs = sampled == (0.6, 0.9)
-        elif value not in s.values:
-            raise ValueError(f"{key}: {value!r} is not one of {', '.join(map(repr, s.values))} "
-                             f"or {{temperature, top_p, seed}}")
-        else:
-            matches_theirs = None
-        if spec.get("kind") not in _GENERATING:  # a masked LM decodes nothing: the setting cannot differ
-            rows.append(_row(s, key, value, "none (the masks are filled in one pass)", True, model=name))
-            continue
-        theirs = _SAMPLED if _is_llama(name, spec) else "greedy"
-        if matches_theirs is None:
-            agrees = value == s.authors or value == theirs
-        else:
-            agrees = matches_theirs and theirs == _SAMPLED
-        rows.append(_row(s, key, value, f"{theirs} ({'Llama-2' if theirs == _SAMPLED else 'OPT, T5'} runs)",
-                         agrees, model=name))
-    return rows
-
-
-def _dtype_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
-    rows = []
-    run_dtype = config.get("dtype", "auto")
-    device = config.get("device", "auto")
-    for name, spec in _selected_models(config, GENERATIVE_KINDS):
-        key = f"models.{name}.dtype"
-        value = spec.get("dtype", run_dtype)
-        if value not in (*s.values, *_DTYPES):
-            raise ValueError(f"{key}: {value!r} is not one of {', '.join(map(repr, (*s.values, *_DTYPES)))}")
-        theirs = "bfloat16" if _is_llama(name, spec) else "float32"
-        resolved = {"cpu": "float32", "cuda": "bfloat16"}.get(device) if value == "auto" else value
-        shown = value if value != "auto" else (f"auto ({resolved} on {device})" if resolved
-                                               else "auto (bfloat16 on CUDA, float32 on CPU)")
-        agrees: bool | None
-        if value == s.authors:
-            agrees = True
-        elif resolved is None:
-            agrees = None
-        else:
-            agrees = resolved == theirs
-        rows.append(_row(s, key, shown, f"{theirs} ({'Llama-2' if theirs == 'bfloat16' else 'OPT, RoBERTa, T5'} "
-                                        "runs)", agrees, model=name))
-    return rows
-
-
-def _epoch_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
-    """Per selected trained recipe: the budget each selected language model trains it with (its `max_steps`
-    when set, else the recipe's `epochs`, else the model's `train.epochs`), beside the authors' epochs."""
-    rows = []
-    recipes = config.get("recipes") or {}
-    trained = _selected_models(config, GENERATIVE_KINDS)
-    for recipe in (config.get("select") or {}).get("recipes") or []:
-        if recipe in UNTRAINED_RECIPES:
-            continue
-        key = f"recipes.{recipe}.epochs"
-        if recipe not in recipes:
-            raise ValueError(f"select.recipes: {recipe!r} is not in the recipes registry")
-        recipe_epochs = (recipes[recipe] or {}).get("epochs")
-        if recipe_epochs is not None and (isinstance(recipe_epochs, bool) or not isinstance(recipe_epochs, (int, float))
-                                          or recipe_epochs <= 0):
-            raise ValueError(f"{key}: {recipe_epochs!r} is not a number > 0")
-        theirs = AUTHORS_EPOCHS.get(recipe)
-        budgets: dict[str, list[str]] = {}
-        agree_all = True
-        for name, mspec in trained:
-            train = mspec.get("train") or {}
-            steps = train.get("max_steps")
-            epochs = float(recipe_epochs if recipe_epochs is not None else train.get("epochs", 1))
-            text = f"{steps} steps" if steps else f"{epochs:g} epoch{'s' if epochs != 1 else ''}"
-            budgets.setdefault(text, []).append(name)
-            agree_all &= not steps and theirs is not None and epochs == theirs
-        value = "; ".join(f"{b} ({', '.join(ms)})" for b, ms in budgets.items()) or "no model trained"
-        if recipe_epochs is not None:
-            value = f"{value} [recipe: {recipe_epochs:g}]"
-        authors = str(theirs) if theirs is not None else "— (no such recipe in the paper)"
-        rows.append(_row(s, key, value, authors, None if theirs is None or not trained else agree_all,
-                         recipe=recipe))
-    return rows
-
-
-def method_rows(config: dict[str, Any] | None) -> list[MethodRow]:
-    """Every switch of SWITCHES as this config sets it, beside the authors' value, in the registry's order.
-
-    `method.*` keys come from `method_settings`; `models.<model>.decoding` and `models.<model>.dtype` (every
-    selected language model; a masked LM decodes nothing) from each selected model's entry, "greedy" and the
-    run's `dtype` where it has none; `recipes.<recipe>.epochs` from each selected trained recipe, else the
-    budget of each selected language model's `train` block; `re_encoder` from the config's `re_encoder`.
-    """
-    config = dict(config or {})
-    settings = method_settings(config)
-    rows: list[MethodRow] = []
-    for s in SWITCHES:
-        if not getattr(s, "configurable", True):  # a deviation every run makes: no key selects it
-            rows.append(_row(s, s.key, f"{s.ours} (every run; no config key selects it)", str(s.authors), False))
-        elif s.key.startswith(METHOD_PREFIX):
-            value = settings[s.key[len(METHOD_PREFIX):]]
-            rows.append(_row(s, s.key, str(value), str(s.authors), value == s.authors))
-        elif s.key == "re_encoder":
-            ours = config.get("re_encoder")
-            rows.append(_row(s, s.key, str(ours or "none"), str(s.authors),
-                             same_re_encoder(str(s.authors), ours, config.get("models"))))
-        elif s.key == "models.<model>.decoding":
-            rows += _decoding_rows(s, config)
-        elif s.key == "models.<model>.dtype":
-            rows += _dtype_rows(s, config)
-        elif s.key == "recipes.<recipe>.epochs":
-            rows += _epoch_rows(s, config)
-        else:
-            raise ValueError(f"switch {s.key!r}: method_rows does not know where a config sets it")
-    return rows
-
-
-def method_notes(rows: list[MethodRow], tables: str | tuple[str, ...], model: str | None = None,
-                 recipe: str | None = None) -> list[str]:
-    """The keys of `rows` that differ from the authors' and can move one of `tables`, for a row of the given
-    model and recipe (None: any). `re_encoder` is left out: a re-encode number is compared only with a paper
-    row of the same re-encoder (the report says so where they differ)."""
-    tables = (tables,) if isinstance(tables, str) else tuple(tables)
-    out = []
-    for r in rows:
-        if r.agrees is not False or r.switch == "re_encoder" or not set(r.moves) & set(tables):
-            continue
-        if model is not None and r.model is not None and r.model != model:
-            continue
-        if recipe is not None and r.recipe is not None and r.recipe != recipe:
-            continue
-        if recipe in UNTRAINED_RECIPES and r.switch in _TRAINING_SWITCHES:
-            continue
-        out.append(r.key)
-    return list(dict.fromkeys(out))

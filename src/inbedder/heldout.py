@@ -23,7 +23,7 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,59 +47,20 @@ class StopWhenFlat:
     limits the rule to those recipes (None: every recipe), the others train to their step budget."""
 
     patience: int
-    min_delta: float = 0.0
-    recipes: tuple[str, ...] | None = None
+    min_delta: float
+    recipes: tuple[str, ...] | None
 
     def applies_to(self, recipe: str) -> bool:
         return self.recipes is None or recipe in self.recipes
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_stop_when_flat(value: Any, where: str) -> StopWhenFlat | None:
-    """`train.stop_when_flat` (null, a mapping, or a StopWhenFlat) checked; errors name the key."""
-    if value is None:
-        return None
-    if isinstance(value, StopWhenFlat):
-        value = asdict(value)
-    if not isinstance(value, Mapping):
-        raise ValueError(  # noqa: TRY004 - a config error, as for every other key
-            f"{where}: must be null or a mapping {{patience, min_delta, recipes}}, got {value!r}"
-        )
-    known = {"patience", "min_delta", "recipes"}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    patience = value.get("patience")
-    if not _is_int(patience) or patience < 1:
-        raise ValueError(f"{where}.patience: must be an integer >= 1, got {patience!r}")
-    min_delta = value.get("min_delta", 0.0)
-    if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
-        raise ValueError(
-            f"{where}.min_delta: must be a number >= 0 (held-out token F1, 0-1), got {min_delta!r}"
-        )
-    recipes = value.get("recipes")
-    if recipes is not None:
-        if (
-            isinstance(recipes, str)
-            or not isinstance(recipes, Sequence)
-            or not recipes
-            or not all(isinstance(r, str) and r for r in recipes)
-        ):
-            raise ValueError(
-                f"{where}.recipes: must be a non-empty list of recipe names or null, got {recipes!r}"
-            )
-        recipes = tuple(recipes)
-    return StopWhenFlat(patience=patience, min_delta=float(min_delta), recipes=recipes)
-
-
 def check_heldout_keys(heldout_every: Any, stop_when_flat: Any, where: str) -> StopWhenFlat | None:
-    """Check `heldout_every` and `stop_when_flat` of a train block; the latter as a StopWhenFlat."""
-    if heldout_every is not None and (not _is_int(heldout_every) or heldout_every < 1):
-        raise ValueError(f"{where}.heldout_every: must be an integer >= 1 or null, got {heldout_every!r}")
-    stop = check_stop_when_flat(stop_when_flat, f"{where}.stop_when_flat")
+    """`stop_when_flat` of a train block (null, a mapping whose keys the schema checked, or a StopWhenFlat)
+    as a StopWhenFlat, and the rule the schema cannot say: it needs `heldout_every`."""
+    stop = stop_when_flat
+    if isinstance(stop, Mapping):
+        recipes = stop["recipes"]
+        stop = StopWhenFlat(stop["patience"], float(stop["min_delta"]), None if recipes is None else tuple(recipes))
     if stop is not None and heldout_every is None:
         raise ValueError(
             f"{where}.stop_when_flat: needs {where}.heldout_every (the held-out F1 is checked every "
@@ -116,7 +77,7 @@ def heldout_f1(
     model, tokenizer, job: Any, rows: Sequence[Mapping[str, str]], autocast: str | None
 ) -> tuple[float, list[str]]:
     """Mean token F1 of greedy answers to held-out questions, and the answers themselves (`job`: an
-    `inbedder.train.TrainJob`, for its template, model kind and answer length)."""
+    `inbedder.train_settings.TrainJob`, for its template, model kind and answer length)."""
     prompts = [training_prompt(job.template, r["instruction"], r["input"]) for r in rows]
     model.eval()
     answers = generate_answers(
@@ -274,27 +235,6 @@ class HeldoutCurve:
         return plateau(self.points, self.stop.patience, self.stop.min_delta)
 
 
-def plot_heldout(path: str | os.PathLike, curve: HeldoutCurve, title: str) -> None:
-    """Save the held-out token F1 curve as a PNG, atomically (two points when checked only before/after)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = curve.points
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    steps = [p["step"] for p in points]
-    ax.plot(steps, [100 * p["f1"] for p in points], marker="o", lw=1.5, label="held-out token F1")
-    flat = curve.plateau()
-    label = f"best: step {flat.best_step}"
-    if curve.stop is not None:
-        label += f" (stop_when_flat: patience {curve.stop.patience}, min_delta {curve.stop.min_delta:g})"
-    ax.axvline(flat.best_step, color="grey", ls="--", lw=1, label=label)
-    if curve.stopped is not None:
-        ax.axvline(steps[-1], color="tab:red", ls=":", lw=1, label=f"stopped flat at step {steps[-1]}")
-    save_step_plot(plt, fig, ax, path, title, "held-out answer token F1 (%)")
-
-
 def curve_callback(curve: HeldoutCurve):
     """Trainer callback: a held-out check every `curve.every` steps, and the stop once the curve is flat."""
     from transformers import TrainerCallback
@@ -331,7 +271,7 @@ def curve_callback(curve: HeldoutCurve):
 
 
 def stop_reason(curve: HeldoutCurve, settings: Any, steps: int, steps_of: str | None = None) -> str:
-    """Why training ended, in words (`settings`: the run's `inbedder.train.TrainSettings`; `steps_of`:
+    """Why training ended, in words (`settings`: the run's `inbedder.train_settings.TrainSettings`; `steps_of`:
     the run whose final step this one ended at, config `train.steps_of`)."""
     if steps_of is not None:
         return f"steps_of: stopped at step {steps}, where {steps_of} ended (the same number of steps)"
@@ -353,17 +293,3 @@ def stop_reason(curve: HeldoutCurve, settings: Any, steps: int, steps_of: str | 
             f"min_delta {curve.stop.min_delta:g})"
         )
     return budget
-
-
-def save_step_plot(plt, fig, ax, path: str | os.PathLike, title: str, ylabel: str) -> None:
-    """Label a per-step plot of a fine-tune (x: optimizer step), write it atomically as PNG and close it."""
-    from inbedder.files import atomic_path
-
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)

@@ -13,8 +13,8 @@ from typing import Any
 from inbedder.fidelity import method_settings
 from inbedder.models import RELEASED_SUFFIX, check_kind
 from inbedder.task_kinds import kind_class, modes_for
-from inbedder.train import RUN_KEYS, TrainSettings, check_recipe
 from inbedder.train_loop import TRAIN_LOOP
+from inbedder.train_settings import RUN_KEYS, check_recipe
 from inbedder.vocabulary import SENTENCE_ENCODER, TRAIN_SEED_SEP, UNTRAINED_RECIPES, split_recipe
 
 
@@ -23,7 +23,9 @@ def train_seeds(model: str, spec: Mapping[str, Any]) -> list[int]:
     train = spec.get("train") or {}
     seeds = train.get("seeds")
     if seeds is None:
-        return [int(train.get("seed", TrainSettings.seed))]
+        if "seed" not in train:
+            raise ValueError(f"models.{model}.train.seed: missing (a fine-tuned model's train block sets it)")
+        return [int(train["seed"])]
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
         raise ValueError(f"models.{model}.train.seeds: a non-empty list of distinct integers, got {seeds!r}")
     return [int(s) for s in seeds]
@@ -115,9 +117,8 @@ def train_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, A
     if unknown:
         raise ValueError(f"models.{model}.train.stop_when_flat.recipes: unknown recipe(s) {unknown}; "
                          f"known: {sorted(recipes)}")
-    if seed != train.get("seed", TrainSettings.seed):
+    if seed != train["seed"]:
         train["seed"] = seed
-    limits = config.get("limits") or {}
     method = method_settings(config)
     leader = train_leader(model, run, config)
     return {
@@ -128,7 +129,7 @@ def train_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, A
         "dataset": recipe_spec["dataset"],
         "train": train,
         "max_new_tokens": int(train.get("heldout_max_new_tokens") or spec["max_new_tokens"]),
-        "heldout_rows": train.get("heldout_rows") or limits.get("heldout_rows"),
+        "heldout_rows": train.get("heldout_rows") or config["limits"]["heldout_rows"],
         "device": config["device"],
         "dtype": config["dtype"],
         "loop": TRAIN_LOOP,
@@ -170,12 +171,12 @@ def encode_params(model: str, run: str, task: str, config: Mapping[str, Any]) ->
     """Params of the encode rule: exactly the settings that change a cache (model folders are inputs).
 
     Template: the recipe's (`recipes.<r>.template`), "inbedder" for `none` and `released`; answer
-    length `models.<m>.max_new_tokens` (default 3) and `models.<m>.decoding`; `layers`,
+    length `models.<m>.max_new_tokens` and `models.<m>.decoding`; `layers`,
     `encode_batch_size`, `device`, `dtype` (`models.<m>.dtype` first); re-encode-multi when the
     model's scored modes include it; the `method` switches and the instructions the authors' filter
     drops. The prompts come in as the task table.
     """
-    models, recipes, tasks = config["models"], config.get("recipes") or {}, config["tasks"]
+    models, recipes, tasks = config["models"], config["recipes"], config["tasks"]
     if model not in models:
         raise KeyError(f"model {model!r} is not a key of models; known: {sorted(models)}")
     if task not in tasks:
@@ -191,10 +192,10 @@ def encode_params(model: str, run: str, task: str, config: Mapping[str, Any]) ->
         "template": recipes[recipe]["template"] if recipe in recipes else "inbedder",
         "max_new_tokens": int(spec["max_new_tokens"]) if generative else 0,
         "layers": [int(x) for x in config["layers"]] if generative else [-1],
-        "batch_size": int(config.get("encode_batch_size", 32)),
+        "batch_size": int(config["encode_batch_size"]),
         "device": config["device"],
         "dtype": spec.get("dtype") or config["dtype"],
-        "decoding": spec.get("decoding", "greedy") if spec["kind"] in ("causal", "seq2seq") else "greedy",
+        "decoding": spec["decoding"] if spec["kind"] in ("causal", "seq2seq") else "greedy",
         "re_encode_multi": generative and "re-encode-multi" in modes,
         "method": method_settings(config) if generative else None,
         "filter_instructions": filter_instructions(tasks[task]) if generative else [],

@@ -51,8 +51,9 @@ def __getattr__(name: str) -> Any:  # `STOPWORDS`, the list as a module constant
         return stopwords()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-# Phrases the paper also filters: chat-style openers that carry no content.
-FILLER_PHRASES: tuple[str, ...] = ("Based on", "Sure!")
+# Phrases the paper also filters: chat-style openers that carry no content (the authors' fillers as words,
+# without the trailing space their filter config keeps).
+FILLER_PHRASES: tuple[str, ...] = tuple(phrase.rstrip() for phrase in AUTHORS_FILLERS)
 SPACE_MARKERS = ("\u0120", "\u2581", "\u010a")  # byte-level BPE space, sentencepiece space, BPE newline
 
 _WORD = re.compile(r"\w+(?:'\w+)?")

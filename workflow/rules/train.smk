@@ -1,7 +1,7 @@
 # Training stage: fine-tune a language model on a recipe's table (InBedder QA or Alpaca) with the
 # paper's objective for its kind. Checkpoints in <out>/checkpoints/ let a killed run resume;
-# train_summary.json, written last, marks the run complete. Library: inbedder.train (which also
-# computes the rule's params, so this file holds rules only).
+# train_summary.json, written last, marks the run complete. Library: inbedder.train (the job:
+# inbedder.train_settings; the rule's params: inbedder.rule_params.train_params).
 from inbedder.rule_params import train_leader, train_params
 from inbedder.vocabulary import split_recipe
 

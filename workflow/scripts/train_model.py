@@ -6,7 +6,8 @@ import torch
 
 from inbedder.config import resolve_device, resolve_dtype
 from inbedder.rule_script import rule_script
-from inbedder.train import job_from_params, train_model
+from inbedder.train import train_model
+from inbedder.train_settings import job_from_params
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 w = snakemake.wildcards

@@ -17,15 +17,8 @@ import pandas as pd
 import inbedder.report.figures as fg
 from inbedder.bootstrap import BOOT_SEED, LEVEL, MIN_ITEMS, N_BOOT, ItemData, read_items
 from inbedder.config import load_config
-from inbedder.fidelity import (
-    AUTHORS_COMMIT,
-    AUTHORS_REPO,
-    MethodRow,
-    method_notes,
-    method_rows,
-    method_settings,
-    same_re_encoder,
-)
+from inbedder.fidelity import AUTHORS_COMMIT, AUTHORS_REPO, method_settings
+from inbedder.fidelity_rows import MethodRow, method_notes, method_rows, same_re_encoder
 from inbedder.files import atomic_path, sha256_file, sha256_json, write_json, write_text
 from inbedder.report.aggregate import (
     SuiteScores,

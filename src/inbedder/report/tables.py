@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from inbedder.fidelity import MethodRow, method_notes, same_re_encoder
+from inbedder.fidelity_rows import MethodRow, method_notes, same_re_encoder
 from inbedder.report.aggregate import SuiteScores
 from inbedder.report.suites import (
     AVG,
@@ -153,7 +153,7 @@ def paper_table(paper: pd.DataFrame, table: str, ours: SuiteScores, reasons: Mis
                 re_encoder: str | None = None, models: Mapping[str, Any] | None = None) -> TableView:
     """The paper's table (its rows and columns) with our number, the paper's and the difference per cell.
 
-    `method`: the run's method rows (fidelity.method_rows): a row with a number of ours notes the switches that
+    `method`: the run's method rows (fidelity_rows.method_rows): a row with a number of ours notes the switches that
     differ from the authors' and can move this table. `re_encoder` (a name of the `models` registry): a re-encode
     row is compared only when it is the re-encoder of the paper's row (its `re_encoder` column).
     """
