@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from inbedder.tokens import masked_prompt_ids, pad_left, pad_right, special_ids
+
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices in batches of at most `batch_size`, longest first; a batch ends where the length changes
@@ -34,7 +36,6 @@ def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
-
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -163,18 +164,6 @@ def _next_tokens(logits, temperature: float | None, generator, top_p: float | No
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _left_pad(batch_ids: Sequence[Sequence[int]], pad_id: int, device):
-    import torch
-
-    width = max(len(x) for x in batch_ids)
-    ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
-    for r, seq in enumerate(batch_ids):
-        ids[r, width - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
-        mask[r, width - len(seq):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int, layers: Sequence[int],
                batch_size: int, eos: set[int], pad_id: int, temperature: float | None = None, top_p: float | None = None,
                generator=None, keep_states: bool = True, progress: Callable[[int], None] | None = None,
@@ -202,7 +191,7 @@ def run_causal(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: int
     eos_t = torch.tensor(sorted(eos) or [-1], device=device)
     with torch.inference_mode():
         for rows in plan_batches([len(x) for x in token_ids], batch_size):
-            ids, mask = _left_pad([token_ids[r] for r in rows], pad_id, device)
+            ids, mask = pad_left([token_ids[r] for r in rows], pad_id, device)
             padded = not bool(mask.all())
             position = (mask.cumsum(-1) - 1).clamp(min=0)
             out = base(input_ids=ids, attention_mask=mask if padded else None, position_ids=position,
@@ -272,8 +261,6 @@ def run_masked(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, n_masks
     """
     import torch
 
-    from inbedder.models import masked_prompt_ids, pad_right, special_ids
-
     n_layers = model.config.num_hidden_layers
     indices = resolve_layers(layers, n_layers, "the model")
     head_ids, _ = special_ids(tokenizer)
@@ -328,8 +315,6 @@ def run_seq2seq(model, token_ids: Sequence[Sequence[int]], *, max_new_tokens: in
                 top_p: float | None = None, sink=None) -> StepStates:
     """Encoder states for the prompt modes, decoder states (greedy decoding, KV cache) for the answer modes."""
     import torch
-
-    from inbedder.models import pad_right
 
     cfg = model.config
     n_enc = cfg.num_layers if hasattr(cfg, "num_layers") else cfg.encoder_layers

@@ -19,13 +19,14 @@ from inbedder.fidelity import (
     Switch,
     method_settings,
 )
+from inbedder.model_kinds import SAMPLING_KINDS
 from inbedder.train_settings import RECIPE_SCHEMA
 from inbedder.vocabulary import GENERATIVE_KINDS, UNTRAINED_RECIPES
 
 AUTHORS_BLOB = f"https://github.com/{AUTHORS_REPO}/blob/{AUTHORS_COMMIT}"
 _SAMPLED = "sampled (temperature 0.6, top_p 0.9)"
 _DTYPES = ("float32", "bfloat16")
-_GENERATING = ("causal", "seq2seq")  # kinds that decode an answer (a masked LM fills its masks in one pass)
+_GENERATING = SAMPLING_KINDS  # kinds that decode an answer (a masked LM fills its masks in one pass)
 # Switches of the fine-tuning: they cannot move a row of an untuned model or of the authors' checkpoint.
 _TRAINING_SWITCHES = ("method.train_answer_cut", "method.train_target", "recipes.<recipe>.epochs")
 

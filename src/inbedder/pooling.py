@@ -42,6 +42,7 @@ import numpy as np
 
 from inbedder.cache import Cache, load_cache
 from inbedder.fidelity import switch
+from inbedder.model_kinds import ModelKind, kind_of
 from inbedder.text import keep_steps
 from inbedder.vocabulary import FILTERED_MODES, GENERATION_MODES, STORED_MODES
 
@@ -59,6 +60,10 @@ FILTER_VARIANTS = switch("method.filter").values
 
 def _method(cache: Cache) -> dict[str, str]:
     return cache.meta.get("method") or {}
+
+
+def _kind(cache: Cache) -> ModelKind:
+    return kind_of(cache.meta["kind"], f"{cache.path}: meta.json kind")
 
 
 def _special_kept(cache: Cache, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -97,7 +102,7 @@ def step_mask(cache: Cache, filtered: bool | str, width: int | None = None) -> n
     variant = (method.get("filter", "words") if filtered is True else filtered) or None
     if variant is not None and variant not in FILTER_VARIANTS:
         raise KeyError(f"unknown filter {variant!r}; known: {', '.join(FILTER_VARIANTS)}")
-    authors_steps = method.get("special_steps") == "authors" and cache.meta.get("kind") != "masked"
+    authors_steps = method.get("special_steps") == "authors" and _kind(cache).drops_special_steps
     keep = _special_kept(cache, ids, mask) if authors_steps else mask
     if variant == "words":
         if cache.answers is None:
@@ -160,8 +165,8 @@ def embed(cache: Cache | str | os.PathLike, mode: str, layer: int = -1) -> np.nd
         raise KeyError(f"{cache.path}: a sentence-encoder cache has no {mode!r} (available: {available_modes(cache)})")
     name = _layer_name(cache, layer)
     first = np.asarray(cache.tensors[f"first_gen@{name}"], dtype=np.float32)
-    seq2seq_authors = cache.meta.get("kind") == "seq2seq" and _method(cache).get("special_steps") == "authors"
-    if base == "1st-gen" and not seq2seq_authors:
+    first_kept = _kind(cache).first_gen_is_first_kept and _method(cache).get("special_steps") == "authors"
+    if base == "1st-gen" and not first_kept:
         return first
     prompt_mean = np.asarray(cache.tensors[f"prompt_mean@{name}"], dtype=np.float32)
     if base == "avg-ppt":

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from inbedder.fidelity import method_settings
+from inbedder.model_kinds import kind_of
 from inbedder.models import RELEASED_SUFFIX, check_kind
 from inbedder.task_kinds import kind_class, modes_for
 from inbedder.train_loop import TRAIN_LOOP
@@ -195,7 +196,7 @@ def encode_params(model: str, run: str, task: str, config: Mapping[str, Any]) ->
         "batch_size": int(config["encode_batch_size"]),
         "device": config["device"],
         "dtype": spec.get("dtype") or config["dtype"],
-        "decoding": spec["decoding"] if spec["kind"] in ("causal", "seq2seq") else "greedy",
+        "decoding": spec["decoding"] if kind_of(spec["kind"]).samples else "greedy",
         "re_encode_multi": generative and "re-encode-multi" in modes,
         "method": method_settings(config) if generative else None,
         "filter_instructions": filter_instructions(tasks[task]) if generative else [],

@@ -31,10 +31,10 @@ from typing import Any
 
 from inbedder.fidelity import switch
 from inbedder.files import read_jsonl
-from inbedder.models import TRAINABLE_KINDS, special_ids
+from inbedder.model_kinds import KINDS, ModelKind, kind_of
 from inbedder.text import format_prompt
+from inbedder.tokens import IGNORE_INDEX, eos_id, pad_right, special_ids, text_ids
 
-IGNORE_INDEX = -100
 REQUIRED_FIELDS = ("instruction", "input", "output")
 # Rows without an input text (most of Alpaca) are prompted without the input block, for both
 # templates, as in the authors' training code.
@@ -73,21 +73,11 @@ class Encoded:
     answer_cut: bool = False
 
 
-def eos_id(tokenizer) -> int:
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    if eos is None:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither an EOS nor a SEP token")
-    return int(eos)
-
-
-def _text_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False).input_ids
-
-
-def _fit_prompt(tokenizer, kind: str, template: str, row: Mapping[str, str], budget: int) -> tuple[str, list[int]]:
+def _fit_prompt(tokenizer, kind: ModelKind, template: str, row: Mapping[str, str],
+                budget: int) -> tuple[str, list[int]]:
     """The formatted prompt and its ids, cutting the input text (then the instruction) until they fit."""
     fields_ = {"instruction": row["instruction"], "input": row["input"]}
-    add_special = kind != "masked"  # masked prompts get their special tokens around the masks
+    add_special = kind.prompt_special_tokens  # masked prompts get their special tokens around the masks
     for name in ("input", "instruction"):
         for _ in range(8):
             text = training_prompt(template, fields_["instruction"], fields_["input"])
@@ -97,16 +87,16 @@ def _fit_prompt(tokenizer, kind: str, template: str, row: Mapping[str, str], bud
                 return text, ids
             if not fields_[name]:
                 break
-            text_ids = _text_ids(tokenizer, fields_[name])
-            keep = max(0, len(text_ids) - over - 2)
-            fields_[name] = tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
+            part_ids = text_ids(tokenizer, fields_[name])
+            keep = max(0, len(part_ids) - over - 2)
+            fields_[name] = tokenizer.decode(part_ids[:keep], skip_special_tokens=True)
     raise ValueError(
         f"prompt of template {template!r} does not fit {budget} tokens even with an empty input "
         f"and instruction"
     )
 
 
-def _prompt_ids(tokenizer, kind: str, template: str, row: Mapping[str, str], budget: int) -> list[int]:
+def _prompt_ids(tokenizer, kind: ModelKind, template: str, row: Mapping[str, str], budget: int) -> list[int]:
     """Token ids of the formatted prompt, cutting the input text (then the instruction) until they fit."""
     return _fit_prompt(tokenizer, kind, template, row, budget)[1]
 
@@ -118,7 +108,7 @@ def first_tokens(tokenizer, text: str, n: int) -> str:
     if tokenizer.is_fast:
         spans = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         return text if n >= len(spans) else text[: spans[n - 1][1]]
-    ids = _text_ids(tokenizer, text)
+    ids = text_ids(tokenizer, text)
     return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(ids[:n]))
 
 
@@ -131,7 +121,7 @@ def authors_row_cut(tokenizer, row: Mapping[str, str], max_length: int) -> dict[
     alone pass it; the example is then cut to `max_length` from the right when it is built).
     """
     names = ("instruction", "input", "output") if row["input"].strip() else ("instruction", "output")
-    lengths = {name: len(_text_ids(tokenizer, row[name])) for name in names}
+    lengths = {name: len(text_ids(tokenizer, row[name])) for name in names}
     budget = max_length - AUTHORS_CUT_MARGIN
     total = sum(lengths.values())
     out = dict(row)
@@ -157,32 +147,9 @@ class _Joined:
         return _Joined(self.ids[: self.prompt + n] + end, self.prompt, n)
 
 
-def _join(tokenizer, kind: str, prompt: str, answer: str, train_target: str) -> _Joined:
+def _join(tokenizer, kind: ModelKind, prompt: str, answer: str, train_target: str) -> _Joined:
     """Prompt and answer as one id sequence of a causal or masked model, per `train_target`."""
-    if kind == "causal":
-        eos = eos_id(tokenizer)
-        prompt_ids = tokenizer(prompt).input_ids
-        if train_target == "space":
-            answer_ids = _text_ids(tokenizer, " " + answer)
-            return _Joined(prompt_ids + answer_ids + [eos], len(prompt_ids), len(answer_ids))
-        ids = tokenizer(prompt + answer + tokenizer.convert_ids_to_tokens(eos)).input_ids
-        if not ids or ids[-1] != eos:
-            raise ValueError(f"tokenizer {tokenizer.name_or_path!r}: its EOS text does not tokenise to id {eos}")
-        n = min(len(prompt_ids), len(ids) - 1)
-        return _Joined(ids, n, len(ids) - 1 - n)
-    head, tail = special_ids(tokenizer)
-    if train_target == "space":
-        prompt_ids = _text_ids(tokenizer, prompt)
-        answer_ids = _text_ids(tokenizer, " " + answer)
-        return _Joined(head + prompt_ids + answer_ids + tail, len(head) + len(prompt_ids), len(answer_ids))
-    ids = tokenizer(prompt + answer).input_ids
-    n = min(len(tokenizer(prompt).input_ids), len(ids)) - len(tail)
-    return _Joined(ids, n, len(ids) - len(tail) - n)
-
-
-def _closing(tokenizer, kind: str) -> list[int]:
-    """The special token(s) the tokenizer closes a masked model's sequence with (none for causal models)."""
-    return special_ids(tokenizer)[1] if kind == "masked" else []
+    return _Joined(*kind.join(tokenizer, prompt, answer, train_target))
 
 
 def _cut_right(joined: _Joined, end: int, max_length: int) -> _Joined:
@@ -194,7 +161,7 @@ def _cut_right(joined: _Joined, end: int, max_length: int) -> _Joined:
     return _Joined(ids, prompt, min(joined.answer, max_length - end - prompt))
 
 
-def _quarter_cut(tokenizer, kind: str, template: str, row: Mapping[str, str], max_length: int,
+def _quarter_cut(tokenizer, kind: ModelKind, template: str, row: Mapping[str, str], max_length: int,
                  train_target: str) -> _Joined:
     """The answer cut to `max_length // 4` tokens, then the prompt's input (then instruction) cut to fit."""
     keep = max(1, max_length // 4)
@@ -204,31 +171,32 @@ def _quarter_cut(tokenizer, kind: str, template: str, row: Mapping[str, str], ma
     if len(joined.ids) <= max_length:
         return joined
     end = len(joined.ids) - joined.prompt - joined.answer
-    head = len(special_ids(tokenizer)[0]) if kind == "masked" else 0
+    head = len(kind.wrap_ids(tokenizer)[0])
     prompt, _ = _fit_prompt(tokenizer, kind, template, row, max_length - joined.answer - end - head)
     joined = _join(tokenizer, kind, prompt, row["output"], train_target)
     joined = joined.keep_answer(min(joined.answer, keep))
     over = len(joined.ids) - max_length  # only when a token merges across the prompt's end
     if over > 0:
         joined = joined.keep_answer(max(1, joined.answer - over))
-    return _cut_right(joined, len(_closing(tokenizer, kind)), max_length)
+    return _cut_right(joined, len(kind.wrap_ids(tokenizer)[1]), max_length)
 
 
-def _seq2seq(tokenizer, template: str, row: Mapping[str, str], max_length: int, train_answer_cut: str) -> Encoded:
-    """Encoder input: the prompt; decoder target: the answer and EOS."""
-    answer = _text_ids(tokenizer, row["output"])
+def _decoder_example(tokenizer, kind: ModelKind, template: str, row: Mapping[str, str], max_length: int,
+                     train_answer_cut: str) -> Encoded:
+    """A seq2seq example: the prompt is the encoder's input, the answer and EOS the decoder's target."""
+    answer = text_ids(tokenizer, row["output"])
     eos = eos_id(tokenizer)
     if train_answer_cut == "quarter":
         keep = max(1, max_length // 4)
-        prompt = _prompt_ids(tokenizer, "seq2seq", template, row, max_length)
+        prompt = _prompt_ids(tokenizer, kind, template, row, max_length)
         return Encoded(prompt, answer[:keep] + [eos], len(answer) > keep)
     cut = authors_row_cut(tokenizer, row, max_length)
     prompt = tokenizer(training_prompt(template, cut["instruction"], cut["input"])).input_ids
     if len(prompt) > max_length:  # the whole prompt cut from the right, its special tokens kept
         head, tail = special_ids(tokenizer)
-        text = _text_ids(tokenizer, training_prompt(template, cut["instruction"], cut["input"]))
+        text = text_ids(tokenizer, training_prompt(template, cut["instruction"], cut["input"]))
         prompt = head + text[: max_length - len(head) - len(tail)] + tail
-    target = _text_ids(tokenizer, cut["output"])
+    target = text_ids(tokenizer, cut["output"])
     kept = target[: max_length - 1]
     return Encoded(prompt, kept + [eos], cut["output"] != row["output"] or len(kept) < len(target))
 
@@ -250,12 +218,20 @@ def encode_example(
     an answer token (never at the paper's lengths: the 20-token margin holds the template) is cut as
     under `quarter`, so that every example teaches something.
     """
-    if kind not in TRAINABLE_KINDS:
-        raise ValueError(f"kind {kind!r} is not trainable; trainable kinds: {', '.join(TRAINABLE_KINDS)}")
+    model_kind = kind_of(kind)
+    if not model_kind.trainable:
+        trainable = ", ".join(k.name for k in KINDS.values() if k.trainable)
+        raise ValueError(f"kind {kind!r} is not trainable; trainable kinds: {trainable}")
     check_train_method(train_target, train_answer_cut)
     row = {**row, "output": row["output"].strip()}
-    if kind == "seq2seq":
-        return _seq2seq(tokenizer, template, row, max_length, train_answer_cut)
+    if model_kind.decoder_target:
+        return _decoder_example(tokenizer, model_kind, template, row, max_length, train_answer_cut)
+    return _joined_example(tokenizer, model_kind, template, row, max_length, train_target, train_answer_cut)
+
+
+def _joined_example(tokenizer, kind: ModelKind, template: str, row: Mapping[str, str], max_length: int,
+                    train_target: str, train_answer_cut: str) -> Encoded:
+    """A causal or masked example: prompt and answer joined, cut to `max_length`, labelled by its kind."""
     if train_answer_cut == "quarter":
         full = _join(tokenizer, kind, training_prompt(template, row["instruction"], row["input"]),
                      row["output"], train_target)
@@ -265,19 +241,12 @@ def encode_example(
         cut = authors_row_cut(tokenizer, row, max_length)
         prompt = training_prompt(template, cut["instruction"], cut["input"])
         full = _join(tokenizer, kind, prompt, cut["output"], train_target)
-        end = len(_closing(tokenizer, kind))
+        end = len(kind.wrap_ids(tokenizer)[1])
         joined = _cut_right(full, end, max_length)
         if len(joined.ids) - joined.prompt - end <= 0:  # no label left
             joined = _quarter_cut(tokenizer, kind, template, cut, max_length, train_target)
         was_cut = cut["output"] != row["output"] or len(joined.ids) < len(full.ids)
-    if kind == "causal":
-        labels = [IGNORE_INDEX] * joined.prompt + joined.ids[joined.prompt :]
-        return Encoded(joined.ids, labels, was_cut)
-    if tokenizer.mask_token_id is None:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no mask token; not a masked LM")
-    start, stop = joined.prompt, joined.prompt + joined.answer
-    input_ids = joined.ids[:start] + [tokenizer.mask_token_id] * joined.answer + joined.ids[stop:]
-    labels = [IGNORE_INDEX] * start + joined.ids[start:stop] + [IGNORE_INDEX] * (len(joined.ids) - stop)
+    input_ids, labels = kind.labelled(tokenizer, joined.ids, joined.prompt, joined.answer)
     return Encoded(input_ids, labels, was_cut)
 
 
@@ -303,8 +272,6 @@ class Collator:
 
     def __call__(self, batch: Sequence[Mapping[str, list[int]]]) -> dict[str, Any]:
         """Stack a batch of encoded examples into tensors."""
-        from inbedder.models import pad_right
-
         input_ids, attention = pad_right([b["input_ids"] for b in batch], self.pad_id)
         labels, _ = pad_right([b["labels"] for b in batch], self.pad_id, value=IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

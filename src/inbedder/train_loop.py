@@ -28,10 +28,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from inbedder.model_kinds import kind_of
 from inbedder.throughput import count_parameters, matmul_peak_gflops, train_throughput
+from inbedder.tokens import IGNORE_INDEX
 
 TRAIN_LOOP = {"batches": "grouped by length", "causal_lm_head": "label positions only"}
-IGNORE_INDEX = -100
 log = logging.getLogger(__name__)
 
 
@@ -144,13 +145,14 @@ def answer_only_loss(model, inputs: dict[str, Any], num_items_in_batch=None):
 
 
 def make_trainer(meter: StepMeter, kind: str, **trainer_kwargs: Any):
-    """A transformers Trainer for a model of `kind`: label-position loss for causal LMs, metered steps."""
+    """A transformers Trainer for a model of `kind`: label-position loss where the kind asks for it (causal
+    LMs), metered steps."""
     from transformers import Trainer
 
     class InBedderTrainer(Trainer):
         """Trainer computing a causal LM's head only at label positions and counting every micro-batch."""
 
-        answer_only = kind == "causal"
+        answer_only = kind_of(kind).answer_only_loss
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.answer_only and not return_outputs:

@@ -7,9 +7,13 @@ together (tests/test_config.py).
 from __future__ import annotations
 
 # Model kinds (config `models.<name>.kind`). Generative kinds answer the instruction; all of them
-# are fine-tuned with the paper's objective for their kind.
+# are fine-tuned with the paper's objective for their kind. What each kind does (loading, padding,
+# prompting, decoding, training, pooling) is its class in `inbedder.model_kinds`.
+CAUSAL = "causal"
+MASKED = "masked"
+SEQ2SEQ = "seq2seq"
 SENTENCE_ENCODER = "sentence-encoder"
-GENERATIVE_KINDS: tuple[str, ...] = ("causal", "masked", "seq2seq")
+GENERATIVE_KINDS: tuple[str, ...] = (CAUSAL, MASKED, SEQ2SEQ)
 TRAINABLE_KINDS: tuple[str, ...] = GENERATIVE_KINDS
 MODEL_KINDS: tuple[str, ...] = (*GENERATIVE_KINDS, SENTENCE_ENCODER)
 
