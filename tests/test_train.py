@@ -14,15 +14,18 @@ import torch
 import yaml
 
 import inbedder.train as train_module
+from inbedder.answering import generate_answers
 from inbedder.checkpoints import scan_checkpoints
 from inbedder.config import load_config
 from inbedder.files import read_jsonl, write_jsonl
-from inbedder.heldout import CURVE, add_point, curve_until, plateau, read_curve, write_curve
-from inbedder.models import ensure_materialized, generate_answers, load_lm, write_fingerprint
+from inbedder.heldout import CURVE, HeldoutCurve, add_point, curve_until, plateau, read_curve, write_curve
+from inbedder.loading import load_lm
+from inbedder.models import write_fingerprint
 from inbedder.rule_params import train_params
 from inbedder.text import format_prompt, remove_stopwords
 from inbedder.throughput import count_parameters, train_throughput
 from inbedder.train import train_model, training_arguments
+from inbedder.train_curves import moving_average, plot_heldout, plot_loss
 from inbedder.train_data import IGNORE_INDEX, Collator, Encoded, EncodedDataset, encode_example, read_rows
 from inbedder.train_loop import TRAIN_LOOP, StepMeter, answer_only_loss, make_trainer
 from inbedder.train_settings import TrainJob, TrainSettings, job_from_params
@@ -62,14 +65,14 @@ def c3_rows(n: int, offset: int = 0) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def smollm2_dir() -> Path:
-    return ensure_materialized("smollm2-135m", MODELS, ROOT / "data" / "models")
+def smollm2_dir(smollm2) -> Path:
+    return smollm2
 
 
 @pytest.fixture(scope="module")
-def bert_tokenizer_dir() -> Path:
+def bert_tokenizer_dir(minilm) -> Path:
     """A real WordPiece tokenizer with [CLS]/[SEP]/[MASK]/[PAD] (from the packaged MiniLM)."""
-    return ensure_materialized("minilm-l6", MODELS, ROOT / "data" / "models")
+    return minilm
 
 
 @pytest.fixture()
@@ -883,6 +886,25 @@ def test_a_resumed_run_counts_the_kept_checks_towards_patience(tmp_path, data, s
     assert summary["resumed_from_step"] == 1
     assert summary["steps"] == 2 and summary["stopped_early"] is True  # not 3: check 1 was counted
     assert [p["step"] for p in summary["heldout_curve"]] == [0, 1, 2]
+
+
+def test_one_drawing_of_the_curves_for_the_train_rule_and_the_report(tmp_path):
+    import pandas as pd
+
+    from inbedder.report.figures import figure_heldout, figure_loss
+
+    losses = [3.0, 2.5, float("nan"), 2.0, 1.2, 1.1]
+    assert moving_average(losses) == pytest.approx(pd.Series(losses).ewm(alpha=0.2).mean().tolist(), nan_ok=True)
+    rows = [{"step": i + 1, "loss": x, "lr": 1e-4} for i, x in enumerate(losses)]
+    plot_loss(tmp_path / "loss.png", rows, "loss")
+    curve = HeldoutCurve(tmp_path / CURVE, 2, None, lambda: (0.0, []))
+    curve.start([], {"step": 0, "f1": 0.1, "seconds": 1.0})
+    curve.add({"step": 2, "f1": 0.3, "seconds": 1.0})
+    plot_heldout(tmp_path / "heldout_f1.png", curve, "held-out F1")
+    assert (tmp_path / "loss.png").read_bytes()[:4] == (tmp_path / "heldout_f1.png").read_bytes()[:4] == b"\x89PNG"
+    run = {"name": "m-inbedder", "model": "m", "recipe": "inbedder", "log": pd.DataFrame(rows),
+           "summary": {"heldout_curve": [{"step": 0, "f1": 0.1}, {"step": 2, "f1": 0.3}], "stopped_early": True}}
+    assert figure_loss([run]).png[:4] == figure_heldout([run]).png[:4] == b"\x89PNG"
 
 
 def test_plateau_rule_and_curve_merging(tmp_path):

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inbedder.answering import generate_answers
 from inbedder.files import write_text
-from inbedder.models import generate_answers
 from inbedder.text import token_f1
 from inbedder.train_data import training_prompt
 

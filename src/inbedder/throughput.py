@@ -20,7 +20,7 @@ def matmul_peak_gflops(dtype: str = "bfloat16", seconds: float = 1.0) -> float:
     """Best GFLOP/s of square matmuls (1024, 2048) in `dtype` (`bfloat16`, `float32`) on this machine."""
     import torch
 
-    from inbedder.models import torch_dtype
+    from inbedder.loading import torch_dtype
 
     kind = torch_dtype(dtype)
     rng = torch.Generator().manual_seed(0)  # leaves the global RNG (training's) untouched

@@ -43,7 +43,8 @@ from inbedder.heldout import (
     training_untouched,
     write_curve,
 )
-from inbedder.models import check_kind, load_lm, make_readable, read_fingerprint, write_fingerprint
+from inbedder.loading import load_lm
+from inbedder.models import check_kind, make_readable, read_fingerprint, write_fingerprint
 from inbedder.train_callbacks import no_checkpoint_at_the_end, progress_callbacks, stop_at
 from inbedder.train_curves import loss_rows, plot_heldout, plot_loss, write_log_csv
 from inbedder.train_data import Collator, EncodedDataset, encode_example, eos_id, read_rows
