@@ -26,6 +26,7 @@ from inbedder.report.suites import (
     num,
     runs_of,
 )
+from inbedder.train_curves import draw_heldout, draw_loss
 from inbedder.vocabulary import ROBUSTNESS_GROUPS
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#999999", "#000000"]
@@ -295,13 +296,11 @@ def figure_loss(training: Sequence[dict]) -> Figure:
         for t in logs:
             log, ax = t["log"], panels[t["model"]]
             colour, linestyle = styles[t["name"]]
-            ax.plot(log["step"], log["loss"], color=colour, alpha=0.2, linewidth=0.7, linestyle=linestyle)
             f1 = ""
             s = t.get("summary") or {}
             if num(s.get("heldout_token_f1_before")) is not None and num(s.get("heldout_token_f1_after")) is not None:
                 f1 = f"  (F1 {_f1(s['heldout_token_f1_before'])} -> {_f1(s['heldout_token_f1_after'])})"
-            ax.plot(log["step"], log["loss"].ewm(alpha=0.2).mean(), color=colour, linewidth=1.3,
-                    linestyle=linestyle, label=f"{t['name']}{f1}")
+            draw_loss(ax, log["step"], log["loss"], label=f"{t['name']}{f1}", color=colour, linestyle=linestyle)
         for ax in panels.values():
             ax.legend(fontsize=6)
         return Figure(name, title, caption, _png(fig))
@@ -328,12 +327,8 @@ def figure_heldout(training: Sequence[dict]) -> Figure:
             f1 = [100 * float(p["f1"]) for p in points]
             if not f1:
                 continue
-            ax.plot(steps, f1, color=colour, linewidth=1.2, linestyle=linestyle, marker="o", markersize=2.5,
-                    label=t["name"])
-            best = max(range(len(f1)), key=f1.__getitem__)
-            ax.plot(steps[best], f1[best], "o", markersize=7, markerfacecolor="none", color=colour)
-            if s.get("stopped_early"):
-                ax.plot(steps[-1], f1[-1], "x", markersize=7, color=colour)
+            draw_heldout(ax, steps, f1, label=t["name"], color=colour, linestyle=linestyle,
+                         stopped=bool(s.get("stopped_early")))
         for ax in panels.values():
             ax.legend(fontsize=6)
         return Figure(name, title, caption, _png(fig))
