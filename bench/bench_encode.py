@@ -40,7 +40,7 @@ import torch
 
 from inbedder import encode, pooling
 from inbedder.files import write_json
-from inbedder.models import load_lm
+from inbedder.loading import load_lm
 from inbedder.sources import fetch, resolve_origin
 from inbedder.text import format_prompt
 
@@ -288,9 +288,9 @@ def speed(args, dtypes: list[str], work: Path) -> dict[str, object]:
 
     def ours_run(d: str, chunk, steps: int, out: Path) -> float:
         start = time.perf_counter()
-        meta = encode.encode_prompts(args.model, "causal", chunk, "inbedder", out, max_new_tokens=steps,
-                                     batch_size=args.batch_size, device="cpu", dtype=d, progress=False,
-                                     loaded=ours[d])
+        job = encode.EncodeJob(args.model, "causal", "inbedder", max_new_tokens=steps, batch_size=args.batch_size,
+                               device="cpu", dtype=d)
+        meta = encode.encode_prompts(job, chunk, out, progress=False, loaded=ours[d])
         assert meta["prompts"]["n"] == len(chunk)
         return time.perf_counter() - start
 

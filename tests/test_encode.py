@@ -17,9 +17,10 @@ import torch
 from conftest import MIRROR
 
 from inbedder import encode, pooling
-from inbedder.cache import Cache, CacheError, RowStore, Settings, load_cache, read_prompts, validate_cache
+from inbedder.cache import WRITE_CHUNK_ROWS, Cache, CacheError, RowStore, Settings, load_cache, validate_cache
 from inbedder.decoding import plan_batches, run_causal
-from inbedder.encode import encode_prompts, load_model, run_lm
+from inbedder.encode import EncodeJob, encode_prompts, run_lm
+from inbedder.loading import load_model
 from inbedder.text import format_prompt
 
 NEED = "What does the customer need?"
@@ -30,6 +31,13 @@ def banking_prompts(n: int, instruction: str = NEED, start: int = 0) -> list[dic
     with open(MIRROR / "banking77" / "test.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))[start : start + n]
     return [{"text": r["text"], "instruction": instruction} for r in rows]
+
+
+def encode_with(model_dir, kind: str, prompts, template: str, out, *, progress: bool = True, loaded=None,
+                chunk_rows: int = WRITE_CHUNK_ROWS, **job) -> dict:
+    """encode_prompts of the EncodeJob (model_dir, kind, template, **job)."""
+    return encode_prompts(EncodeJob(model_dir, kind, template, **job), prompts, out, progress=progress,
+                          loaded=loaded, chunk_rows=chunk_rows)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -191,7 +199,7 @@ def test_opt_with_projected_output_and_learned_positions(tmp_path, smollm2):
 
 def test_cache_files_keys_and_reuse(tiny_llama, tmp_path, monkeypatch):
     prompts = banking_prompts(6) + banking_prompts(2)  # duplicates are encoded once
-    meta = encode_prompts(
+    meta = encode_with(
         tiny_llama,
         "causal",
         prompts,
@@ -228,7 +236,7 @@ def test_cache_files_keys_and_reuse(tiny_llama, tmp_path, monkeypatch):
         raise AssertionError("the model ran although the cache was valid")
 
     monkeypatch.setattr(encode, "run_lm", no_model)
-    again = encode_prompts(
+    again = encode_with(
         tiny_llama,
         "causal",
         prompts,
@@ -243,7 +251,7 @@ def test_cache_files_keys_and_reuse(tiny_llama, tmp_path, monkeypatch):
     assert again["cache_key"] == meta["cache_key"]
     # Snakemake removes meta.json before a rerun: it is recovered from hidden.safetensors, not recomputed
     (tmp_path / "meta.json").unlink()
-    recovered = encode_prompts(
+    recovered = encode_with(
         tiny_llama,
         "causal",
         prompts,
@@ -281,7 +289,7 @@ def test_cache_key_changes_with_prompts_and_settings(tiny_llama, tmp_path):
     keys = {cache_key(f) for f in others}
     assert key not in keys and len(keys) == len(others)
     # a changed prompt set is a new cache: the old one is stale for the new key and is recomputed
-    meta = encode_prompts(
+    meta = encode_with(
         tiny_llama,
         "causal",
         prompts,
@@ -292,7 +300,7 @@ def test_cache_key_changes_with_prompts_and_settings(tiny_llama, tmp_path):
         dtype="float32",
         progress=False,
     )
-    new = encode_prompts(
+    new = encode_with(
         tiny_llama,
         "causal",
         prompts[:4],
@@ -311,7 +319,7 @@ def test_cache_key_changes_with_prompts_and_settings(tiny_llama, tmp_path):
 def test_truncated_corrupt_or_stale_caches_are_detected_and_recomputed(tiny_llama, tmp_path):
     prompts = banking_prompts(4)
     kw = {"max_new_tokens": 2, "device": "cpu", "dtype": "float32", "progress": False}
-    meta = encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path, **kw)
+    meta = encode_with(tiny_llama, "causal", prompts, "inbedder", tmp_path, **kw)
     key = meta["cache_key"]
     hidden = tmp_path / "hidden.safetensors"
     good = hidden.read_bytes()
@@ -321,7 +329,7 @@ def test_truncated_corrupt_or_stale_caches_are_detected_and_recomputed(tiny_llam
     assert "hidden.safetensors" in validate_cache(tmp_path, key)
     with pytest.raises(CacheError):
         load_cache(tmp_path)
-    assert encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path, **kw)["cache_key"] == key
+    assert encode_with(tiny_llama, "causal", prompts, "inbedder", tmp_path, **kw)["cache_key"] == key
     assert validate_cache(tmp_path, key) is None  # recomputed
     from safetensors.numpy import load_file
 
@@ -346,7 +354,7 @@ def test_truncated_corrupt_or_stale_caches_are_detected_and_recomputed(tiny_llam
     assert "not valid JSON" in validate_cache(tmp_path, key)
     (tmp_path / "meta.json").unlink()
     (tmp_path / "prompts.jsonl").write_text("")  # recovery checks every file, then gives up: recompute
-    assert encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path, **kw)["cache_key"] == key
+    assert encode_with(tiny_llama, "causal", prompts, "inbedder", tmp_path, **kw)["cache_key"] == key
     assert validate_cache(tmp_path, key) is None
 
 
@@ -364,10 +372,10 @@ def test_states_are_written_in_chunks_in_prompt_order_and_read_back_mapped(tiny_
         real_write(self, name)
 
     monkeypatch.setattr(RowStore, "_write", counted)
-    whole = encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path / "whole", chunk_rows=10**6, **kw)
+    whole = encode_with(tiny_llama, "causal", prompts, "inbedder", tmp_path / "whole", chunk_rows=10**6, **kw)
     assert [rows for name, rows in written if name == "first_gen@-1" and rows] == [9]  # one chunk, at the end
     written.clear()
-    tiny = encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path / "tiny", chunk_rows=1, **kw)
+    tiny = encode_with(tiny_llama, "causal", prompts, "inbedder", tmp_path / "tiny", chunk_rows=1, **kw)
     # with chunks of one row every batch is written as it finishes (longest prompts first)
     model, tok = load_model(tiny_llama, "causal", "cpu", "float32")
     lengths = [len(tok(format_prompt("inbedder", NEED, p["text"])).input_ids) for p in prompts]
@@ -396,7 +404,7 @@ def test_states_are_written_in_chunks_in_prompt_order_and_read_back_mapped(tiny_
 def test_sentence_encoder_embeds_in_chunks(minilm, minilm_model, tmp_path, monkeypatch):
     monkeypatch.setattr(encode, "SENTENCE_CHUNK", 3)
     prompts = banking_prompts(7)
-    encode_prompts(minilm, "sentence-encoder", prompts, "inbedder", tmp_path, device="cpu", dtype="float32",
+    encode_with(minilm, "sentence-encoder", prompts, "inbedder", tmp_path, device="cpu", dtype="float32",
                    progress=False, chunk_rows=2)
     cache = load_cache(tmp_path)
     np.testing.assert_allclose(pooling.embed(cache, "plain"), minilm_model.encode([p["text"] for p in prompts]),
@@ -439,10 +447,10 @@ def test_eos_ends_the_answer_and_masks_later_steps(tiny_llama):
 
 
 def test_masked_lm_one_pass_with_masks(tiny_roberta, tmp_path):
-    from inbedder.models import masked_prompt_ids
+    from inbedder.tokens import masked_prompt_ids
 
     prompts = banking_prompts(5)
-    meta = encode_prompts(
+    meta = encode_with(
         tiny_roberta,
         "masked",
         prompts,
@@ -502,7 +510,7 @@ def test_masked_lm_one_pass_with_masks(tiny_roberta, tmp_path):
 
 def test_seq2seq_encoder_for_prompt_decoder_for_answer(tiny_t5, tmp_path):
     prompts = banking_prompts(4)
-    encode_prompts(
+    encode_with(
         tiny_t5,
         "seq2seq",
         prompts,
@@ -556,7 +564,7 @@ def minilm_model(minilm):
 
 def test_sentence_encoder_plain_and_prefixed(minilm, minilm_model, tmp_path):
     prompts = banking_prompts(4) + banking_prompts(4, instruction="How does the customer feel?")
-    meta = encode_prompts(
+    meta = encode_with(
         minilm,
         "sentence-encoder",
         prompts,
@@ -584,7 +592,7 @@ def test_sentence_encoder_plain_and_prefixed(minilm, minilm_model, tmp_path):
 
 def test_re_encode_embeds_the_answers(tiny_llama, minilm, minilm_model, tmp_path):
     prompts = banking_prompts(5)
-    encode_prompts(
+    encode_with(
         tiny_llama,
         "causal",
         prompts,
@@ -620,8 +628,8 @@ def test_re_encode_multi_averages_seeded_samples(tiny_llama, minilm, tmp_path):
         "re_encode_multi": True,
         "progress": False,
     }
-    encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path / "a", **kw)
-    encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path / "b", **kw)
+    encode_with(tiny_llama, "causal", prompts, "inbedder", tmp_path / "a", **kw)
+    encode_with(tiny_llama, "causal", prompts, "inbedder", tmp_path / "b", **kw)
     a, b = load_cache(tmp_path / "a"), load_cache(tmp_path / "b")
     multi = pooling.embed(a, "re-encode-multi")
     assert multi.shape == (3, 384) and np.isfinite(multi).all()
@@ -653,26 +661,18 @@ def test_encode_task_uses_the_task_table_prompts(minilm, tmp_path):
     spec = {"kind": "clustering", "dataset": "tiny_banking", "instructions": {"intent": NEED}}
     task_table = build_task_table("TinyBanking", spec, tmp_path / "tasks" / "TinyBanking.parquet", data_dir=data,
                                   limit=4)
-    meta = encode_task(
-        tmp_path / "tasks" / "TinyBanking.parquet",
-        minilm,
-        "sentence-encoder",
-        tmp_path / "cache",
-        template="inbedder",
-        device="cpu",
-        dtype="float32",
-        progress=False,
-    )
+    job = EncodeJob(minilm, "sentence-encoder", "inbedder", device="cpu", dtype="float32")
+    meta = encode_task(job, tmp_path / "tasks" / "TinyBanking.parquet", tmp_path / "cache", progress=False)
     expected = task_prompts("TinyBanking", spec, task_table)
     assert meta["prompts"]["n"] == len(expected) == 4
-    assert [(p["text"], p["instruction"]) for p in read_prompts(tmp_path / "cache")] == [
+    assert [(p["text"], p["instruction"]) for p in load_cache(tmp_path / "cache").prompts] == [
         (p["text"], p["instruction"]) for p in expected
     ]
 
 
 def test_rule_params_hold_the_settings_that_change_a_cache(root):
     from inbedder.config import load_config
-    from inbedder.encode import re_encoder_name
+    from inbedder.encode import job_from_params, re_encoder_name
     from inbedder.rule_params import encode_params as rule_params
 
     config = load_config(root / "config.yaml", root / "workflow" / "profiles" / "offline" / "run.yaml")
@@ -683,6 +683,9 @@ def test_rule_params_hold_the_settings_that_change_a_cache(root):
     assert tuned["layers"] == config.get("layers", [-1]) and tuned["re_encode_multi"] is False
     assert not {"task_spec", "limit"} & set(tuned)  # the rows come in as the task table (rule_params.task_table_params)
     assert rule_params("smollm2-135m", "alpaca", task, config)["template"] == "alpaca"
+    # the encode job is built from the params whole: each of them is a field of EncodeJob
+    job = job_from_params(tuned, "data/models/smollm2-135m", "data/models/minilm-l6")
+    assert {k: getattr(job, k) for k in tuned} == tuned and job.re_encoder_dir == "data/models/minilm-l6"
     assert rule_params("smollm2-135m", "none", task, config)["template"] == "inbedder"
     encoder = rule_params("minilm-l6", "none", task, config)
     assert encoder["kind"] == "sentence-encoder" and encoder["max_new_tokens"] == 0 and encoder["layers"] == [-1]
@@ -720,7 +723,7 @@ def test_sampled_decoding_is_seeded_and_part_of_the_cache_key(tiny_llama, tmp_pa
     prompts = banking_prompts(6)
 
     def run(name, decoding):
-        return encode_prompts(tiny_llama, "causal", prompts, "inbedder", tmp_path / name, max_new_tokens=4,
+        return encode_with(tiny_llama, "causal", prompts, "inbedder", tmp_path / name, max_new_tokens=4,
                               batch_size=4, device="cpu", dtype="float32", decoding=decoding, progress=False)
 
     sampled = {"temperature": 0.6, "top_p": 0.9, "seed": 1}

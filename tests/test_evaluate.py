@@ -460,15 +460,8 @@ def test_evaluate_cache_scores_a_real_encode_cache(st, data_dir, tmp_path, minil
     spec = TASKS["NLUPPTwoViewTriplets"]
     table = tmp_path / "tasks" / "NLUPPTwoViewTriplets.parquet"
     task_kinds.build_task_table("NLUPPTwoViewTriplets", spec, table, data_dir=data_dir, limit=30)
-    encode.encode_task(
-        table,
-        minilm,
-        "sentence-encoder",
-        tmp_path / "cache",
-        template="inbedder",
-        progress=False,
-        device="cpu",
-    )
+    encode.encode_task(encode.EncodeJob(minilm, "sentence-encoder", "inbedder", device="cpu"), table,
+                       tmp_path / "cache", progress=False)
     frame = evaluate.evaluate_cache(
         tmp_path / "cache",
         table,

@@ -70,11 +70,12 @@ def _texts(prompts) -> list[str]:
 
 def _encode(model_dir, kind, prompts, out, filter_instructions, max_new_tokens):
     from inbedder.cache import load_cache
-    from inbedder.encode import encode_prompts
+    from inbedder.encode import EncodeJob, encode_prompts
 
-    encode_prompts(model_dir, kind, prompts, "inbedder", out, max_new_tokens=max_new_tokens, layers=LAYERS,
-                   batch_size=5, device="cpu", dtype="float32", max_length=MAX_LENGTH, method=METHOD,
-                   filter_instructions=filter_instructions, progress=False)
+    job = EncodeJob(model_dir, kind, "inbedder", max_new_tokens=max_new_tokens, layers=LAYERS, batch_size=5,
+                    device="cpu", dtype="float32", max_length=MAX_LENGTH, method=METHOD,
+                    filter_instructions=filter_instructions)
+    encode_prompts(job, prompts, out, progress=False)
     cache = load_cache(out)
     assert [(p["text"], p["instruction"]) for p in cache.prompts] == [(p["text"], p["instruction"]) for p in prompts]
     return cache

@@ -26,8 +26,9 @@ file atomically and `meta.json` last (the completion marker):
   with a re-encoder: `re-encode [N,H]`, `re-encode+filter [N,H]` (and `re-encode-multi [N,H]`);
 - `meta.json`: the model fingerprint, template, generation and compute settings, layers, the config
   `method` switches (with the task's filter instructions), the prompt list's sha256, and `cache_key`
-  = sha256 of all of these; plus the size and sha256 of every file, the special token ids and the
-  ids the authors' filter drops (`filter.authors_ids`).
+  = sha256 of all of these (`Settings`, `key_fields` and `cache_key` are in `inbedder.cache_settings`
+  and served from here); plus the size and sha256 of every file, the special token ids and the ids
+  the authors' filter drops (`filter.authors_ids`).
 
 The states are written as the model produces them: `RowStore` holds each array's rows in a file of a
 temporary folder inside the cache folder (written in place, in prompt order, whatever order the length-sorted
@@ -52,157 +53,48 @@ import logging
 import os
 import shutil
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inbedder.files import atomic_path, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
-from inbedder.text import TEMPLATES
-from inbedder.vocabulary import GENERATIVE_KINDS, MODEL_KINDS
+from inbedder.cache_settings import (
+    CACHE_FORMAT,
+    KEY_NAMES,
+    METHOD_KEYS,
+    MULTI_SAMPLES,
+    MULTI_TEMPERATURE,
+    MULTI_TOP_P,
+    Settings,
+    cache_key,
+    distinct_prompts,
+    key_fields,
+    model_fingerprint,
+    prompts_sha256,
+)
+from inbedder.files import atomic_path, read_jsonl, sha256_file, write_json, write_jsonl
+
+# The key's names (`inbedder.cache_settings`) are part of the format this module owns: the other
+# stages take them from here.
+__all__ = [
+    "ANSWERS", "CACHE_FORMAT", "HIDDEN", "KEY_NAMES", "META", "METHOD_KEYS", "MULTI_SAMPLES",
+    "MULTI_TEMPERATURE", "MULTI_TOP_P", "PROMPTS", "WRITE_CHUNK_ROWS", "Cache", "CacheError", "RowStore",
+    "Settings", "cache_key", "check_cache", "distinct_prompts", "key_fields", "load_cache",
+    "model_fingerprint", "prompts_sha256", "recover_meta", "validate_cache", "write_cache",
+    "write_safetensors",
+]
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
 PROMPTS, ANSWERS, HIDDEN, META = "prompts.jsonl", "answers.jsonl", "hidden.safetensors", "meta.json"
 # rows of one array an encode holds in memory before writing them to its RowStore file
 WRITE_CHUNK_ROWS = 256
-# re-encode-multi: answers sampled per prompt and their temperature (part of the key)
-MULTI_SAMPLES, MULTI_TEMPERATURE = 10, 0.8
-
-# the meta.json fields the cache key hashes (key_fields)
-KEY_NAMES = ("format", "kind", "model_fingerprint", "template", "template_text", "generation", "layers",
-              "compute", "method", "re_encoder", "prompts")
-# nucleus of the re-encode-multi draws under method.re_encode_multi_sampling: authors
-MULTI_TOP_P = 0.9
-# the config `method` switches that change an encode cache (each a Settings field)
-METHOD_KEYS = ("truncation", "special_steps", "filter", "masked_prompt_modes", "re_encode_multi_sampling")
 
 
 class CacheError(ValueError):
     """An encode cache is missing, stale or corrupt; the message names the file and the reason."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything that changes an encode cache, apart from the model weights and the prompts."""
-
-    kind: str
-    template: str
-    max_new_tokens: int
-    layers: tuple[int, ...]
-    batch_size: int
-    device: str
-    dtype: str
-    max_length: int = 512
-    re_encode: bool = False
-    re_encode_multi: bool = False
-    seed: int = 0
-    # config `method` (inbedder.fidelity): the authors' value first
-    truncation: str = "authors"
-    special_steps: str = "authors"
-    filter: str = "authors"
-    masked_prompt_modes: str = "authors"
-    re_encode_multi_sampling: str = "authors"
-    filter_instructions: tuple[str, ...] = ()
-    # config `models.<m>.decoding`: greedy when temperature is None
-    temperature: float | None = None
-    top_p: float | None = None
-    sample_seed: int = 42
-    # config `models.<m>.keep_last_words`: each text cut to its last N space-separated words first
-    keep_last_words: int | None = None
-
-    def __post_init__(self) -> None:
-        from inbedder.fidelity import method_settings
-
-        method_settings({"method": self.method()})  # a ValueError naming the key of a wrong value
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
-        if self.kind in GENERATIVE_KINDS and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.layers:
-            raise ValueError("layers: at least one layer is needed (-1 = last)")
-        if self.re_encode_multi and self.kind != "causal" and self.kind != "seq2seq":
-            raise ValueError(f"re-encode-multi samples answers; a {self.kind} model cannot (causal or seq2seq only)")
-
-
-    def decoding(self) -> str | dict[str, float | int | None]:
-        """"greedy", or the sampling settings (config `models.<m>.decoding`)."""
-        if self.temperature is None or self.kind == "masked":
-            return "greedy"
-        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.sample_seed}
-
-    def method(self) -> dict[str, str]:
-        """The `method` switches that change this cache."""
-        return {key: getattr(self, key) for key in METHOD_KEYS}
-
-
-# ----------------------------------------------------------------------------------------------
-# keys and fingerprints
-
-
-def distinct_prompts(prompts: Iterable[Mapping[str, str]]) -> list[dict[str, str]]:
-    """Distinct (text, instruction) prompts in first-seen order, checking both fields exist."""
-    seen: dict[tuple[str, str], None] = {}
-    for i, row in enumerate(prompts):
-        if "text" not in row or "instruction" not in row:
-            raise ValueError(f"prompt {i}: needs `text` and `instruction`, got keys {sorted(row)}")
-        seen.setdefault((str(row["text"]), str(row["instruction"])), None)
-    return [{"text": t, "instruction": i} for t, i in seen]
-
-
-def prompts_sha256(prompts: Sequence[Mapping[str, str]]) -> str:
-    """sha256 of the ordered (text, instruction) list."""
-    return sha256_json([[p["text"], p["instruction"]] for p in prompts])
-
-
-def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    """The weights' hash: fingerprint.json `sha256` if the folder has one, else a hash of its safetensors."""
-    root = Path(model_dir)
-    record = root / "fingerprint.json"
-    if record.exists():
-        value = json.loads(record.read_text(encoding="utf-8")).get("sha256")
-        if value:
-            return str(value)
-    files = sorted(p for p in root.rglob("*.safetensors") if p.is_file())
-    if not files:
-        raise FileNotFoundError(f"{root}: neither fingerprint.json nor *.safetensors weights to fingerprint")
-    return sha256_json({p.relative_to(root).as_posix(): sha256_file(p) for p in files})
-
-
-def key_fields(settings: Settings, model_fp: str, prompts: Sequence[Mapping[str, str]],
-               re_encoder_fp: str | None = None) -> dict[str, Any]:
-    """The content the cache key hashes: model, template, generation, layers, compute, prompts."""
-    generative = settings.kind in GENERATIVE_KINDS
-    return {
-        "format": CACHE_FORMAT,
-        "kind": settings.kind,
-        "model_fingerprint": model_fp,
-        "template": settings.template if generative else "instructor",
-        "template_text": TEMPLATES.get(settings.template, settings.template) if generative else TEMPLATES["instructor"],
-        "generation": {"decoding": settings.decoding(), "max_new_tokens": settings.max_new_tokens,
-                       "max_length": settings.max_length, "keep_last_words": settings.keep_last_words}
-        if generative else None,
-        "layers": [int(x) for x in settings.layers] if generative else None,
-        "compute": {"device": settings.device, "dtype": settings.dtype, "batch_size": settings.batch_size},
-        "method": {**settings.method(), "filter_instructions": list(settings.filter_instructions)}
-        if generative else None,
-        "re_encoder": ({"fingerprint": re_encoder_fp,
-                        "multi": {"samples": MULTI_SAMPLES, "temperature": MULTI_TEMPERATURE, "seed": settings.seed,
-                                  "top_p": MULTI_TOP_P if settings.re_encode_multi_sampling == "authors" else None}
-                        if settings.re_encode_multi else None}
-                       if settings.re_encode and generative else None),
-        "prompts": {"n": len(prompts), "sha256": prompts_sha256(prompts)},
-    }
-
-
-def cache_key(fields: Mapping[str, Any]) -> str:
-    """sha256 of the key fields."""
-    return sha256_json(dict(fields))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,11 +380,6 @@ def write_cache(out: Path, meta: dict[str, Any], prompts: Sequence[Mapping[str, 
     meta["files"][HIDDEN] = {"bytes": (out / HIDDEN).stat().st_size, "sha256": sha256_file(out / HIDDEN)}
     write_json(out / META, meta)
     return meta
-
-
-def read_prompts(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """prompts.jsonl of a cache."""
-    return read_jsonl(Path(out_dir) / PROMPTS)
 
 
 @dataclass(frozen=True)

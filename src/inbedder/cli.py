@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from inbedder.cache import load_cache
+from inbedder.files import atomic_path
+from inbedder.model_kinds import KINDS, kind_of
 from inbedder.vocabulary import MODEL_KINDS, SENTENCE_ENCODER
 
 
@@ -41,18 +44,15 @@ def model_kind(model_dir: str | Path) -> str:
         raise FileNotFoundError(f"{path}: not a model folder (no config.json); pass a materialised or trained model")
     architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
     for arch in architectures:
-        if arch.endswith("ForCausalLM"):
-            return "causal"
-        if arch.endswith("ForMaskedLM"):
-            return "masked"
-        if arch.endswith("ForConditionalGeneration"):
-            return "seq2seq"
+        for kind in KINDS.values():
+            if kind.architecture_suffix and arch.endswith(kind.architecture_suffix):
+                return kind.name
     raise ValueError(f"{config}: cannot tell the model kind from architectures {architectures}; pass --kind")
 
 
 def default_mode(kind: str) -> str:
     """The mode a user gets without --mode: 1st-gen for language models, prefixed for sentence encoders."""
-    return "prefixed" if kind == SENTENCE_ENCODER else "1st-gen"
+    return kind_of(kind).default_mode
 
 
 def cluster(
@@ -76,7 +76,7 @@ def cluster(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Encode, cluster and explain the texts of `file` under each instruction; write the results into out_dir."""
-    from inbedder import encode, evaluate, task_kinds
+    from inbedder import encode, evaluate, task_kinds  # mteb, torch, transformers: when a model runs
 
     if not instructions:
         raise ValueError("cluster: give at least one --instruction")
@@ -88,8 +88,9 @@ def cluster(
             "instructions": dict(zip(names, instructions, strict=True)), "k": int(k)}
     table = task_kinds.task_table("cluster", spec)
     prompts = task_kinds.task_prompts("cluster", spec, table)
-    encode.encode_prompts(model_dir, kind, prompts, template, out / "cache", max_new_tokens=max_new_tokens,
-                          layers=[layer], batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+    job = encode.EncodeJob(model_dir, kind, template, max_new_tokens=max_new_tokens, layers=[layer],
+                           batch_size=batch_size, device=device, dtype=dtype)
+    encode.encode_prompts(job, prompts, out / "cache", progress=progress)
     frame = evaluate.evaluate_cache(out / "cache", table, out / "scores.csv", out, model=Path(model_dir).name,
                                     recipe="cli", task="cluster", spec=spec, modes=[mode], layers=[layer],
                                     seeds=[seed])
@@ -99,9 +100,6 @@ def cluster(
 
 def _write_answers(out: Path) -> None:
     """answers.csv beside the assignments: each text's generated answer per instruction (language models)."""
-    from inbedder.cache import load_cache
-    from inbedder.files import atomic_path
-
     cache = load_cache(out / "cache")
     if cache.answers is None:
         return

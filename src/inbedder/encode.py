@@ -1,13 +1,17 @@
 """One cached pass per (model, task): generated answers and the hidden states every embedding mode needs.
 
+An encode job is an `EncodeJob` (built from the encode rule's params by `job_from_params`, passed whole).
 `encode_prompts` fills `results/<run>/cache/<model>-<recipe>/<task>/` (the format, its key and its
 validation are owned by `inbedder.cache`): the distinct prompts of a task table, the answers generated
-for them and the hidden states every embedding mode is pooled from (`inbedder.pooling`).
+for them and the hidden states every embedding mode is pooled from (`inbedder.pooling`), in phases:
+the cache key (`_key`), reuse of a valid cache, the model run into a `RowStore` (`_compute`), the meta
+and the files (`inbedder.cache.write_cache`).
 
-The model runs themselves are in `inbedder.decoding`. The states are written to disk as the batches
-finish (`inbedder.cache.RowStore`, a temporary folder in the cache folder) and streamed into
-`hidden.safetensors` at the end, so an encode job's memory does not grow with the number of prompts;
-sentence encoders embed `SENTENCE_CHUNK` texts at a time.
+How a kind prompts and decodes is its `inbedder.model_kinds` class; the model runs themselves are in
+`inbedder.decoding`. The states are written to disk as the batches finish (`inbedder.cache.RowStore`, a
+temporary folder in the cache folder) and streamed into `hidden.safetensors` at the end, so an encode
+job's memory does not grow with the number of prompts; sentence encoders embed `SENTENCE_CHUNK` texts
+at a time.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from inbedder.cache import (
-    GENERATIVE_KINDS,
     META,
     METHOD_KEYS,
     MULTI_SAMPLES,
@@ -42,7 +46,13 @@ from inbedder.cache import (
     validate_cache,
     write_cache,
 )
-from inbedder.decoding import StepStates, eos_ids, run_causal, run_masked, run_seq2seq
+from inbedder.config import resolve_device, resolve_dtype
+from inbedder.decoding import StepStates, eos_ids
+from inbedder.fidelity import method_settings
+from inbedder.loading import load_model, sentence_model
+from inbedder.model_kinds import kind_of
+from inbedder.task_kinds import modes_for, table_prompts
+from inbedder.tasks import read_task_table
 from inbedder.text import (
     STOPWORD_LIST_NAME,
     TEMPLATES,
@@ -54,22 +64,11 @@ from inbedder.text import (
     keep_steps,
     prompt_token_ids,
 )
-from inbedder.vocabulary import SENTENCE_ENCODER
 
 log = logging.getLogger(__name__)
 
 # texts a sentence encoder embeds per call when an encode writes its cache (one call up to this many)
 SENTENCE_CHUNK = 8192
-
-
-def sentence_model(model_dir: str | os.PathLike, device: str, dtype: str = "float32"):
-    """A sentence-transformers folder loaded for inference in `dtype`."""
-    from sentence_transformers import SentenceTransformer
-
-    from inbedder.models import torch_dtype
-
-    model = SentenceTransformer(str(model_dir), device=device)
-    return model if dtype == "float32" else model.to(torch_dtype(dtype))
 
 
 def encode_sentences(model_dir: str | os.PathLike, texts: Sequence[str], *, batch_size: int, device: str,
@@ -98,6 +97,74 @@ def _sentences_into(sink: RowStore, name: str, model, texts: Sequence[str], *, b
 
 
 # ----------------------------------------------------------------------------------------------
+# the job
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    """One encode job: the model folder and its kind, how it is prompted and decoded, compute, re-encoder.
+
+    `method` holds config `method` keys (the authors' value for any left out); `filter_instructions`
+    are the task's instructions the authors' filter drops the tokens of; `decoding` is "greedy" or
+    config `models.<m>.decoding` (temperature, top_p, seed); `keep_last_words` cuts each text to its
+    last N space-separated words before it is prompted (the prompts keep their full text as keys);
+    `re_encoder_dir` is the sentence encoder of the re-encode modes (None: no re-encode mode).
+    """
+
+    model_dir: str | os.PathLike
+    kind: str
+    template: str
+    max_new_tokens: int = 3
+    layers: Sequence[int] = (-1,)
+    batch_size: int = 32
+    device: str = "auto"
+    dtype: str = "auto"
+    re_encoder_dir: str | os.PathLike | None = None
+    re_encode_multi: bool = False
+    max_length: int = 512
+    seed: int = 0
+    method: Mapping[str, str] | None = None
+    filter_instructions: Sequence[str] = ()
+    decoding: str | Mapping[str, Any] = "greedy"
+    keep_last_words: int | None = None
+
+    def settings(self) -> Settings:
+        """The cache settings of this job (device and dtype resolved, `method` completed)."""
+        device = resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype, device)
+        switches = method_settings({"method": dict(self.method or {})})
+        generative = kind_of(self.kind).generative
+        return Settings(kind=self.kind, template=self.template,
+                        max_new_tokens=int(self.max_new_tokens if generative else 0),
+                        layers=tuple(int(x) for x in self.layers), batch_size=int(self.batch_size),
+                        device=device, dtype=dtype, max_length=int(self.max_length),
+                        re_encode=self.re_encoder_dir is not None, re_encode_multi=bool(self.re_encode_multi),
+                        seed=int(self.seed),
+                        **{k: switches[k] for k in METHOD_KEYS},
+                        filter_instructions=tuple(dict.fromkeys(str(x) for x in self.filter_instructions)),
+                        keep_last_words=None if self.keep_last_words is None else int(self.keep_last_words),
+                        **_sampling(self.decoding))
+
+
+def job_from_params(params: Mapping[str, Any], model_dir: str | os.PathLike,
+                    re_encoder_dir: str | os.PathLike | None = None) -> EncodeJob:
+    """An EncodeJob from the `settings` params of the encode rule (`inbedder.rule_params.encode_params`)."""
+    return EncodeJob(model_dir=model_dir, re_encoder_dir=re_encoder_dir, **params)
+
+
+def _sampling(decoding: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Settings fields of config `models.<m>.decoding`."""
+    if decoding == "greedy" or decoding is None:
+        return {}
+    if not isinstance(decoding, Mapping) or "temperature" not in decoding:
+        raise ValueError(f"decoding: expected 'greedy' or {{temperature, top_p, seed}}, got {decoding!r}")
+    top_p = decoding.get("top_p")
+    return {"temperature": float(decoding["temperature"]),
+            "top_p": None if top_p is None or float(top_p) >= 1.0 else float(top_p),
+            "sample_seed": int(decoding["seed"])}
+
+
+# ----------------------------------------------------------------------------------------------
 # the entry points
 
 
@@ -107,11 +174,127 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled, mininterval=2.0, smoothing=0.1)
 
 
-def _resolve(device: str, dtype: str) -> tuple[str, str]:
-    from inbedder.config import resolve_device, resolve_dtype
+def encode_task(job: EncodeJob, table: str | os.PathLike, out_dir: str | os.PathLike, *,
+                progress: bool = True) -> dict[str, Any]:
+    """The encode rule's entry point: the distinct prompts of a task table file, then encode_prompts."""
+    return encode_prompts(job, table_prompts(read_task_table(table)), out_dir, progress=progress)
 
-    device = resolve_device(device)
-    return device, resolve_dtype(dtype, device)
+
+def encode_prompts(job: EncodeJob, prompts: Sequence[Mapping[str, str]], out_dir: str | os.PathLike, *,
+                   progress: bool = True, loaded: tuple[Any, Any] | None = None,
+                   chunk_rows: int = WRITE_CHUNK_ROWS) -> dict[str, Any]:
+    """Write the encode cache of `prompts` into `out_dir` (reused when valid); return its meta.
+
+    `loaded`: the job's (model, tokenizer), already in memory. `chunk_rows`: rows of a state array held
+    in memory before they are written (the cache is the same for any value).
+    """
+    out = Path(out_dir)
+    prompts = distinct_prompts(prompts)
+    if not prompts:
+        raise ValueError(f"{out}: no prompts to encode")
+    settings = job.settings()
+    fields = _key(job, settings, prompts)
+    key = cache_key(fields)
+    reason = validate_cache(out, key)
+    if reason is None or (recover_meta(out, key) and validate_cache(out, key) is None):
+        log.info("%s: valid cache %s reused", out, key[:12])
+        return check_cache(out, key)
+    log.info("%s: encoding %d prompts (%s)", out, len(prompts), reason)
+    _clear(out)
+    start = time.perf_counter()
+    sink = RowStore(tempfile.mkdtemp(prefix=".hidden.", suffix=".parts", dir=out), len(prompts), chunk_rows)
+    try:
+        answers, extra = _compute(job, settings, prompts, sink, progress, loaded)
+        seconds = time.perf_counter() - start
+        meta = {**fields, "cache_key": key, "model_dir": str(job.model_dir),
+                "re_encoder_dir": str(job.re_encoder_dir) if fields["re_encoder"] else None, **extra,
+                "stats": {"seconds": round(seconds, 3), "prompts_per_second": round(len(prompts) / seconds, 3)},
+                "versions": _versions()}
+        return write_cache(out, meta, prompts, answers, sink)
+    finally:
+        sink.remove()
+
+
+def _key(job: EncodeJob, settings: Settings, prompts: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """The fields the cache key hashes (the template checked first)."""
+    generative = kind_of(settings.kind).generative
+    if generative and settings.template not in TEMPLATES and "{input}" not in settings.template:
+        raise ValueError(f"template {settings.template!r} is neither a known name ({sorted(TEMPLATES)}) nor "
+                         f"has {{input}}")
+    re_fp = model_fingerprint(job.re_encoder_dir) if settings.re_encode and generative else None
+    return key_fields(settings, model_fingerprint(job.model_dir), prompts, re_fp)
+
+
+def _clear(out: Path) -> None:
+    """Make the folder an incomplete cache: no meta.json, no states of a killed job."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META).unlink(missing_ok=True)  # from here on the folder is incomplete until meta.json is back
+    for stale in out.glob(".hidden.*.parts"):  # the states of a job that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _compute(job: EncodeJob, settings: Settings, prompts: Sequence[Mapping[str, str]], sink: RowStore,
+             progress: bool, loaded) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
+    """Run the model over the prompts, its arrays written to `sink`: (answers.jsonl rows or None, meta)."""
+    if not kind_of(settings.kind).generative:
+        model = sentence_model(job.model_dir, settings.device, settings.dtype)
+        for name, texts in (("plain", [p["text"] for p in prompts]),
+                            ("prefixed", [format_prompt("instructor", p["instruction"], p["text"])
+                                          for p in prompts])):
+            _sentences_into(sink, name, model, texts, batch_size=settings.batch_size, device=settings.device,
+                            progress=progress)
+        return None, {}
+    answers, extra = _encode_lm(job.model_dir, settings, prompts, progress, loaded, sink)
+    if settings.re_encode:
+        re_encode(job.re_encoder_dir, answers, device=settings.device, batch_size=settings.batch_size,
+                  progress=progress, sink=sink)
+        if settings.re_encode_multi:
+            sink.put("re-encode-multi", slice(None),
+                     _re_encode_multi(job.model_dir, settings, prompts, job.re_encoder_dir, progress, loaded))
+    return answers, extra
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _tokenize(tokenizer, settings: Settings, prompts: Sequence[Mapping[str, str]]) -> list[list[int]]:
+    """The prompts' token ids, fitted to the kind (`ModelKind.prompt_fit`) and cut by `method.truncation`."""
+    fit = kind_of(settings.kind).prompt_fit(tokenizer, settings.max_length, settings.max_new_tokens)
+    words = settings.keep_last_words
+
+    def text(p: Mapping[str, str]) -> str:
+        return p["text"] if words is None else " ".join(p["text"].split(" ")[-words:])
+
+    return [prompt_token_ids(tokenizer, settings.template, text(p), p["instruction"],
+                             truncation=settings.truncation, **fit) for p in prompts]
+
+
+def run_lm(model, tokenizer, settings: Settings, prompts: Sequence[Mapping[str, str]],
+           progress: bool = True, sink: RowStore | None = None) -> tuple[StepStates, set[int]]:
+    """Tokenise and run a loaded language model over the prompts: (states, EOS ids); with a `sink`
+    the states are written to it as the batches finish."""
+    import torch
+
+    ids = _tokenize(tokenizer, settings, prompts)
+    eos = eos_ids(model, tokenizer)
+    bar = _progress_bar(len(prompts), f"encode ({settings.kind}, {settings.dtype})", progress)
+    sampling = None
+    if settings.temperature is not None:
+        device = next(model.parameters()).device
+        sampling = {"temperature": settings.temperature, "top_p": settings.top_p,
+                    "generator": torch.Generator(device=device).manual_seed(settings.sample_seed)}
+    try:
+        states = kind_of(settings.kind).decode(
+            model, tokenizer, ids, max_new_tokens=settings.max_new_tokens, layers=settings.layers,
+            batch_size=settings.batch_size, eos=eos, sampling=sampling, progress=bar.update, sink=sink,
+            specials_in_prompt_modes=settings.masked_prompt_modes == "authors")
+    finally:
+        bar.close()
+    return states, eos
 
 
 def answer_rows(tokenizer, prompts: Sequence[Mapping[str, str]], states: StepStates, eos: set[int],
@@ -149,201 +332,14 @@ def answer_rows(tokenizer, prompts: Sequence[Mapping[str, str]], states: StepSta
     return rows
 
 
-def encode_prompts(
-    model_dir: str | os.PathLike,
-    kind: str,
-    prompts: Sequence[Mapping[str, str]],
-    template: str,
-    out_dir: str | os.PathLike,
-    *,
-    max_new_tokens: int = 3,
-    layers: Sequence[int] = (-1,),
-    batch_size: int = 32,
-    device: str = "auto",
-    dtype: str = "auto",
-    re_encoder_dir: str | os.PathLike | None = None,
-    re_encode_multi: bool = False,
-    max_length: int = 512,
-    seed: int = 0,
-    method: Mapping[str, str] | None = None,
-    filter_instructions: Sequence[str] = (),
-    decoding: str | Mapping[str, Any] = "greedy",
-    keep_last_words: int | None = None,
-    progress: bool = True,
-    loaded: tuple[Any, Any] | None = None,
-    chunk_rows: int = WRITE_CHUNK_ROWS,
-) -> dict[str, Any]:
-    """Write the encode cache of `prompts` into `out_dir` (reused when valid); return its meta.
-
-    `method` holds config `method` keys (the authors' value for any left out); `filter_instructions`
-    are the task's instructions the authors' filter drops the tokens of; `decoding` is "greedy" or
-    config `models.<m>.decoding` (temperature, top_p, seed); `keep_last_words` cuts each text to its
-    last N space-separated words before it is prompted (the prompts keep their full text as keys).
-    `chunk_rows`: rows of a state array held in memory before they are written (the cache is the same
-    for any value).
-    """
-    from inbedder.fidelity import method_settings
-
-    out = Path(out_dir)
-    prompts = distinct_prompts(prompts)
-    if not prompts:
-        raise ValueError(f"{out}: no prompts to encode")
-    device, dtype = _resolve(device, dtype)
-    switches = method_settings({"method": dict(method or {})})
-    settings = Settings(kind=kind, template=template, max_new_tokens=int(max_new_tokens if kind != SENTENCE_ENCODER
-                        else 0), layers=tuple(int(x) for x in layers), batch_size=int(batch_size), device=device,
-                        dtype=dtype, max_length=int(max_length), re_encode=re_encoder_dir is not None,
-                        re_encode_multi=bool(re_encode_multi), seed=int(seed),
-                        **{k: switches[k] for k in METHOD_KEYS},
-                        filter_instructions=tuple(dict.fromkeys(str(x) for x in filter_instructions)),
-                        keep_last_words=None if keep_last_words is None else int(keep_last_words),
-                        **_sampling(decoding))
-    if kind in GENERATIVE_KINDS and template not in TEMPLATES and "{input}" not in template:
-        raise ValueError(f"template {template!r} is neither a known name ({sorted(TEMPLATES)}) nor has {{input}}")
-    re_fp = model_fingerprint(re_encoder_dir) if settings.re_encode and kind in GENERATIVE_KINDS else None
-    fields = key_fields(settings, model_fingerprint(model_dir), prompts, re_fp)
-    key = cache_key(fields)
-    reason = validate_cache(out, key)
-    if reason is None or (recover_meta(out, key) and validate_cache(out, key) is None):
-        log.info("%s: valid cache %s reused", out, key[:12])
-        return check_cache(out, key)
-    log.info("%s: encoding %d prompts (%s)", out, len(prompts), reason)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META).unlink(missing_ok=True)  # from here on the folder is incomplete until meta.json is back
-    for stale in out.glob(".hidden.*.parts"):  # the states of a job that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-
-    start = time.perf_counter()
-    sink = RowStore(tempfile.mkdtemp(prefix=".hidden.", suffix=".parts", dir=out), len(prompts), chunk_rows)
-    try:
-        extra: dict[str, Any] = {}
-        answers: list[dict[str, Any]] | None = None
-        if kind == SENTENCE_ENCODER:
-            model = sentence_model(model_dir, device, dtype)
-            for name, texts in (("plain", [p["text"] for p in prompts]),
-                                ("prefixed", [format_prompt("instructor", p["instruction"], p["text"])
-                                              for p in prompts])):
-                _sentences_into(sink, name, model, texts, batch_size=batch_size, device=device, progress=progress)
-        else:
-            answers, extra = _encode_lm(model_dir, settings, prompts, progress, loaded, sink)
-            if settings.re_encode:
-                re_encode(re_encoder_dir, answers, device=device, batch_size=batch_size, progress=progress,
-                          sink=sink)
-                if settings.re_encode_multi:
-                    sink.put("re-encode-multi", slice(None),
-                             _re_encode_multi(model_dir, settings, prompts, re_encoder_dir, progress, loaded))
-        seconds = time.perf_counter() - start
-        meta = {**fields, "cache_key": key, "model_dir": str(model_dir),
-                "re_encoder_dir": str(re_encoder_dir) if re_fp else None, **extra,
-                "stats": {"seconds": round(seconds, 3), "prompts_per_second": round(len(prompts) / seconds, 3)},
-                "versions": _versions()}
-        return write_cache(out, meta, prompts, answers, sink)
-    finally:
-        sink.remove()
-
-
-def _sampling(decoding: str | Mapping[str, Any]) -> dict[str, Any]:
-    """Settings fields of config `models.<m>.decoding`."""
-    if decoding == "greedy" or decoding is None:
-        return {}
-    if not isinstance(decoding, Mapping) or "temperature" not in decoding:
-        raise ValueError(f"decoding: expected 'greedy' or {{temperature, top_p, seed}}, got {decoding!r}")
-    top_p = decoding.get("top_p")
-    return {"temperature": float(decoding["temperature"]),
-            "top_p": None if top_p is None or float(top_p) >= 1.0 else float(top_p),
-            "sample_seed": int(decoding["seed"])}
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__}
-
-
-def load_model(model_dir: str | os.PathLike, kind: str, device: str, dtype: str, attention: str | None = None):
-    """(model, tokenizer) of a language-model folder, ready for inference.
-
-    `attention` picks transformers' attention implementation; by default causal LMs on CPU use "eager":
-    for prompts of tens of tokens it measured 7-10% faster here than SDPA's CPU flash kernel (the
-    score matrices are tiny); elsewhere the model's default (SDPA) is kept.
-    """
-    from inbedder.models import load_lm
-
-    model, tokenizer = load_lm(model_dir, kind, device=device, dtype=dtype)
-    if attention is None and kind == "causal" and device == "cpu":
-        attention = "eager"
-    if attention is not None:
-        model.set_attn_implementation(attention)
-    return model, tokenizer
-
-
-def _tokenize(tokenizer, settings: Settings, prompts: Sequence[Mapping[str, str]]) -> list[list[int]]:
-    from inbedder.models import special_ids
-
-    cut = {"truncation": settings.truncation, "side": "right" if settings.kind == "seq2seq" else "left"}
-    words = settings.keep_last_words
-
-    def text(p: Mapping[str, str]) -> str:
-        return p["text"] if words is None else " ".join(p["text"].split(" ")[-words:])
-
-    if settings.kind == "masked":
-        head, tail = special_ids(tokenizer)
-        budget = settings.max_length - settings.max_new_tokens - len(head) - len(tail)
-        return [prompt_token_ids(tokenizer, settings.template, text(p), p["instruction"], budget,
-                                 add_special_tokens=False, **cut) for p in prompts]
-    return [prompt_token_ids(tokenizer, settings.template, text(p), p["instruction"], settings.max_length, **cut)
-            for p in prompts]
-
-
-def _pad_id(tokenizer, eos: set[int]) -> int:
-    if tokenizer.pad_token_id is not None:
-        return int(tokenizer.pad_token_id)
-    if eos:
-        return min(eos)
-    return 0
-
-
-def run_lm(model, tokenizer, settings: Settings, prompts: Sequence[Mapping[str, str]],
-           progress: bool = True, sink: RowStore | None = None) -> tuple[StepStates, set[int]]:
-    """Tokenise and run a loaded language model over the prompts: (states, EOS ids); with a `sink`
-    the states are written to it as the batches finish."""
-    import torch
-
-    ids = _tokenize(tokenizer, settings, prompts)
-    eos = eos_ids(model, tokenizer)
-    bar = _progress_bar(len(prompts), f"encode ({settings.kind}, {settings.dtype})", progress)
-    sampling = {}
-    if settings.temperature is not None:
-        device = next(model.parameters()).device
-        sampling = {"temperature": settings.temperature, "top_p": settings.top_p,
-                    "generator": torch.Generator(device=device).manual_seed(settings.sample_seed)}
-    try:
-        if settings.kind == "causal":
-            states = run_causal(model, ids, max_new_tokens=settings.max_new_tokens, layers=settings.layers,
-                                batch_size=settings.batch_size, eos=eos, pad_id=_pad_id(tokenizer, eos),
-                                progress=bar.update, sink=sink, **sampling)
-        elif settings.kind == "masked":
-            states = run_masked(model, tokenizer, ids, n_masks=settings.max_new_tokens, layers=settings.layers,
-                                batch_size=settings.batch_size, progress=bar.update, sink=sink,
-                                specials_in_prompt_modes=settings.masked_prompt_modes == "authors")
-        else:
-            states = run_seq2seq(model, ids, max_new_tokens=settings.max_new_tokens, layers=settings.layers,
-                                 batch_size=settings.batch_size, eos=eos, pad_id=_pad_id(tokenizer, eos),
-                                 progress=bar.update, sink=sink, **sampling)
-    finally:
-        bar.close()
-    return states, eos
-
-
 def _encode_lm(model_dir, settings: Settings, prompts, progress: bool, loaded, sink: RowStore):
     """Run the model, its states and token arrays written to `sink`: (answers.jsonl rows, meta fields)."""
     model, tokenizer = loaded if loaded is not None else load_model(model_dir, settings.kind, settings.device,
                                                                      settings.dtype)
     states, eos = run_lm(model, tokenizer, settings, prompts, progress, sink)
     fillers = filler_tokens(tokenizer)
-    # the authors' masked encoder takes filter words and never applies them: no ids to drop there
-    filter_ids = [] if settings.kind == "masked" else authors_filter_ids(tokenizer, settings.filter_instructions)
+    filter_ids = (authors_filter_ids(tokenizer, settings.filter_instructions)
+                  if kind_of(settings.kind).applies_authors_filter else [])
     answers = answer_rows(tokenizer, prompts, states, eos, fillers,
                           filter_ids if settings.filter == "authors" else None)
     for name in ("gen_ids", "gen_mask", "prompt_len"):
@@ -388,22 +384,22 @@ def re_encode(re_encoder_dir, answers: Sequence[Mapping[str, Any]], *, device: s
 def _re_encode_multi(model_dir, settings: Settings, prompts, re_encoder_dir, progress: bool, loaded) -> np.ndarray:
     """Mean embedding of MULTI_SAMPLES answers sampled at MULTI_TEMPERATURE (seeded)."""
     import torch
-    from sentence_transformers import SentenceTransformer
 
     model, tokenizer = loaded if loaded is not None else load_model(model_dir, settings.kind, settings.device,
                                                                      settings.dtype)
     ids = _tokenize(tokenizer, settings, prompts)
     eos = eos_ids(model, tokenizer)
-    encoder = SentenceTransformer(str(re_encoder_dir), device=settings.device)
-    runner = run_causal if settings.kind == "causal" else run_seq2seq
+    encoder = sentence_model(re_encoder_dir, settings.device)
+    kind = kind_of(settings.kind)
     total = None
     for sample in range(MULTI_SAMPLES):
         generator = torch.Generator(device=settings.device).manual_seed(settings.seed * 1000 + sample)
         bar = _progress_bar(len(prompts), f"re-encode-multi sample {sample + 1}/{MULTI_SAMPLES}", progress)
-        states = runner(model, ids, max_new_tokens=settings.max_new_tokens, layers=settings.layers,
-                        batch_size=settings.batch_size, eos=eos, pad_id=_pad_id(tokenizer, eos),
-                        temperature=MULTI_TEMPERATURE, generator=generator, keep_states=False, progress=bar.update,
-                        top_p=MULTI_TOP_P if settings.re_encode_multi_sampling == "authors" else None)
+        sampling = {"temperature": MULTI_TEMPERATURE, "generator": generator,
+                    "top_p": MULTI_TOP_P if settings.re_encode_multi_sampling == "authors" else None}
+        states = kind.decode(model, tokenizer, ids, max_new_tokens=settings.max_new_tokens,
+                             layers=settings.layers, batch_size=settings.batch_size, eos=eos, sampling=sampling,
+                             keep_states=False, progress=bar.update)
         bar.close()
         texts = []
         for row, m in zip(states.gen_ids, states.gen_mask, strict=True):
@@ -415,49 +411,15 @@ def _re_encode_multi(model_dir, settings: Settings, prompts, re_encoder_dir, pro
     return total / MULTI_SAMPLES
 
 
-def encode_task(
-    table: str | os.PathLike,
-    model_dir: str | os.PathLike,
-    kind: str,
-    out_dir: str | os.PathLike,
-    *,
-    template: str,
-    max_new_tokens: int = 3,
-    layers: Sequence[int] = (-1,),
-    batch_size: int = 32,
-    device: str = "auto",
-    dtype: str = "auto",
-    re_encoder_dir: str | os.PathLike | None = None,
-    re_encode_multi: bool = False,
-    method: Mapping[str, str] | None = None,
-    filter_instructions: Sequence[str] = (),
-    decoding: str | Mapping[str, Any] = "greedy",
-    keep_last_words: int | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The encode rule's entry point: the distinct prompts of a task table file, then encode_prompts."""
-    from inbedder.task_kinds import table_prompts
-    from inbedder.tasks import read_task_table
-
-    prompts = table_prompts(read_task_table(table))
-    return encode_prompts(model_dir, kind, prompts, template, out_dir, max_new_tokens=max_new_tokens,
-                          layers=layers, batch_size=batch_size, device=device, dtype=dtype,
-                          re_encoder_dir=re_encoder_dir, re_encode_multi=re_encode_multi, method=method,
-                          filter_instructions=filter_instructions, decoding=decoding,
-                          keep_last_words=keep_last_words, progress=progress)
-
-
 def re_encoder_name(model: str, task: str, config: Mapping[str, Any]) -> str | None:
     """The sentence encoder (config `re_encoder`) when a re-encode mode of the model is scored on the task."""
-    from inbedder.task_kinds import modes_for
-
     spec = config["models"][model]
     modes = modes_for(config["tasks"][task], spec.get("modes", []))
-    if spec["kind"] == SENTENCE_ENCODER or not any(m.startswith("re-encode") for m in modes):
+    if not kind_of(spec["kind"]).generative or not any(m.startswith("re-encode") for m in modes):
         return None
     name = config.get("re_encoder")
     if not name:
         raise ValueError(f"models.{model}.modes has a re-encode mode but config `re_encoder` is not set")
-    if name not in config["models"] or config["models"][name]["kind"] != SENTENCE_ENCODER:
+    if name not in config["models"] or kind_of(config["models"][name]["kind"]).generative:
         raise ValueError(f"re_encoder: {name!r} is not a sentence-encoder key of models")
     return str(name)
