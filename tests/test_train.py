@@ -14,11 +14,13 @@ import torch
 import yaml
 
 import inbedder.train as train_module
+from inbedder.answering import generate_answers
 from inbedder.checkpoints import scan_checkpoints
 from inbedder.config import load_config
 from inbedder.files import read_jsonl, write_jsonl
 from inbedder.heldout import CURVE, HeldoutCurve, add_point, curve_until, plateau, read_curve, write_curve
-from inbedder.models import ensure_materialized, generate_answers, load_lm, write_fingerprint
+from inbedder.loading import load_lm
+from inbedder.models import write_fingerprint
 from inbedder.rule_params import train_params
 from inbedder.text import format_prompt, remove_stopwords
 from inbedder.throughput import count_parameters, train_throughput
@@ -63,14 +65,14 @@ def c3_rows(n: int, offset: int = 0) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def smollm2_dir() -> Path:
-    return ensure_materialized("smollm2-135m", MODELS, ROOT / "data" / "models")
+def smollm2_dir(smollm2) -> Path:
+    return smollm2
 
 
 @pytest.fixture(scope="module")
-def bert_tokenizer_dir() -> Path:
+def bert_tokenizer_dir(minilm) -> Path:
     """A real WordPiece tokenizer with [CLS]/[SEP]/[MASK]/[PAD] (from the packaged MiniLM)."""
-    return ensure_materialized("minilm-l6", MODELS, ROOT / "data" / "models")
+    return minilm
 
 
 @pytest.fixture()
