@@ -17,6 +17,7 @@ from inbedder.config import SCHEMA, ConfigError, check_block, check_runtime, loa
 from inbedder.heldout import StopWhenFlat
 from inbedder.task_kinds import unavailable_reason
 from inbedder.train_settings import TrainJob, TrainSettings
+from inbedder.vocabulary import MODEL_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -139,8 +140,6 @@ def test_lint_is_clean():
 
 
 def test_the_schema_lists_the_shared_vocabulary():
-    from inbedder.vocabulary import MODEL_KINDS
-
     schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
     kinds = schema["properties"]["models"]["additionalProperties"]["properties"]["kind"]["enum"]
     assert tuple(kinds) == MODEL_KINDS

@@ -19,10 +19,12 @@ from authors_reference import (
     filter_token_ids,
 )
 
-from inbedder import fidelity
+from inbedder import fidelity, pooling
+from inbedder.cache import load_cache
 from inbedder.config import schema
+from inbedder.encode import EncodeJob, encode_prompts
 from inbedder.fidelity import AUTHORS_COMMIT, SWITCHES, Citation, Switch, authors_stopwords, switch
-from inbedder.text import FILLER_PHRASES
+from inbedder.text import FILLER_PHRASES, authors_filter_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 # A clone or bare mirror of zhang-yu-wei/InBedder holding commit e7747148.
@@ -322,10 +324,6 @@ def _agreement_prompts(mirror) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_our_cache_equals_the_authors_aggregation_on_smollm2(lm, smollm2, mirror, tmp_path):
     """Every mode, unfiltered and with the authors' filter, within cosine 0.9999 of tests/authors_reference.py."""
-    from inbedder import pooling
-    from inbedder.cache import load_cache
-    from inbedder.encode import EncodeJob, encode_prompts
-
     model, tok = lm
     prompts = _agreement_prompts(mirror)
     assert len(prompts) >= 64
@@ -370,8 +368,6 @@ def test_our_cache_equals_the_authors_aggregation_on_smollm2(lm, smollm2, mirror
 def test_filter_ids_on_gemma3_sentencepiece_carry_bos_and_only_the_unprefixed_word_forms():
     from conftest import packaged_model
     from transformers import AutoTokenizer
-
-    from inbedder.text import authors_filter_ids
 
     tok = AutoTokenizer.from_pretrained(str(packaged_model("gemma3-270m")))
     ids = tok.convert_tokens_to_ids
