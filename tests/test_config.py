@@ -234,10 +234,18 @@ def test_loading_a_minimal_config_fills_in_every_default_of_the_schema(tmp_path)
 # Settings classes built from config keys, each field -> the key path it comes from.
 SETTINGS_CLASSES = {
     TrainSettings: {f.name: ("models", ANY, "train", f.name) for f in dataclasses.fields(TrainSettings)},
-    StopWhenFlat: {f.name: ("models", ANY, "train", "stop_when_flat", f.name) for f in dataclasses.fields(StopWhenFlat)},
-    TrainJob: {"device": ("device",), "dtype": ("dtype",), "max_new_tokens": ("models", ANY, "max_new_tokens"),
-               "heldout_rows": ("limits", "heldout_rows"), "train_rows": ("limits", "train_rows"),
-               "train_target": ("method", "train_target"), "train_answer_cut": ("method", "train_answer_cut")},
+    StopWhenFlat: {
+        f.name: ("models", ANY, "train", "stop_when_flat", f.name) for f in dataclasses.fields(StopWhenFlat)
+    },
+    TrainJob: {
+        "device": ("device",),
+        "dtype": ("dtype",),
+        "max_new_tokens": ("models", ANY, "max_new_tokens"),
+        "heldout_rows": ("limits", "heldout_rows"),
+        "train_rows": ("limits", "train_rows"),
+        "train_target": ("method", "train_target"),
+        "train_answer_cut": ("method", "train_answer_cut"),
+    },
 }
 
 
@@ -246,12 +254,13 @@ def test_settings_classes_leave_every_schema_default_to_the_schema():
     for cls, keys in SETTINGS_CLASSES.items():
         for field in dataclasses.fields(cls):
             if keys.get(field.name) in defaulted:
-                assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING, (
-                    f"{cls.__name__}.{field.name} repeats the schema's default of {'.'.join(keys[field.name])}")
+                where = f"{cls.__name__}.{field.name} repeats the default of {'.'.join(keys[field.name])}"
+                assert field.default is dataclasses.MISSING, where
+                assert field.default_factory is dataclasses.MISSING, where
 
 
 def _repeated_defaults(path: Path, defaults: dict[str, list[Any]]) -> list[str]:
-    """`.get(key, value)` / `.pop(key, value)` calls of a Python file whose value is a schema default of `key`."""
+    """The `.get(key, value)` / `.pop(key, value)` calls of a file whose value is a default of `key`."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)

@@ -937,7 +937,8 @@ def test_method_rows_read_the_sampling_settings_of_the_paper_profile():
     config["select"]["models"] = ["llama-2-7b"]
     row = {r.key: r for r in fidelity_rows.method_rows(config)}["models.llama-2-7b.decoding"]
     assert (row.value, row.agrees) == ("sampled (temperature 0.6, top_p 0.9, seed 42)", True)
-    config["models"]["llama-2-7b"]["decoding"] = {"temperature": 0.8, "top_p": 1.0, "seed": 42}  # as validated
+    # a sampling setting as validation leaves it: top_p and seed filled in
+    config["models"]["llama-2-7b"]["decoding"] = {"temperature": 0.8, "top_p": 1.0, "seed": 42}
     row = {r.key: r for r in fidelity_rows.method_rows(config)}["models.llama-2-7b.decoding"]
     assert (row.value, row.agrees) == ("sampled (temperature 0.8, top_p 1, seed 42)", False)
 

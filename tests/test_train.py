@@ -164,10 +164,10 @@ def job(kind: str, **settings) -> TrainJob:
 
 
 def workflow_job(model: str, recipe: str, config: dict, **where) -> TrainJob:
-    """The job the train_model rule runs: rule params of `config` (paper profile keys filled in) -> TrainJob."""
+    """The job the train_model rule runs: the rule params of `config` over the paper profile's -> TrainJob."""
     paper = load_config(ROOT / "config.yaml")
-    return job_from_params(train_params(model, recipe, {**paper, "device": "cpu", "dtype": "float32", **config,
-                                                        **where}))
+    config = {**paper, "device": "cpu", "dtype": "float32", **config, **where}
+    return job_from_params(train_params(model, recipe, config))
 
 
 # ---------------------------------------------------------------------------------------------- label masks
@@ -290,7 +290,8 @@ def test_smollm2_few_steps_loss_falls(tmp_path, smollm2_dir):
     out = tmp_path / "out"
     the_job = workflow_job("smollm2-135m", "inbedder", {"models": models},
                            dtype="bfloat16")  # CPU autocast: ~1.9x faster than fp32 here
-    summary = train_model(the_job, smollm2_dir, tmp_path / "inbedder.jsonl", tmp_path / "inbedder.heldout.jsonl", out)
+    tables = (tmp_path / "inbedder.jsonl", tmp_path / "inbedder.heldout.jsonl")
+    summary = train_model(the_job, smollm2_dir, *tables, out)
     with open(out / "train_log.csv", newline="") as fh:
         log = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in log] == [1, 2, 3, 4]
@@ -710,7 +711,8 @@ def test_recipe_epochs_replace_the_models_epochs(tmp_path, data, smollm2_dir):
     recipes = {"qa": {"dataset": "c3_qa", "template": "inbedder", "epochs": 2}}
     method = {"train_target": "space", "train_answer_cut": "quarter"}
     the_job = workflow_job("tiny-causal", "qa", {"models": models, "recipes": recipes, "method": method})
-    summary = train_model(the_job, base, data["train"], data["heldout"], tmp_path / "out", keep_checkpoints=True)
+    out = tmp_path / "out"
+    summary = train_model(the_job, base, data["train"], data["heldout"], out, keep_checkpoints=True)
     # 8 rows in batches of 4: 2 steps an epoch, 2 epochs
     assert summary["steps"] == 4 and summary["epochs_done"] == 2.0
     assert summary["settings"]["epochs"] == 2.0 and summary["recipe_epochs"] == 2
@@ -894,16 +896,18 @@ def test_one_drawing_of_the_curves_for_the_train_rule_and_the_report(tmp_path):
     from inbedder.report.figures import figure_heldout, figure_loss
 
     losses = [3.0, 2.5, float("nan"), 2.0, 1.2, 1.1]
-    assert moving_average(losses) == pytest.approx(pd.Series(losses).ewm(alpha=0.2).mean().tolist(), nan_ok=True)
+    pandas_ewm = pd.Series(losses).ewm(alpha=0.2).mean().tolist()
+    assert moving_average(losses) == pytest.approx(pandas_ewm, nan_ok=True)
     rows = [{"step": i + 1, "loss": x, "lr": 1e-4} for i, x in enumerate(losses)]
     plot_loss(tmp_path / "loss.png", rows, "loss")
     curve = HeldoutCurve(tmp_path / CURVE, 2, None, lambda: (0.0, []))
     curve.start([], {"step": 0, "f1": 0.1, "seconds": 1.0})
     curve.add({"step": 2, "f1": 0.3, "seconds": 1.0})
     plot_heldout(tmp_path / "heldout_f1.png", curve, "held-out F1")
-    assert (tmp_path / "loss.png").read_bytes()[:4] == (tmp_path / "heldout_f1.png").read_bytes()[:4] == b"\x89PNG"
+    assert {(tmp_path / name).read_bytes()[:4] for name in ("loss.png", "heldout_f1.png")} == {b"\x89PNG"}
+    points = [{"step": 0, "f1": 0.1}, {"step": 2, "f1": 0.3}]
     run = {"name": "m-inbedder", "model": "m", "recipe": "inbedder", "log": pd.DataFrame(rows),
-           "summary": {"heldout_curve": [{"step": 0, "f1": 0.1}, {"step": 2, "f1": 0.3}], "stopped_early": True}}
+           "summary": {"heldout_curve": points, "stopped_early": True}}
     assert figure_loss([run]).png[:4] == figure_heldout([run]).png[:4] == b"\x89PNG"
 
 
@@ -1010,7 +1014,8 @@ def test_bad_train_keys_give_the_schemas_errors(values, error):
 
 
 def test_the_stop_rule_gets_the_schemas_defaults():
-    settings = TrainSettings.from_config({**TINY_TRAIN, "heldout_every": 5, "stop_when_flat": {"patience": 2}})
+    stopping = {"heldout_every": 5, "stop_when_flat": {"patience": 2}}
+    settings = TrainSettings.from_config({**TINY_TRAIN, **stopping})
     assert (settings.stop_when_flat.min_delta, settings.stop_when_flat.recipes) == (0.0, None)
 
 
@@ -1050,8 +1055,8 @@ def test_bad_input_gives_clear_errors(tmp_path, data, smollm2_dir):
 
     def train(model, recipe, config=config, **where):
         the_job = workflow_job(model, recipe, config, **where)
-        return train_model(the_job, smollm2_dir, tables / f"{recipe}.jsonl", tables / f"{recipe}.heldout.jsonl",
-                           tmp_path / "o")
+        files = (tables / f"{recipe}.jsonl", tables / f"{recipe}.heldout.jsonl")
+        return train_model(the_job, smollm2_dir, *files, tmp_path / "o")
 
     with pytest.raises(
         FileNotFoundError, match=r"recipe 'ghost' \(dataset 'nope'\).*ghost\.jsonl does not exist"
@@ -1060,15 +1065,16 @@ def test_bad_input_gives_clear_errors(tmp_path, data, smollm2_dir):
     with pytest.raises(ValueError, match=r"model 'lstm'.*'rnn'.*allowed kinds: causal, masked, seq2seq"):
         train("lstm", "qa")
     with pytest.raises(ValueError, match="'minilm-l6' has kind 'sentence-encoder', which is not trained"):
-        encoder = {**MODELS["minilm-l6"], "max_new_tokens": 3, "train": TINY_TRAIN}  # as the schema fills it in
+        # max_new_tokens as the schema fills it in
+        encoder = {**MODELS["minilm-l6"], "max_new_tokens": 3, "train": TINY_TRAIN}
         train("minilm-l6", "qa", {"models": {"minilm-l6": encoder}, "recipes": recipes})
     with pytest.raises(ValueError, match="recipe 'none' is never trained"):
         train("smollm2-135m", "none")
     with pytest.raises(KeyError, match="recipe 'qa2'"):
         train("smollm2-135m", "qa2")
-    with pytest.raises(ValueError, match=r"models.smollm2-135m.train: Additional properties .*'lr' was unexpected"):
-        train("smollm2-135m", "qa", {**config, "models": {"smollm2-135m": {**MODELS["smollm2-135m"],
-                                                                            "train": {**TINY_TRAIN, "lr": 1}}}})
+    unknown = {"smollm2-135m": {**MODELS["smollm2-135m"], "train": {**TINY_TRAIN, "lr": 1}}}
+    with pytest.raises(ValueError, match=r"models.smollm2-135m.train: Additional properties .*'lr' was"):
+        train("smollm2-135m", "qa", {**config, "models": unknown})
     with pytest.raises(ValueError, match=r"models.smollm2-135m.train.seed: missing"):
         train("smollm2-135m", "qa", {**config, "models": {"smollm2-135m": {
             **MODELS["smollm2-135m"], "train": {k: v for k, v in TINY_TRAIN.items() if k != "seed"}}}})
@@ -1107,7 +1113,8 @@ def test_rule_params_hold_exactly_the_models_training_settings():
     assert alpaca_job.effective_settings().epochs == 1  # ... where the step budget wins
     assert alpaca_job.effective_settings().max_steps == 30
     for key, value in (("train_target", "space"), ("train_answer_cut", "quarter")):
-        changed = train_params("smollm2-135m", "inbedder", {**config, "method": {**config["method"], key: value}})
+        method = {**config["method"], key: value}
+        changed = train_params("smollm2-135m", "inbedder", {**config, "method": method})
         assert changed == {**params, key: value}
     other = {**config, "method": {**config["method"], "filter": "words", "special_steps": "keep_eos"}}
     assert train_params("smollm2-135m", "inbedder", other) == params  # encode-side switches do not retrain
@@ -1125,7 +1132,7 @@ def test_the_paper_profile_trains_alpaca_for_3_epochs():
         assert job.settings.epochs == 1 and job.settings.max_steps is None
         assert job.effective_settings().epochs == epochs
     config["recipes"]["alpaca"]["epochs"] = 0
-    with pytest.raises(ValueError, match=r"recipes.alpaca.epochs: 0 is less than or equal to the minimum of 0"):
+    with pytest.raises(ValueError, match=r"recipes.alpaca.epochs: 0 is less than or equal to the minimum"):
         train_params("opt-350m", "alpaca", config)
 
 

@@ -34,11 +34,8 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dict[str, Any]:
-    """Read config files in order (later ones win), apply overrides, validate against the schema.
-
-    Validation is Snakemake's (`snakemake.utils.validate`, as the Snakefile calls it): it also fills in
-    every default of the schema, which is where all of them live.
-    """
+    """Read config files in order (later ones win), apply overrides, validate; defaults filled in."""
+    # Snakemake's own validation, as the Snakefile calls it: the same defaults in and outside Snakemake
     from snakemake.utils import validate
 
     config: dict[str, Any] = {}
@@ -59,12 +56,7 @@ def schema() -> dict[str, Any]:
 
 
 def check_block(values: Mapping[str, Any], pointer: str, where: str) -> dict[str, Any]:
-    """A copy of one block of a config checked against the schema's part at `pointer` (e.g. "/$defs/train"),
-    its defaults filled in as validation fills them in; a ValueError names the first wrong key under `where`.
-
-    For blocks that reach the code without passing through a whole config (rule params, tests), so that
-    their bounds and defaults come from the schema as the config's do.
-    """
+    """A block met outside a whole config, checked against the schema at `pointer`, its defaults filled in."""
     from jsonschema.exceptions import best_match
 
     block = copy.deepcopy(dict(values))

@@ -41,7 +41,8 @@ class MethodRow:
     """One switch as a run sets it: the concrete key, this run's value, the authors', and whether they agree.
 
     `agrees` is None where the config alone cannot tell (dtype `auto` with device `auto`: it depends on the
-    machine). `model` / `recipe` name the only model or recipe the row concerns (per-model and per-recipe keys).
+    machine). `model` / `recipe` name the only model or recipe the row concerns (per-model and per-recipe
+    keys).
     """
 
     key: str
@@ -66,11 +67,28 @@ class MethodRow:
         return {True: "agrees", False: "differs", None: "depends on the device"}[self.agrees]
 
 
-def _row(s: Switch, key: str, value: str, authors: str, agrees: bool | None, *, model: str | None = None,
-         recipe: str | None = None) -> MethodRow:
-    return MethodRow(key=key, switch=s.key, value=value, authors=authors, agrees=agrees, description=s.description,
-                     citations=tuple((str(c), citation_url(c)) for c in s.follows), moves=s.moves, model=model,
-                     recipe=recipe)
+def _row(
+    s: Switch,
+    key: str,
+    value: str,
+    authors: str,
+    agrees: bool | None,
+    *,
+    model: str | None = None,
+    recipe: str | None = None,
+) -> MethodRow:
+    return MethodRow(
+        key=key,
+        switch=s.key,
+        value=value,
+        authors=authors,
+        agrees=agrees,
+        description=s.description,
+        citations=tuple((str(c), citation_url(c)) for c in s.follows),
+        moves=s.moves,
+        model=model,
+        recipe=recipe,
+    )
 
 
 def _is_llama(name: str, spec: dict[str, Any]) -> bool:
@@ -115,8 +133,10 @@ def _decoding_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
             value = f"sampled (temperature {sampled[0]:g}, top_p {sampled[1]:g}, seed {value['seed']})"
             matches_theirs = sampled == (0.6, 0.9)
         elif value not in s.values:
-            raise ValueError(f"{key}: {value!r} is not one of {', '.join(map(repr, s.values))} "
-                             f"or {{temperature, top_p, seed}}")
+            raise ValueError(
+                f"{key}: {value!r} is not one of {', '.join(map(repr, s.values))} "
+                f"or {{temperature, top_p, seed}}"
+            )
         else:
             matches_theirs = None
         if spec.get("kind") not in _GENERATING:  # a masked LM decodes nothing: the setting cannot differ
@@ -127,8 +147,16 @@ def _decoding_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
             agrees = value == s.authors or value == theirs
         else:
             agrees = matches_theirs and theirs == _SAMPLED
-        rows.append(_row(s, key, value, f"{theirs} ({'Llama-2' if theirs == _SAMPLED else 'OPT, T5'} runs)",
-                         agrees, model=name))
+        rows.append(
+            _row(
+                s,
+                key,
+                value,
+                f"{theirs} ({'Llama-2' if theirs == _SAMPLED else 'OPT, T5'} runs)",
+                agrees,
+                model=name,
+            )
+        )
     return rows
 
 
@@ -142,8 +170,11 @@ def _dtype_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
             raise ValueError(f"{key}: {value!r} is not one of {', '.join(map(repr, (*s.values, *_DTYPES)))}")
         theirs = "bfloat16" if _is_llama(name, spec) else "float32"
         resolved = {"cpu": "float32", "cuda": "bfloat16"}.get(device) if value == "auto" else value
-        shown = value if value != "auto" else (f"auto ({resolved} on {device})" if resolved
-                                               else "auto (bfloat16 on CUDA, float32 on CPU)")
+        shown = (
+            value
+            if value != "auto"
+            else (f"auto ({resolved} on {device})" if resolved else "auto (bfloat16 on CUDA, float32 on CPU)")
+        )
         agrees: bool | None
         if value == s.authors:
             agrees = True
@@ -151,8 +182,16 @@ def _dtype_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
             agrees = None
         else:
             agrees = resolved == theirs
-        rows.append(_row(s, key, shown, f"{theirs} ({'Llama-2' if theirs == 'bfloat16' else 'OPT, RoBERTa, T5'} "
-                                        "runs)", agrees, model=name))
+        rows.append(
+            _row(
+                s,
+                key,
+                shown,
+                f"{theirs} ({'Llama-2' if theirs == 'bfloat16' else 'OPT, RoBERTa, T5'} runs)",
+                agrees,
+                model=name,
+            )
+        )
     return rows
 
 
@@ -183,8 +222,9 @@ def _epoch_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
         if recipe_epochs is not None:
             value = f"{value} [recipe: {recipe_epochs:g}]"
         authors = str(theirs) if theirs is not None else "— (no such recipe in the paper)"
-        rows.append(_row(s, key, value, authors, None if theirs is None or not trained else agree_all,
-                         recipe=recipe))
+        rows.append(
+            _row(s, key, value, authors, None if theirs is None or not trained else agree_all, recipe=recipe)
+        )
     return rows
 
 
@@ -200,14 +240,23 @@ def method_rows(config: dict[str, Any]) -> list[MethodRow]:
     rows: list[MethodRow] = []
     for s in SWITCHES:
         if not s.configurable:  # a deviation every run makes: no key selects it
-            rows.append(_row(s, s.key, f"{s.ours} (every run; no config key selects it)", str(s.authors), False))
+            rows.append(
+                _row(s, s.key, f"{s.ours} (every run; no config key selects it)", str(s.authors), False)
+            )
         elif s.key.startswith(METHOD_PREFIX):
-            value = settings[s.key[len(METHOD_PREFIX):]]
+            value = settings[s.key[len(METHOD_PREFIX) :]]
             rows.append(_row(s, s.key, str(value), str(s.authors), value == s.authors))
         elif s.key == "re_encoder":
             ours = config.get("re_encoder")
-            rows.append(_row(s, s.key, str(ours or "none"), str(s.authors),
-                             same_re_encoder(str(s.authors), ours, config["models"])))
+            rows.append(
+                _row(
+                    s,
+                    s.key,
+                    str(ours or "none"),
+                    str(s.authors),
+                    same_re_encoder(str(s.authors), ours, config["models"]),
+                )
+            )
         elif s.key == "models.<model>.decoding":
             rows += _decoding_rows(s, config)
         elif s.key == "models.<model>.dtype":
@@ -219,8 +268,9 @@ def method_rows(config: dict[str, Any]) -> list[MethodRow]:
     return rows
 
 
-def method_notes(rows: list[MethodRow], tables: str | tuple[str, ...], model: str | None = None,
-                 recipe: str | None = None) -> list[str]:
+def method_notes(
+    rows: list[MethodRow], tables: str | tuple[str, ...], model: str | None = None, recipe: str | None = None
+) -> list[str]:
     """The keys of `rows` that differ from the authors' and can move one of `tables`, for a row of the given
     model and recipe (None: any). `re_encoder` is left out: a re-encode number is compared only with a paper
     row of the same re-encoder (the report says so where they differ)."""

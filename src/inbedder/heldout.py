@@ -55,12 +55,12 @@ class StopWhenFlat:
 
 
 def check_heldout_keys(heldout_every: Any, stop_when_flat: Any, where: str) -> StopWhenFlat | None:
-    """`stop_when_flat` of a train block (null, a mapping whose keys the schema checked, or a StopWhenFlat)
-    as a StopWhenFlat, and the rule the schema cannot say: it needs `heldout_every`."""
+    """A train block's `stop_when_flat` as a StopWhenFlat; it needs `heldout_every` (beyond the schema)."""
     stop = stop_when_flat
     if isinstance(stop, Mapping):
         recipes = stop["recipes"]
-        stop = StopWhenFlat(stop["patience"], float(stop["min_delta"]), None if recipes is None else tuple(recipes))
+        recipes = None if recipes is None else tuple(recipes)
+        stop = StopWhenFlat(stop["patience"], float(stop["min_delta"]), recipes)
     if stop is not None and heldout_every is None:
         raise ValueError(
             f"{where}.stop_when_flat: needs {where}.heldout_every (the held-out F1 is checked every "
@@ -271,7 +271,7 @@ def curve_callback(curve: HeldoutCurve):
 
 
 def stop_reason(curve: HeldoutCurve, settings: Any, steps: int, steps_of: str | None = None) -> str:
-    """Why training ended, in words (`settings`: the run's `inbedder.train_settings.TrainSettings`; `steps_of`:
+    """Why training ended, in words (`settings`: the run's `train_settings.TrainSettings`; `steps_of`:
     the run whose final step this one ended at, config `train.steps_of`)."""
     if steps_of is not None:
         return f"steps_of: stopped at step {steps}, where {steps_of} ended (the same number of steps)"

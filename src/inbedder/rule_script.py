@@ -1,4 +1,4 @@
-"""What every script of workflow/scripts/ does around its one library call: log to the rule's log, name a failure."""
+"""Around the one library call of every workflow/scripts/ script: the rule's log, a failure named in it."""
 
 from __future__ import annotations
 
@@ -12,11 +12,7 @@ LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
 
 @contextlib.contextmanager
 def rule_script(log_path: str | os.PathLike, name: str, task: str) -> Iterator[logging.Logger]:
-    """Run a rule script's body with stderr and logging sent to `log_path`; yield the logger `name`.
-
-    An exception is written to the log as "<task> failed" with its traceback, then raised again, so
-    Snakemake marks the job failed and shows the log.
-    """
+    """Send stderr and logging to `log_path`, yield logger `name`; a failure is logged as "<task> failed"."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     with open(log_path, "w", encoding="utf-8") as log_file, contextlib.redirect_stderr(log_file):

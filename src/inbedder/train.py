@@ -160,7 +160,7 @@ class _Trained:
 
 
 def run_key(job: TrainJob, base_sha256: str, train_path: str | os.PathLike, bf16: bool) -> dict[str, Any]:
-    """What the checkpoints of a fine-tune belong to: the job (less its device), base weights, data, precision."""
+    """What a fine-tune's checkpoints belong to: the job (less its device), base weights, data, precision."""
     key = {
         "job": asdict(job),
         "base": base_sha256,
@@ -174,9 +174,14 @@ def run_key(job: TrainJob, base_sha256: str, train_path: str | os.PathLike, bf16
     return key
 
 
-def start_run(job: TrainJob, base_dir: str | os.PathLike, train_path: str | os.PathLike,
-              heldout_path: str | os.PathLike, out_dir: str | os.PathLike) -> _Run:
-    """Check the job, read its data, and keep the checkpoints of the same run key (else empty their folder)."""
+def start_run(
+    job: TrainJob,
+    base_dir: str | os.PathLike,
+    train_path: str | os.PathLike,
+    heldout_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+) -> _Run:
+    """Check the job, read its data, keep the checkpoints of the same run key (else empty their folder)."""
     check_trainable(job.model, {"kind": job.kind})
     if job.recipe in UNTRAINED_RECIPES:
         raise ValueError(f"recipe {job.recipe!r} is never trained (model {job.model!r})")
@@ -216,26 +221,38 @@ def encode_rows(run: _Run, tokenizer) -> tuple[EncodedDataset, int]:
 
     job = run.job
     encoded = [
-        encode_example(tokenizer, job.kind, job.template, r, run.settings.max_length,
-                       train_target=job.train_target, train_answer_cut=job.train_answer_cut)
+        encode_example(
+            tokenizer,
+            job.kind,
+            job.template,
+            r,
+            run.settings.max_length,
+            train_target=job.train_target,
+            train_answer_cut=job.train_answer_cut,
+        )
         for r in tqdm(run.rows, desc="tokenising", unit="row")
     ]
     answers_cut = sum(e.answer_cut for e in encoded)
-    log.info("%s: %d of %d answers cut (train_answer_cut=%s, train_target=%s)", run.name, answers_cut,
-             len(encoded), job.train_answer_cut, job.train_target)
+    log.info(
+        "%s: %d of %d answers cut (train_answer_cut=%s, train_target=%s)",
+        run.name,
+        answers_cut,
+        len(encoded),
+        job.train_answer_cut,
+        job.train_target,
+    )
     return EncodedDataset(encoded), answers_cut
 
 
 def resume_point(run: _Run) -> tuple[CheckpointScan, int]:
-    """The newest complete checkpoint (in `scan.complete`) and its step (0: from the start); newer cut-short
-    saves are deleted, since Trainer would write into them again. Says in the log where training starts."""
+    """The checkpoint scan and the step training resumes from (0: the start), said in the log."""
     scan = scan_checkpoints(run.ckpt_dir)
     resume = scan.complete
     for fault in scan.rejected:
         log.warning("%s: not resuming from %s", run.name, fault)
     for stale in run.ckpt_dir.glob("checkpoint-*"):
         if resume is None or int(stale.name.rsplit("-", 1)[-1]) > int(resume.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(stale)
+            shutil.rmtree(stale)  # a cut-short save newer than the resume point: Trainer would write into it
     if resume:
         log.info("resuming %s from %s", run.name, resume)
         return scan, int(resume.name.rsplit("-", 1)[-1])
@@ -248,9 +265,15 @@ def resume_point(run: _Run) -> tuple[CheckpointScan, int]:
     return scan, 0
 
 
-def train_or_resume(run: _Run, model, tokenizer, before: Mapping[str, Any], extra_callbacks: Sequence[Any],
-                    keep_checkpoints: bool) -> _Trained:
-    """Train from the newest complete checkpoint of this run key, else from the start, with the held-out curve."""
+def train_or_resume(
+    run: _Run,
+    model,
+    tokenizer,
+    before: Mapping[str, Any],
+    extra_callbacks: Sequence[Any],
+    keep_checkpoints: bool,
+) -> _Trained:
+    """Train from the newest complete checkpoint of this run key (or step 0), with the held-out checks."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     job, settings = run.job, run.settings
@@ -296,13 +319,15 @@ def train_or_resume(run: _Run, model, tokenizer, before: Mapping[str, Any], extr
     rows_log = loss_rows(trainer.state.log_history)
     if not rows_log:
         raise RuntimeError(f"training {run.name} logged no loss")
-    return _Trained(trainer, result, rows_log, curve, meter, answers_cut, first_step, timing, scan, resumed_from)
+    return _Trained(
+        trainer, result, rows_log, curve, meter, answers_cut, first_step, timing, scan, resumed_from
+    )
 
 
-def write_outputs(run: _Run, trained: _Trained, model, tokenizer, before: Mapping[str, Any],
-                  base_dir: str | os.PathLike) -> tuple[float, dict[str, Any]]:
-    """The run folder but its summary: final model, held-out answers and curve, loss log, figures,
-    fingerprint (and the base model's licence). Returns the held-out F1 after training and the fingerprint."""
+def write_outputs(
+    run: _Run, trained: _Trained, model, tokenizer, before: Mapping[str, Any], base_dir: str | os.PathLike
+) -> tuple[float, dict[str, Any]]:
+    """Write the run folder but its summary; return the held-out F1 after training and the fingerprint."""
     out, job, curve = run.out, run.job, trained.curve
     # final model: saved in a temporary folder, then moved into place file by file
     with tempfile.TemporaryDirectory(prefix=".final-", dir=out) as tmp:
@@ -325,8 +350,13 @@ def write_outputs(run: _Run, trained: _Trained, model, tokenizer, before: Mappin
     write_jsonl(
         out / "heldout_answers.jsonl",
         [
-            {"instruction": r["instruction"], "input": r["input"], "reference": r["output"], "answer_before": b,
-             "answer_after": a}
+            {
+                "instruction": r["instruction"],
+                "input": r["input"],
+                "reference": r["output"],
+                "answer_before": b,
+                "answer_after": a,
+            }
             for r, b, a in zip(run.heldout, before["answers"], answers_after)
         ],
     )
@@ -334,19 +364,33 @@ def write_outputs(run: _Run, trained: _Trained, model, tokenizer, before: Mappin
     write_log_csv(out / "train_log.csv", trained.rows_log)
     plot_loss(out / "loss.png", trained.rows_log, f"{run.name}: {final_step} steps")
     plot_heldout(out / "heldout_f1.png", curve, f"{run.name}: held-out answer token F1")
-    fingerprint = write_fingerprint(out, run.name, job.kind, {"base": run.base_fp["sha256"], "recipe": job.recipe})
+    fingerprint = write_fingerprint(
+        out, run.name, job.kind, {"base": run.base_fp["sha256"], "recipe": job.recipe}
+    )
     if (Path(base_dir) / "licence").is_dir():  # a derivative keeps its base model's terms (Gemma)
         shutil.copytree(Path(base_dir) / "licence", out / "licence", dirs_exist_ok=True)
     return float(f1_after), fingerprint
 
 
-def run_summary(run: _Run, trained: _Trained, model, before: Mapping[str, Any], f1_after: float,
-                fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+def run_summary(
+    run: _Run,
+    trained: _Trained,
+    model,
+    before: Mapping[str, Any],
+    f1_after: float,
+    fingerprint: Mapping[str, Any],
+) -> dict[str, Any]:
     """train_summary.json: settings, losses, held-out F1, where the run started and ended, its throughput."""
     import torch
     import transformers
 
-    job, settings, state, curve, rows_log = run.job, run.settings, trained.state, trained.curve, trained.rows_log
+    job, settings, state, curve, rows_log = (
+        run.job,
+        run.settings,
+        trained.state,
+        trained.curve,
+        trained.rows_log,
+    )
     timing, final_step = trained.timing, int(state.global_step)
     window = max(1, min(5, len(rows_log) // 4))
     steps_run = timing.get("end_step", state.global_step) - timing.get("start_step", 0)
@@ -393,10 +437,13 @@ def run_summary(run: _Run, trained: _Trained, model, before: Mapping[str, Any], 
         "heldout_token_f1_before": float(before["f1"]),
         "heldout_token_f1_after": f1_after,
         "heldout_curve": [
-            {"step": int(p["step"]), "f1": None if math.isnan(p["f1"]) else float(p["f1"])} for p in curve.points
+            {"step": int(p["step"]), "f1": None if math.isnan(p["f1"]) else float(p["f1"])}
+            for p in curve.points
         ],
         "stopped_early": curve.stopped is not None,
-        "stop_reason": stop_reason(curve, settings, final_step, job.steps_of if job.stop_at_step == final_step else None),
+        "stop_reason": stop_reason(
+            curve, settings, final_step, job.steps_of if job.stop_at_step == final_step else None
+        ),
         "steps_of": None if job.steps_of is None else {"run": job.steps_of, "steps": job.stop_at_step},
         "plateau_step": flat.best_step,
         "plateau_heldout_f1": flat.best_f1,
@@ -418,7 +465,7 @@ def train_model(
     extra_callbacks: Sequence[Any] = (),
     keep_checkpoints: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune the model in `base_dir` on `train_path`, write the run folder `out_dir`, return the summary."""
+    """Fine-tune the model in `base_dir` on `train_path` into the run folder `out_dir`; return the summary."""
     from transformers import set_seed
 
     run = start_run(job, base_dir, train_path, heldout_path, out_dir)

@@ -1,6 +1,7 @@
-"""transformers Trainer callbacks of a fine-tune: progress and loss log, checkpoint marks, where training ends.
+"""Trainer callbacks of a fine-tune: progress and loss log, checkpoint marks, where training ends.
 
-The held-out check's callback is `inbedder.heldout.curve_callback`; the step meter's is in `inbedder.train_loop`.
+The held-out check's callback is `inbedder.heldout.curve_callback`; the step meter's, in
+`inbedder.train_loop`.
 """
 
 from __future__ import annotations

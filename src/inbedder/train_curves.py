@@ -39,7 +39,7 @@ def write_log_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, float]]) 
 
 
 def moving_average(values: Sequence[float], alpha: float = SMOOTHING) -> list[float]:
-    """Exponential moving average as pandas' `ewm(alpha=alpha).mean()` (adjusted weights; a NaN adds nothing)."""
+    """Exponential moving average as pandas' `ewm(alpha=alpha).mean()` (a NaN adds nothing)."""
     out, num, den = [], 0.0, 0.0
     for value in values:
         num, den = (1 - alpha) * num, (1 - alpha) * den
@@ -49,20 +49,38 @@ def moving_average(values: Sequence[float], alpha: float = SMOOTHING) -> list[fl
     return out
 
 
-def draw_loss(ax, steps: Sequence[int], losses: Sequence[float], *, label: str, color: str | None = None,
-              linestyle: str = "-") -> None:
-    """One run's loss per optimizer step, faint, under its moving average (`SMOOTHING`), which carries the label."""
+def draw_loss(
+    ax,
+    steps: Sequence[int],
+    losses: Sequence[float],
+    *,
+    label: str,
+    color: str | None = None,
+    linestyle: str = "-",
+) -> None:
+    """One run's loss per optimizer step, faint, under its labelled moving average (`SMOOTHING`)."""
     losses = [float(x) for x in losses]
     (raw,) = ax.plot(steps, losses, color=color, alpha=0.2, linewidth=0.7, linestyle=linestyle)
-    ax.plot(steps, moving_average(losses), color=raw.get_color(), linewidth=1.3, linestyle=linestyle, label=label)
+    ax.plot(
+        steps, moving_average(losses), color=raw.get_color(), linewidth=1.3, linestyle=linestyle, label=label
+    )
 
 
-def draw_heldout(ax, steps: Sequence[int], f1: Sequence[float], *, label: str, color: str | None = None,
-                 linestyle: str = "-", best: int | None = None, stopped: bool = False) -> None:
-    """One run's held-out F1 at its checks; a ring on the check `best` (index; default the highest), a cross
-    on the last when training stopped there because the curve was flat."""
-    (line,) = ax.plot(steps, f1, color=color, linewidth=1.2, linestyle=linestyle, marker="o", markersize=2.5,
-                      label=label)
+def draw_heldout(
+    ax,
+    steps: Sequence[int],
+    f1: Sequence[float],
+    *,
+    label: str,
+    color: str | None = None,
+    linestyle: str = "-",
+    best: int | None = None,
+    stopped: bool = False,
+) -> None:
+    """One run's held-out F1 per check; a ring on check `best` (default: the highest), a cross if stopped."""
+    (line,) = ax.plot(
+        steps, f1, color=color, linewidth=1.2, linestyle=linestyle, marker="o", markersize=2.5, label=label
+    )
     color = line.get_color()
     best = max(range(len(f1)), key=f1.__getitem__) if best is None else best
     ax.plot(steps[best], f1[best], "o", markersize=7, markerfacecolor="none", color=color)
@@ -95,14 +113,17 @@ def plot_loss(path: str | os.PathLike, rows: Sequence[Mapping[str, float]], titl
     """Save the training-loss curve of one run as a PNG (loss.png), atomically."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    draw_loss(ax, [r["step"] for r in rows], [r["loss"] for r in rows],
-              label=f"loss (moving average, alpha {SMOOTHING:g})")
+    draw_loss(
+        ax,
+        [r["step"] for r in rows],
+        [r["loss"] for r in rows],
+        label=f"loss (moving average, alpha {SMOOTHING:g})",
+    )
     save_step_plot(plt, fig, ax, path, title, "training loss")
 
 
 def plot_heldout(path: str | os.PathLike, curve: Any, title: str) -> None:
-    """Save the held-out token F1 curve of one run (an `inbedder.heldout.HeldoutCurve`) as a PNG, atomically;
-    two points when it was checked only before and after training."""
+    """Save the held-out token F1 curve of one run (a `heldout.HeldoutCurve`) as a PNG, atomically."""
     points = curve.points
     steps = [p["step"] for p in points]
     flat = curve.plateau()
@@ -111,7 +132,12 @@ def plot_heldout(path: str | os.PathLike, curve: Any, title: str) -> None:
         label += f"; stop_when_flat: patience {curve.stop.patience}, min_delta {curve.stop.min_delta:g}"
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    draw_heldout(ax, steps, [100 * p["f1"] for p in points], label=label + ")",
-                 best=steps.index(flat.best_step) if flat.best_step in steps else None,
-                 stopped=curve.stopped is not None)
+    draw_heldout(
+        ax,
+        steps,
+        [100 * p["f1"] for p in points],
+        label=label + ")",
+        best=steps.index(flat.best_step) if flat.best_step in steps else None,
+        stopped=curve.stopped is not None,
+    )
     save_step_plot(plt, fig, ax, path, title, "held-out answer token F1 (%)")

@@ -26,7 +26,7 @@ RECIPE_SCHEMA = "/properties/recipes/additionalProperties"
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Hyper-parameters of one fine-tune (config `models.<name>.train`); the optional keys are None when unset."""
+    """Hyper-parameters of one fine-tune (config `models.<name>.train`); optional keys None when unset."""
 
     learning_rate: float
     epochs: float
@@ -46,7 +46,9 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         # a mapping (from a config, or an asdict round trip) becomes a StopWhenFlat
-        object.__setattr__(self, "stop_when_flat", check_heldout_keys(self.heldout_every, self.stop_when_flat, "train"))
+        object.__setattr__(
+            self, "stop_when_flat", check_heldout_keys(self.heldout_every, self.stop_when_flat, "train")
+        )
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:
@@ -85,9 +87,12 @@ class TrainJob:
 
     def __post_init__(self) -> None:
         check_train_method(self.train_target, self.train_answer_cut)
-        if self.stop_at_step is not None and (not isinstance(self.stop_at_step, int) or self.stop_at_step < 1):
-            raise ValueError(f"{self.model}-{self.recipe}: stop_at_step must be an integer >= 1, got "
-                             f"{self.stop_at_step!r}")
+        if self.stop_at_step is not None and (
+            not isinstance(self.stop_at_step, int) or self.stop_at_step < 1
+        ):
+            raise ValueError(
+                f"{self.model}-{self.recipe}: stop_at_step must be an integer >= 1, got {self.stop_at_step!r}"
+            )
 
     def effective_settings(self) -> TrainSettings:
         """The settings trained with: the recipe's epochs replace the model's when no step budget is
@@ -125,7 +130,9 @@ class TrainJob:
         summary = json.loads(path.read_text(encoding="utf-8"))
         steps = summary.get("steps")
         if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"{path}: no positive 'steps' (the run {self.model}-{self.recipe} is to end at its step)")
+            raise ValueError(
+                f"{path}: no positive 'steps' (the run {self.model}-{self.recipe} is to end at its step)"
+            )
         return replace(self, steps_of=path.parent.name, stop_at_step=steps)
 
 

@@ -9,6 +9,8 @@ snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directiv
 spec = snakemake.params.spec
 out_dir = Path(snakemake.output[0]).parent
 
-with rule_script(snakemake.log[0], "materialize_model", f"materialising {spec['name']} into {out_dir}") as log:
-    record = materialize(spec["name"], spec, out_dir, source=parse_source(spec["name"], spec["source"]))
-    log.info("%s -> %s (sha256 %s, %d weight file(s))", spec["name"], out_dir, record["sha256"], len(record["files"]))
+name = spec["name"]
+
+with rule_script(snakemake.log[0], "materialize_model", f"materialising {name} into {out_dir}") as log:
+    record = materialize(name, spec, out_dir, source=parse_source(name, spec["source"]))
+    log.info("%s -> %s (sha256 %s, %d weight file(s))", name, out_dir, record["sha256"], len(record["files"]))

@@ -300,7 +300,8 @@ def figure_loss(training: Sequence[dict]) -> Figure:
             s = t.get("summary") or {}
             if num(s.get("heldout_token_f1_before")) is not None and num(s.get("heldout_token_f1_after")) is not None:
                 f1 = f"  (F1 {_f1(s['heldout_token_f1_before'])} -> {_f1(s['heldout_token_f1_after'])})"
-            draw_loss(ax, log["step"], log["loss"], label=f"{t['name']}{f1}", color=colour, linestyle=linestyle)
+            label = f"{t['name']}{f1}"
+            draw_loss(ax, log["step"], log["loss"], label=label, color=colour, linestyle=linestyle)
         for ax in panels.values():
             ax.legend(fontsize=6)
         return Figure(name, title, caption, _png(fig))
