@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inbedder import bootstrap, datasets, evaluate, metrics, mteb_tasks, sources, task_kinds, tasks
+from inbedder import datasets, evaluate, item_data, metrics, mteb_tasks, sources, task_kinds, tasks
 from inbedder.config import load_config
 from inbedder.scores import read_scores, write_scores
 from inbedder.text import format_prompt
@@ -180,7 +180,7 @@ def test_two_view_clustering_per_seed_hmean_crossview_and_explanations(st, data_
 
 def assert_items_reproduce_the_scores(frame, items_file, metrics_kept):
     """Every score of `metrics_kept` has per-item data whose statistic is the score, and a CI around it."""
-    series = bootstrap.series_of(bootstrap.read_items([items_file]), seeds=("seed",))
+    series = item_data.series_of(item_data.read_items([items_file]), seeds=("seed",))
     kept = frame[frame["metric"].isin(metrics_kept) & (frame["subset"] != "hmean")]
     assert len(kept) and kept["ci_low"].notna().all()
     for row in kept.itertuples(index=False):

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from inbedder import report
-from inbedder.bootstrap import ItemData, item_frame
 from inbedder.config import load_config
+from inbedder.item_data import ItemData, item_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "report"
@@ -40,6 +40,9 @@ def offline_config() -> dict:
 # The suites of the project's task records (config.yaml `tasks.<name>.report`).
 SUITES = report.suites_of(load_config(ROOT / "config.yaml")["tasks"])
 PAPER_SUITE, OFFLINE_SUITE = SUITES["paper"], SUITES["offline"]
+# every recipe compared at 1st-gen (the tests' rows), claim 4 on model "lm"
+MODES = report.ClaimModes({"inbedder": "1st-gen", "released": "1st-gen", "alpaca": "1st-gen", "none": "1st-gen"},
+                          {}, ("lm",))
 
 
 def frame(rows: list[tuple]) -> pd.DataFrame:
@@ -235,31 +238,32 @@ def test_claim_1_paired_difference_of_the_ia_averages():
         + ia_rows("lm", "alpaca", "1st-gen", 0.60, [0.20, 0.21, 0.22], 0.05)
         + ia_rows("lm", "none", "1st-gen", 0.55, [0.15, 0.16, 0.17], 0.02)
     )
-    res = report.claim_1(book_of(rows), "offline")
+    res = report.claim_1(book_of(rows), "offline", MODES)
     assert res.verdict == "supported"
     assert len(res.evidence) == 2
     ev = res.evidence[0]
     assert ev.value == pytest.approx(100 * np.mean([0.80, 0.42, 0.20]))
     assert ev.reference == pytest.approx(100 * np.mean([0.60, 0.21, 0.05]))
     assert ev.threshold == 0.0 and ev.outcome == "supported"
-    assert ev.low > 0 and ev.low < ev.diff < ev.high and ev.detectable == pytest.approx((ev.high - ev.low) / 2)
+    assert ev.low > 0 and ev.low < ev.diff < ev.high and ev.detectable > (ev.high - ev.low) / 2
+    assert ev.comparison.family == 2 and ev.comparison.adjusted_p is not None
     assert ev.cells[0].has_ci and ev.cells[0].low < ev.value < ev.cells[0].high
     # the reverse is contradicted
     flipped = ia_rows("lm", "inbedder", "1st-gen", 0.60, [0.20, 0.21, 0.22], 0.05) + ia_rows(
         "lm", "alpaca", "1st-gen", 0.80, [0.40, 0.42, 0.44], 0.20)
-    res = report.claim_1(book_of(flipped), "offline")
+    res = report.claim_1(book_of(flipped), "offline", MODES)
     assert res.verdict == "contradicted" and "no untuned run" in res.reason
     # a lead of a tenth of a point on 400 items is inconclusive, with the items that would decide it
     close = ia_rows("lm", "inbedder", "1st-gen", 0.601, [0.20, 0.25, 0.30], 0.05) + ia_rows(
         "lm", "alpaca", "1st-gen", 0.60, [0.20, 0.25, 0.30], 0.05)
-    ev = report.claim_1(book_of(close), "offline").evidence[0]
+    ev = report.claim_1(book_of(close), "offline", MODES).evidence[0]
     assert ev.outcome == "inconclusive" and ev.low < 0 < ev.high
-    assert ev.comparison.items_needed > N_ITEMS and "the items" in ev.power_note
+    assert "detectable with 80% power" in ev.power_note and "more training seeds" in ev.power_note
     # without per-item data a difference decides nothing
-    res = report.claim_1(book_of(rows, items=False), "offline")
+    res = report.claim_1(book_of(rows, items=False), "offline", MODES)
     assert res.verdict == "inconclusive" and res.evidence[0].comparison is None
     assert "no per-item data" in res.evidence[0].no_ci
-    alone = report.claim_1(book_of(ia_rows("lm", "inbedder", "1st-gen", 0.6, [0.2], 0.1)), "offline")
+    alone = report.claim_1(book_of(ia_rows("lm", "inbedder", "1st-gen", 0.6, [0.2], 0.1)), "offline", MODES)
     assert alone.verdict == "not tested"
 
 
@@ -269,15 +273,15 @@ def test_claim_2_answer_modes_against_the_prompt_mode():
         + ia_rows("lm", "inbedder", "avg-gen", 0.70, [0.35], 0.15)
         + ia_rows("lm", "inbedder", "avg-ppt", 0.60, [0.30], 0.10)
     )
-    res = report.claim_2(book_of(rows), "offline")
+    res = report.claim_2(book_of(rows), "offline", MODES)
     assert res.verdict == "supported"
     assert res.evidence[0].label.endswith("(1st-gen)") and res.evidence[0].reference_label.endswith(
         "(avg-ppt)"
     )
     flipped = [r if r[2] != "avg-ppt" else (*r[:6], r[6] + 0.3, r[7]) for r in rows]
-    assert report.claim_2(book_of(flipped), "offline").verdict == "contradicted"
+    assert report.claim_2(book_of(flipped), "offline", MODES).verdict == "contradicted"
     no_prompt = [r for r in rows if r[2] != "avg-ppt"]
-    assert report.claim_2(book_of(no_prompt), "offline").verdict == "not tested"
+    assert report.claim_2(book_of(no_prompt), "offline", MODES).verdict == "not tested"
 
 
 def test_claim_3_mean_gain_of_filtering():
@@ -316,13 +320,13 @@ def test_claim_4_instruction_awareness_and_generic_margin():
         + generic
     )
     book = book_of(rows, own_noise=0.05)
-    res = report.claim_4(book, "offline")
+    res = report.claim_4(book, "offline", MODES)
     assert res.verdict == "supported"  # generic gap 4 points, its CI above -5
     gen = res.evidence[1]
     assert gen.diff == pytest.approx(-4.0) and gen.threshold == -5.0 and gen.low > -5.0
-    strict = report.claim_4(book, "offline", margin=3.0)
+    strict = report.claim_4(book, "offline", MODES, margin=3.0)
     assert strict.verdict == "contradicted"
-    no_generic = report.claim_4(book_of(rows[:-6]), "offline")
+    no_generic = report.claim_4(book_of(rows[:-6]), "offline", MODES)
     assert no_generic.verdict == "not tested"
 
 
@@ -336,7 +340,7 @@ def test_a_ci_from_fewer_than_20_items_is_flagged_in_the_page_cells():
 
 def test_the_rules_applied_to_the_papers_own_numbers_support_every_claim():
     book = report.paper_suite_scores(report.load_paper_numbers(), PAPER_SUITE)
-    results = report.evaluate_claims(book, "published")
+    results = report.evaluate_claims(book, "published", report.claim_modes(paper_config()))
     assert [r.verdict for r in results] == ["supported"] * 4
     c4 = results[3]
     assert c4.evidence[0].value == 58.80 and c4.evidence[0].reference == 26.77
@@ -345,7 +349,7 @@ def test_the_rules_applied_to_the_papers_own_numbers_support_every_claim():
 
 def test_claims_are_not_tested_without_an_instruction_awareness_average():
     rows = [("enc", "none", "plain", "STSBenchmark", "default", "cosine_spearman", 0.74, None)]
-    results = report.evaluate_claims(book_of(rows), "offline")
+    results = report.evaluate_claims(book_of(rows), "offline", MODES)
     assert {r.verdict for r in results} == {"not tested"}
     assert all("not all scored" in r.reason for r in results)
 
@@ -943,18 +947,22 @@ def test_method_rows_read_the_sampling_settings_of_the_paper_profile():
     assert (row.value, row.agrees) == ("sampled (temperature 0.8, top_p 1, seed 42)", False)
 
 
-def test_best_mode_leaves_out_the_filter_ablation_variants():
-    from inbedder.report.claims import best_mode
-
-    rows = (ia_rows("lm", "inbedder", "avg-gen", 0.70, [0.30], 0.10)
-            + ia_rows("lm", "inbedder", "avg-gen+filter", 0.71, [0.31], 0.11)
-            + ia_rows("lm", "inbedder", "avg-gen+filter=words", 0.90, [0.50], 0.30))
+def test_claims_and_figures_compare_each_recipe_at_its_claim_mode_not_its_best():
+    rows = (ia_rows("lm", "inbedder", "1st-gen", 0.70, [0.30], 0.10)
+            + ia_rows("lm", "inbedder", "avg-ppt", 0.80, [0.40], 0.20)
+            + ia_rows("lm", "inbedder", "avg-gen+filter=words", 0.90, [0.50], 0.30)
+            + ia_rows("lm", "alpaca", "avg-gen", 0.60, [0.20], 0.05)
+            + ia_rows("lm", "alpaca", "1st-gen", 0.65, [0.25], 0.05))
+    modes = report.ClaimModes({"inbedder": "1st-gen", "alpaca": "avg-gen"}, {}, ("lm",))
     book = book_of(rows, items=False)
-    assert best_mode(book, "lm", "inbedder").mode == "avg-gen+filter"
-    assert best_mode(book, "lm", "inbedder", ["avg-gen+filter=words"]).mode == "avg-gen+filter=words"
+    primary = [e for e in report.claim_1(book, "offline", modes).evidence if e.decisive]
+    assert [(e.label, e.reference_label) for e in primary] == [("lm-InBedder (1st-gen)", "lm-alpaca (avg-gen)")]
+    assert {r.mode for r in report.headline_runs(book, modes.mode)} == {"1st-gen", "avg-gen"}
+    shown = [e for e in report.claim_1(book, "offline", modes).evidence if not e.decisive]
+    assert ("lm-InBedder (1st-gen)", "lm-alpaca (1st-gen)") in [(e.label, e.reference_label) for e in shown]
     baseline = ia_rows("enc", "none", "plain", 0.60, [0.20], 0.0)
-    result = report.claim_4(book_of(rows + baseline, items=False), "offline")
-    assert result.evidence and all("filter=words" not in e.label for e in result.evidence)
+    result = report.claim_4(book_of(rows + baseline, items=False), "offline", modes)
+    assert [e.label for e in result.evidence if e.decisive] == ["lm-InBedder (1st-gen)"] * 2
 
 
 def test_the_training_table_says_in_a_few_words_how_each_fine_tune_ended():

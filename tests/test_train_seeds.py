@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from inbedder import report
-from inbedder.bootstrap import ItemData, item_frame
 from inbedder.config import load_config
+from inbedder.item_data import ItemData, item_frame
 from inbedder.rule_params import (
     encode_params,
     evaluate_params,

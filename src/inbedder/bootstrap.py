@@ -1,128 +1,112 @@
-"""Percentile bootstrap confidence intervals of every score, and paired comparisons of two runs.
+"""Confidence intervals of every score and paired comparisons of two runs: a half-sample bootstrap over
+items, centred on the estimate, plus a t component over seeds.
 
-What is resampled: the *items* of a task (triplets, sentence pairs, the texts of a cluster set, the
-queries of a reranking task) and, where a score exists for several seeds (k-means seeds; fine-tuning
-seeds), the seeds too, hierarchically: seeds first, then items. Items and seeds are crossed (every
-seed scores the same items), so one replicate draws the seeds with replacement, draws one resample of
-the items, scores every drawn seed on those items and averages.
+Items. Replicate b keeps each item with probability 1/2 and scores the statistic on the kept half
+(equivalently: weights 0 or 2, mean 1 and variance 1, as the multinomial bootstrap's; Praestgaard &
+Wellner 1993). A kept item appears once, so the statistic of a replicate is the statistic of a real
+sample: no duplicated texts, which inflate V-measure under the multinomial bootstrap. Whether an item
+is kept depends only on its identity (`item_id`: the text, the triplet, the pair) and the replicate,
+never on the run or the view: the two views of one item set, both directions of a triplet and both
+instructions of a pair, and every run of a task, are resampled together, item by item.
 
-The resample of a task's items is a function of the task, subset, cluster set and item count only
-(`resample_key`), never of the run: replicate b of every run scores the same items. A paired
-comparison of two runs is then the difference of their replicates (items resampled jointly), and an
-average over tasks is the average of the tasks' replicates.
+Centring. A statistic on half the items has its own small-sample bias (V-measure's plug-in entropies
+grow with fewer items); the replicates are centred on their median and moved to the estimate, so the
+interval says how far the score moves between samples of the task's size, around the score itself.
+Each interval therefore covers the expected score at the task's size (for means and correlations the
+population value; for V-measure the value a fresh sample of the same size gives on average, which is
+what every published V-measure at that size estimates). The centring is applied last, to the final
+statistic (a harmonic mean of views, a mean over tasks, a difference of two runs), never to parts.
 
-Per-item data (what evaluate keeps beside each score table, `ITEM_COLUMNS`), by statistic:
-- `mean`: one number per item whose mean is the score (triplet correctness 0/1; a query's average
-  precision);
-- `spearman`: the item's cosine similarity (`value`) and gold score (`gold`);
-- `v_measure`: the text's cluster id (`value`) and gold label (`label`); the V-measure of that fixed
-  assignment is scored on each resample of the texts (k-means is not rerun).
-`group` names a stratum inside one score (an mteb cluster set): items are resampled within their
-group, the statistic is computed per group and averaged over groups with equal weights (as mteb
-averages its cluster sets).
+Seeds. Where a score exists for several seeds (training seeds; k-means seeds within one fine-tune),
+the score is their mean, its items part is the mean of the seeds' item replicates (seeds and items are
+crossed), and the spread between seeds at the outermost level with more than one seed adds a
+component of variance s^2 / k. Training seeds: a normal component, and since few seeds estimate s
+poorly the replicates are widened by t(nu) / z, nu the Welch-Satterthwaite degrees of freedom of the
+two variances (items: infinite; k seeds: k - 1); with 3 seeds and the seeds dominating, the 95%
+interval is 4.30 / 1.96 = 2.2x wider than a normal one, where resampling 3 seeds gives far too narrow
+a range. K-means restarts (the k-means seeds of one fine-tune): a Student t component with k - 1 df,
+added to the items' (the conservative convolution: restarts that fall into bad local optima make
+their spread skewed, and Welch's normal theory then covers ~93%). Seeds are paired across the modes
+and tasks of one fine-tune (the same training seeds produced both), independent across fine-tunes.
 
-Outcomes of a comparison against a threshold t (0, or minus the allowed margin): `supported` when the
-whole CI of the difference lies above t, `contradicted` when it lies below, `inconclusive` when it
-spans t. A CI computed from fewer than `MIN_ITEMS` items is flagged (`few_items`) and the report says so.
+Why these choices are valid is shown by simulation: tests/test_coverage.py draws data sets from
+processes whose value is known and checks that the 95% intervals cover it 93-97% of the time.
 
-All replicate arithmetic is vectorised over the B resamples: a resample is a row of an index matrix
-drawn once; sums are bincounts; ranks come from one sort per matrix.
+Outcomes against a threshold t: `supported` when the interval of the difference lies above t,
+`contradicted` when below, `inconclusive` when it spans t; a claim's comparisons are corrected for
+multiplicity by Holm's step-down rule on their bootstrap p-values (`holm`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
-import pandas as pd
+from scipy.special import stdtrit
 
-N_BOOT = 1000  # resamples per interval
+N_BOOT = 1000  # replicates per interval
 LEVEL = 0.95  # coverage of every interval
-BOOT_SEED = 0  # base seed of every resample
+BOOT_SEED = 0  # base seed of every replicate
 MIN_ITEMS = 20  # fewer items than this: the interval is flagged as unreliable
+POWER = 0.80  # the power at which the minimum detectable effect is reported
+FAMILY_ALPHA = 0.05  # family-wise error rate of each claim (Holm)
 
 STATISTICS = ("mean", "spearman", "v_measure")
-OUTCOMES = ("supported", "contradicted", "inconclusive")
-ITEM_COLUMNS = ("model", "recipe", "task", "mode", "layer", "subset", "metric", "seed", "train_seed", "group",
-                "item", "statistic", "value", "gold", "label")
-NO_SEED = -1
-SEED_KEYS = ("train_seed", "seed")  # the seed levels, outermost first
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 class BootstrapError(ValueError):
-    """Per-item data that cannot be bootstrapped; the message names the score and what is wrong."""
+    """Data that cannot be bootstrapped; the message names the score and what is wrong."""
 
 
 # ----------------------------------------------------------------------------------------------------------
-# resamples
+# which items each replicate keeps
 
 
-def _rng(key: str, seed: int) -> np.random.Generator:
-    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
-    return np.random.default_rng(np.random.SeedSequence([seed, digest]))
+def item_hash(item_id: str) -> int:
+    """A 64-bit hash of an item's identity (its text, triplet or pair)."""
+    return int.from_bytes(hashlib.sha256(str(item_id).encode("utf-8")).digest()[:8], "little")
 
 
-def resample_key(task: str, subset: str, group: str = "") -> str:
-    """The key a score's item resample is drawn from: the same for every run of the task."""
-    return f"{task}\x1f{subset}\x1f{group}"
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, element-wise on uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+        return z ^ (z >> np.uint64(31))
 
 
-def item_indices(key: str, n: int, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> np.ndarray:
-    """[n_boot, n] indices of n items drawn with replacement, a function of (key, n, n_boot, seed) only."""
-    if n < 1:
-        raise BootstrapError(f"{key!r}: no items to resample")
-    return _rng(f"items\x1f{key}\x1f{n}", seed).integers(0, n, size=(n_boot, n))
+def kept(hashes: Sequence[int] | np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> np.ndarray:
+    """[n_boot, n] bool: whether replicate b keeps item i, each with probability 1/2, a function of the item's
+    hash, b and the seed only (so every score of the same items draws the same halves)."""
+    h = np.asarray(hashes, dtype=np.uint64)
+    streams = _splitmix(np.arange(n_boot, dtype=np.uint64) + np.uint64(seed) * np.uint64(1 << 32))
+    return (_splitmix(h[None, :] ^ streams[:, None]) >> np.uint64(63)).astype(bool)
 
 
-def seed_weights(key: str, units: Sequence[tuple], n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> np.ndarray:
-    """[n_boot, U] weights (rows sum to 1) of the seed units of a hierarchical resample.
-
-    `units` are tuples of seeds, outermost level first ((training seed, k-means seed)). Each level is drawn
-    with replacement within the drawn value of the level above; a unit's weight is the share of the final
-    draws that landed on it. (Within one replicate, a training seed drawn twice shares one draw of its
-    k-means seeds: a small simplification of the nested draw.)
-    """
-    units = [tuple(u) for u in units]
-    if not units:
-        raise BootstrapError(f"{key!r}: no seed units")
-    if len(set(units)) != len(units) or len({len(u) for u in units}) != 1:
-        raise BootstrapError(f"{key!r}: seed units must be distinct tuples of one length, got {units}")
-    return _level_weights(_rng(f"seeds\x1f{key}\x1f{units}", seed), units, n_boot)
-
-
-def _level_weights(rng: np.random.Generator, units: list[tuple], n_boot: int) -> np.ndarray:
-    if len(units) == 1:
-        return np.ones((n_boot, 1))
-    tops = list(dict.fromkeys(u[0] for u in units))
-    draws = rng.integers(0, len(tops), size=(n_boot, len(tops)))
-    share = _row_counts(draws, len(tops)) / len(tops)
-    weights = np.zeros((n_boot, len(units)))
-    for t, top in enumerate(tops):
-        members = [i for i, u in enumerate(units) if u[0] == top]
-        inner = _level_weights(rng, [units[i][1:] for i in members], n_boot)
-        weights[:, members] = share[:, t : t + 1] * inner
-    return weights
-
-
-def _row_counts(idx: np.ndarray, n: int) -> np.ndarray:
-    """[B, n] how often each of n items appears in each row of an index matrix."""
-    b = idx.shape[0]
-    flat = (np.arange(b)[:, None] * n + idx).ravel()
-    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(float)
+def _counts(codes: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """[B, k] the weight of each code (0..k-1 per item) in each row of a [B, n] weight matrix."""
+    b = weights.shape[0]
+    flat = (np.arange(b)[:, None] * k + codes[None, :]).ravel()
+    return np.bincount(flat, weights=weights.ravel(), minlength=b * k).reshape(b, k)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# statistics on a resample: [U, n] per-unit item values -> [B, U] replicates
+# statistics on the kept items: [U, n] per-unit item values and a [B, n] mask -> [B, U]
 
 
-def mean_replicates(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Mean of each unit's item values on each resample."""
+def mean_replicates(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of each unit's values over the kept items (NaN where a replicate keeps none)."""
     values = np.atleast_2d(np.asarray(values, dtype=float))
-    return _row_counts(idx, values.shape[1]) @ values.T / idx.shape[1]
+    m = mask.sum(axis=1, keepdims=True).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (mask.astype(float) @ values.T) / m
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -144,152 +128,203 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(axis=-1, keepdims=True)
-    b = b - b.mean(axis=-1, keepdims=True)
-    den = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+def _masked_pearson(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    m = w.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
+        a = (a - (w * a).sum(axis=-1, keepdims=True) / m) * w
+        b = (b - (w * b).sum(axis=-1, keepdims=True) / m) * w
+        den = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
         r = (a * b).sum(axis=-1) / den
-    return np.where(den > 0, r, 0.0)  # no variation, no ranking: 0, as metrics.pair_spearman
+    r = np.where(den > 0, r, 0.0)  # no variation, no ranking: 0, as metrics.pair_spearman
+    return np.where(m[..., 0] >= 3, r, np.nan)
 
 
-def spearman_replicates(values: np.ndarray, gold: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Spearman of each unit's similarities with the gold scores on each resample."""
+def spearman_replicates(values: np.ndarray, gold: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Spearman of each unit's similarities with the gold scores over the kept items (excluded items are
+    ranked after every kept one, so the kept items' ranks are their ranks among themselves)."""
     values = np.atleast_2d(np.asarray(values, dtype=float))
-    gold_ranks = _ranks(np.asarray(gold, dtype=float)[idx])
-    return np.stack([_pearson_rows(_ranks(v[idx]), gold_ranks) for v in values], axis=1)
+    w = mask.astype(float)
+    gold_ranks = _ranks(np.where(mask, np.asarray(gold, dtype=float)[None, :], np.inf))
+    return np.stack([_masked_pearson(_ranks(np.where(mask, v[None, :], np.inf)), gold_ranks, w) for v in values],
+                    axis=1)
 
 
-def v_measure_replicates(clusters: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """V-measure of each unit's fixed cluster assignment against the labels on each resample (sklearn's
+def _entropies(codes: np.ndarray, w: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """[B]: entropy (natural log) of the codes of the kept items of each replicate."""
+    counts = _counts(codes, w, int(codes.max()) + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c_log_c = np.where(counts > 0, counts * np.log(np.where(counts > 0, counts, 1.0)), 0.0).sum(axis=1)
+        h = np.log(m) - c_log_c / m
+    return np.where(h > 1e-9, h, 0.0)  # one code: 0, not the rounding of log m - m log m / m
+
+
+def v_measure_replicates(clusters: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """V-measure of each unit's fixed cluster assignment against the labels over the kept items (sklearn's
     definition: harmonic mean of homogeneity and completeness, natural-log entropies)."""
     clusters = np.atleast_2d(np.asarray(clusters))
-    b, m = idx.shape
-    # Every resample holds m items, so the entropy of its counts c is log m - sum(c log c) / m, with
-    # c log c looked up for the integers 0..m (a positive entropy of m items is at least ~log(m) / m).
-    # The joint counts run over the (label, cluster) pairs the items have, at most n of them, not over
-    # every pair of a label and a cluster.
-    c_log_c = np.zeros(m + 1)
-    c_log_c[1:] = np.arange(1, m + 1) * np.log(np.arange(1, m + 1))
-
-    def entropy(codes: np.ndarray) -> np.ndarray:  # [B]: of codes (0..k-1 per item) on each resample
-        counts = _row_counts(codes[idx], int(codes.max()) + 1).astype(np.intp)
-        h = np.log(m) - c_log_c[counts].sum(axis=1) / m
-        return np.where(h > 1e-9, h, 0.0)  # one code: 0, not the rounding of log m - m log m / m
-
+    w = mask.astype(float)
+    m = w.sum(axis=1)
     _, lab = np.unique(np.asarray(labels), return_inverse=True)
-    h_c = entropy(lab)
-    out = np.empty((b, clusters.shape[0]))
+    h_c = _entropies(lab, w, m)
+    out = np.empty((w.shape[0], clusters.shape[0]))
     for u, assignment in enumerate(clusters):
         _, clu = np.unique(assignment, return_inverse=True)
         _, pair = np.unique(lab * (int(clu.max()) + 1) + clu, return_inverse=True)
-        h_k = entropy(clu)
-        h_joint = entropy(pair)
-        h_ck = h_joint - h_k  # H(C|K) = H(C,K) - H(K)
-        h_kc = h_joint - h_c
-        homogeneity = np.where(h_c > 0, 1.0 - h_ck / np.where(h_c > 0, h_c, 1.0), 1.0)
-        completeness = np.where(h_k > 0, 1.0 - h_kc / np.where(h_k > 0, h_k, 1.0), 1.0)
+        h_k, h_joint = _entropies(clu, w, m), _entropies(pair, w, m)
+        homogeneity = np.where(h_c > 0, 1.0 - (h_joint - h_k) / np.where(h_c > 0, h_c, 1.0), 1.0)
+        completeness = np.where(h_k > 0, 1.0 - (h_joint - h_c) / np.where(h_k > 0, h_k, 1.0), 1.0)
         s = homogeneity + completeness
         out[:, u] = np.where(s > 0, 2.0 * homogeneity * completeness / np.where(s > 0, s, 1.0), 0.0)
+    out[m < 1] = np.nan
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------
-# one score's per-item data across its seed units
-
-
-@dataclass
-class Series:
-    """The per-item data of one score (one task, subset and metric of one run) across its seed units."""
-
-    key: str  # resample key (resample_key): the same for every run of the task
-    statistic: str
-    units: list[tuple]  # seed units, e.g. [(train_seed, kmeans_seed), ...]
-    values: np.ndarray  # [U, n]
-    groups: np.ndarray  # [n] stratum of each item ("" everywhere when none)
-    gold: np.ndarray | None = None  # [n] (spearman)
-    labels: np.ndarray | None = None  # [n] (v_measure)
-    items: np.ndarray | None = None  # [n] item ids, for checking that two runs score the same items
-
-    def __post_init__(self) -> None:
-        if self.statistic not in STATISTICS:
-            raise BootstrapError(f"{self.key!r}: unknown statistic {self.statistic!r}; expected one of {STATISTICS}")
-        self.values = np.atleast_2d(np.asarray(self.values, dtype=float))
-        if self.values.shape[0] != len(self.units):
-            raise BootstrapError(f"{self.key!r}: {self.values.shape[0]} rows of values for {len(self.units)} seeds")
-        if self.statistic == "spearman" and self.gold is None:
-            raise BootstrapError(f"{self.key!r}: a spearman score needs the gold scores")
-        if self.statistic == "v_measure" and self.labels is None:
-            raise BootstrapError(f"{self.key!r}: a v_measure score needs the gold labels")
-
-    @property
-    def n(self) -> int:
-        """Number of items."""
-        return int(self.values.shape[1])
-
-    def item_replicates(self, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> np.ndarray:
-        """[B, U]: each seed unit scored on each resample of the items (one resample shared by all units)."""
-        return self._by_group(lambda group, n: item_indices(f"{self.key}\x1f{group}", n, n_boot, seed))
-
-    def point(self) -> np.ndarray:
-        """[U]: the statistic of each unit on the items as they are."""
-        return self._by_group(lambda group, n: np.arange(n)[None, :])[0]
-
-    def _by_group(self, indices) -> np.ndarray:
-        """The statistic per group on the index matrices `indices(group, n)`, averaged over groups."""
-        out = []
-        for group in dict.fromkeys(self.groups.tolist()):
-            cols = np.flatnonzero(self.groups == group)
-            idx = indices(group, len(cols))
-            values = self.values[:, cols]
-            if self.statistic == "mean":
-                out.append(mean_replicates(values, idx))
-            elif self.statistic == "spearman":
-                out.append(spearman_replicates(values, self.gold[cols], idx))
-            else:
-                out.append(v_measure_replicates(values, self.labels[cols], idx))
-        return np.mean(out, axis=0)
-
-
-def replicates(series: Series, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> np.ndarray:
-    """[B] hierarchical replicates of a score: seeds drawn, then items; drawn seeds averaged."""
-    per_unit = series.item_replicates(n_boot, seed)
-    weights = seed_weights(series.key, series.units, n_boot, seed)
-    return (per_unit * weights).sum(axis=1)
+REPLICATES = {"mean": lambda values, mask, gold, labels: mean_replicates(values, mask),
+              "spearman": lambda values, mask, gold, labels: spearman_replicates(values, gold, mask),
+              "v_measure": lambda values, mask, gold, labels: v_measure_replicates(values, labels, mask)}
 
 
 def hmean_replicates(parts: Sequence[np.ndarray]) -> np.ndarray:
     """Element-wise harmonic mean of replicate arrays (0 where any part is <= 0), as subsets combine."""
     stack = np.stack([np.asarray(p, dtype=float) for p in parts])
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         out = len(stack) / np.sum(1.0 / np.where(stack > 0, stack, np.inf), axis=0)
-    return np.where(np.all(stack > 0, axis=0), out, 0.0)
+    out = np.where(np.all(stack > 0, axis=0), out, 0.0)
+    return np.where(np.isnan(stack).any(axis=0), np.nan, out)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# intervals and comparisons
+# seeds
+
+
+TRAINING_SEEDS = "train_seed"  # seed levels by name (the per-item columns); the rest are k-means restarts
+
+
+def seed_deviations(values: Mapping, identity: str, levels: Sequence[str] = ("train_seed", "seed"),
+                    ) -> dict[str, dict]:
+    """The seed structure of a score: {identity and level: {seed: value - mean}} over the seeds of its outermost
+    seed level with more than one seed (empty when there is none). `values` maps seed units (tuples, one value
+    per level of `levels`, outermost first) to the score of that unit."""
+    units = {tuple(u): float(v) for u, v in values.items()}
+    level = 0
+    while units and len({u[0] for u in units}) == 1 and len(next(iter(units))) > 1:
+        units, level = {u[1:]: v for u, v in units.items()}, level + 1
+    top: dict = {}
+    for u, v in units.items():
+        top.setdefault(u[0], []).append(v)
+    if len(top) < 2:
+        return {}
+    means = {k: float(np.mean(v)) for k, v in top.items()}
+    centre = float(np.mean(list(means.values())))
+    return {f"{identity}\x1f{levels[level]}": {k: v - centre for k, v in means.items()}}
+
+
+def _rng(key: str, seed: int) -> np.random.Generator:
+    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng(np.random.SeedSequence([seed, digest]))
+
+
+def _is_training(key: str) -> bool:
+    return key.rsplit("\x1f", 1)[-1] == TRAINING_SEEDS
+
+
+def seed_variances(seeds: Mapping[str, Mapping], training: bool | None = None) -> list[tuple[float, int]]:
+    """Per identity with at least two seeds (only training seeds, or only k-means restarts, when `training`
+    says so): (s^2 / k, k), the variance its seeds add to the mean of k seeds."""
+    out = []
+    for key in sorted(seeds):
+        dev = np.array(list(seeds[key].values()), dtype=float)
+        if dev.size >= 2 and (training is None or _is_training(key) == training):
+            out.append((float((dev**2).sum()) / (dev.size - 1) / dev.size, int(dev.size)))
+    return out
+
+
+def seed_draws(seeds: Mapping[str, Mapping], training: bool, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
+               ) -> np.ndarray:
+    """[B] the seeds' component, summed over identities: training seeds a normal draw of variance s^2 / k (the
+    interval is then widened by `t_inflation`); k-means restarts, whose spread is skewed by bad local optima,
+    s / sqrt(k) x a Student t draw with k - 1 df (a conservative rule)."""
+    out = np.zeros(n_boot)
+    for key in sorted(seeds):
+        k = len(seeds[key])
+        if k < 2 or _is_training(key) != training:
+            continue
+        (var, _), = seed_variances({key: seeds[key]})
+        rng = _rng(f"seeds\x1f{key}\x1f{k}", seed)
+        out += math.sqrt(var) * (rng.standard_normal(n_boot) if training else rng.standard_t(k - 1, n_boot))
+    return out
+
+
+def t_inflation(item_var: float, seed_vars: Sequence[tuple[float, int]], level: float = LEVEL) -> float:
+    """How much wider than normal the interval must be for few training seeds: t(nu) / z at the level, nu the
+    Welch-Satterthwaite degrees of freedom of item variance (infinite df) plus the seeds' (k - 1 df each)."""
+    seed_var = sum(v for v, _ in seed_vars)
+    if seed_var <= 0:
+        return 1.0
+    nu = (item_var + seed_var) ** 2 / sum(v**2 / (k - 1) for v, k in seed_vars)
+    q = 0.5 + level / 2.0
+    return float(stdtrit(nu, q)) / NormalDist().inv_cdf(q)
+
+
+def _add_seeds(parts: Sequence[tuple[float, Mapping[str, Mapping]]]) -> dict[str, dict]:
+    """sum of coefficient x seed structure; seeds of one identity pair up by name."""
+    out: dict[str, dict] = {}
+    for coef, seeds in parts:
+        for identity, devs in seeds.items():
+            mine = out.setdefault(identity, {})
+            if mine and set(mine) != set(devs):
+                raise BootstrapError(f"{identity}: scored under different seeds ({sorted(mine)} vs {sorted(devs)})")
+            for k, v in devs.items():
+                mine[k] = mine.get(k, 0.0) + coef * v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# estimates and comparisons
+
+
+def centred(value: float, item: np.ndarray) -> np.ndarray:
+    """The item replicates moved so that their median is the estimate."""
+    item = np.asarray(item, dtype=float)
+    if item.size == 0 or np.isfinite(item).sum() < 0.9 * item.size:
+        raise BootstrapError("too few finite replicates (too few items to resample)")
+    return value + (item - np.nanmedian(item))
 
 
 def percentile_ci(reps: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
-    """The percentile interval of replicates."""
+    """The percentile interval of replicates (NaN replicates, from an empty half, left out)."""
     reps = np.asarray(reps, dtype=float)
-    if reps.size == 0 or not np.all(np.isfinite(reps)):
+    if reps.size == 0 or np.isfinite(reps).sum() < 0.9 * reps.size:
         raise BootstrapError("percentile_ci: needs finite replicates")
     alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(reps, [alpha, 1.0 - alpha])
+    low, high = np.nanquantile(reps, [alpha, 1.0 - alpha])
     return float(low), float(high)
 
 
 @dataclass
 class Estimate:
-    """A score (the point estimate), its percentile CI and what it rests on; replicates kept for comparisons."""
+    """A score (the point estimate), its interval and what it rests on. `item` holds the raw (uncentred) item
+    replicates and `seeds` the seed structure, so that differences and means of estimates are exact."""
 
     value: float
-    low: float
-    high: float
+    item: np.ndarray = field(repr=False)
     n_items: int
     n_seeds: int = 1
-    replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    seeds: dict[str, dict] = field(default_factory=dict, repr=False)
+    level: float = LEVEL
+    seed: int = BOOT_SEED
+
+    def __post_init__(self) -> None:
+        self.item = np.asarray(self.item, dtype=float)
+        items = centred(0.0, self.item)
+        item_var = float(np.nanvar(items))
+        seed_var = sum(v for v, _ in seed_variances(self.seeds))
+        self.seed_share = seed_var / (item_var + seed_var) if item_var + seed_var > 0 else 0.0
+        inflation = t_inflation(item_var, seed_variances(self.seeds, training=True), self.level)
+        b = self.item.size
+        self.replicates = (self.value + inflation * (items + seed_draws(self.seeds, True, b, self.seed))
+                           + seed_draws(self.seeds, False, b, self.seed))
+        self.low, self.high = percentile_ci(self.replicates, self.level)
 
     @property
     def few_items(self) -> bool:
@@ -298,32 +333,43 @@ class Estimate:
 
     @property
     def half_width(self) -> float:
-        """Half the width of the CI."""
+        """Half the width of the interval."""
         return (self.high - self.low) / 2.0
 
     def scaled(self, factor: float) -> Estimate:
         """The same estimate in other units (fractions -> points)."""
-        return Estimate(self.value * factor, self.low * factor, self.high * factor, self.n_items, self.n_seeds,
-                        self.replicates * factor)
+        return linear([(factor, self)])
 
 
-def estimate(value: float, reps: np.ndarray, n_items: int, n_seeds: int = 1, level: float = LEVEL) -> Estimate:
-    """An Estimate of `value` with the percentile CI of its replicates."""
-    low, high = percentile_ci(reps, level)
-    return Estimate(float(value), low, high, int(n_items), int(n_seeds), np.asarray(reps, dtype=float))
+def linear(parts: Sequence[tuple[float, Estimate]]) -> Estimate:
+    """sum of coefficient x estimate, the items of every part resampled jointly (differences, means)."""
+    if not parts:
+        raise BootstrapError("nothing to combine")
+    shapes = {e.item.shape for _, e in parts}
+    if len(shapes) != 1:
+        raise BootstrapError(f"replicates of shapes {sorted(shapes)}; the parts need the same resamples")
+    first = parts[0][1]
+    return Estimate(float(sum(c * e.value for c, e in parts)), sum(c * e.item for c, e in parts),
+                    min(e.n_items for _, e in parts), max(e.n_seeds for _, e in parts),
+                    _add_seeds([(c, e.seeds) for c, e in parts]), first.level, first.seed)
 
 
-def combine_mean(parts: Sequence[Estimate], level: float = LEVEL) -> Estimate:
-    """The mean of several scores (an average over tasks): mean of the points and of the replicates."""
+def estimate(value: float, item: np.ndarray, n_items: int, n_seeds: int = 1, seeds: Mapping | None = None,
+             level: float = LEVEL) -> Estimate:
+    """An Estimate of `value` from its raw item replicates and seed structure."""
+    return Estimate(float(value), np.asarray(item, dtype=float), int(n_items), int(n_seeds), dict(seeds or {}),
+                    level)
+
+
+def combine_mean(parts: Sequence[Estimate]) -> Estimate:
+    """The mean of several scores (an average over tasks)."""
     if not parts:
         raise BootstrapError("combine_mean: nothing to average")
-    reps = np.mean([p.replicates for p in parts], axis=0)
-    return estimate(float(np.mean([p.value for p in parts])), reps, min(p.n_items for p in parts),
-                    max(p.n_seeds for p in parts), level)
+    return linear([(1.0 / len(parts), p) for p in parts])
 
 
 def outcome(low: float, high: float, threshold: float = 0.0) -> str:
-    """supported (CI above the threshold), contradicted (below it) or inconclusive (it spans it)."""
+    """supported (interval above the threshold), contradicted (below it) or inconclusive (it spans it)."""
     if low > threshold:
         return "supported"
     if high < threshold:
@@ -331,9 +377,14 @@ def outcome(low: float, high: float, threshold: float = 0.0) -> str:
     return "inconclusive"
 
 
+def _z(p: float) -> float:
+    return NormalDist().inv_cdf(p)
+
+
 @dataclass
 class Comparison:
-    """Run a minus run b on the same items: the difference, its paired CI and what this run could detect."""
+    """Run a minus run b on the same items: the difference, its interval, its p-value against the threshold, and
+    the outcome after the claim's multiplicity correction (`family`, `adjusted_p`, set by `holm`)."""
 
     diff: float
     low: float
@@ -341,242 +392,74 @@ class Comparison:
     threshold: float
     n_items: int
     n_seeds: int = 1
+    p_value: float = 1.0
+    seed_share: float = 0.0  # share of the difference's variance from the seeds
+    family: int = 1  # comparisons in the claim's family
+    adjusted_p: float | None = None  # Holm-adjusted p (None: not corrected)
 
     @property
     def outcome(self) -> str:
-        """supported / contradicted / inconclusive against the threshold."""
-        return outcome(self.low, self.high, self.threshold)
+        """supported / contradicted / inconclusive: the side of the threshold where the difference lies, when its
+        (Holm-adjusted) p-value is below the family-wise level; else inconclusive."""
+        p = self.p_value if self.adjusted_p is None else self.adjusted_p
+        if self.adjusted_p is None:
+            return outcome(self.low, self.high, self.threshold)
+        if p >= FAMILY_ALPHA:
+            return "inconclusive"
+        return "supported" if self.diff > self.threshold else "contradicted"
+
+    @property
+    def standard_error(self) -> float:
+        """The interval's half-width in standard errors (normal approximation)."""
+        return (self.high - self.low) / (2.0 * _z(0.5 + LEVEL / 2.0))
 
     @property
     def detectable(self) -> float:
-        """The smallest difference this comparison could have detected: the half-width of its CI."""
-        return (self.high - self.low) / 2.0
+        """The minimum detectable effect: the true difference this comparison finds with probability POWER at
+        the claim's family-wise level (Bonferroni over its `family` comparisons, Holm's first step)."""
+        return (_z(1.0 - FAMILY_ALPHA / (2.0 * self.family)) + _z(POWER)) * self.standard_error
 
     @property
     def few_items(self) -> bool:
         """Whether the comparison rests on fewer than MIN_ITEMS items."""
         return self.n_items < MIN_ITEMS
 
-    @property
-    def scale_needed(self) -> float | None:
-        """How many times the items (or seeds) would make an inconclusive comparison decidable; None when decided.
 
-        The CI's half-width w shrinks as 1/sqrt(n) with the number of items n (and likewise with the number
-        of seeds where the spread across seeds dominates). At the observed distance d = |diff - threshold|
-        of the difference from the threshold, the CI excludes the threshold once w * sqrt(n / n') < d, i.e.
-        n' / n > (w / d)^2. Returns (w / d)^2 (infinite when the difference sits on the threshold).
-        """
-        if self.outcome != "inconclusive":
-            return None
-        distance = abs(self.diff - self.threshold)
-        return math.inf if distance == 0 else (self.detectable / distance) ** 2
-
-    @property
-    def items_needed(self) -> float | None:
-        """The item count at which the comparison would be decidable at the observed effect (scale_needed x n)."""
-        scale = self.scale_needed
-        return None if scale is None else (math.inf if math.isinf(scale) else math.ceil(scale * self.n_items))
+def p_value(reps: np.ndarray, threshold: float) -> float:
+    """Two-sided bootstrap p-value of `threshold`: twice the smaller share of replicates on either side of it
+    (the level at which the percentile interval would just touch the threshold), at least 1 / B."""
+    reps = np.asarray(reps, dtype=float)
+    reps = reps[np.isfinite(reps)]
+    below, above = float(np.mean(reps <= threshold)), float(np.mean(reps >= threshold))
+    return float(min(1.0, max(2.0 * min(below, above), 1.0 / reps.size)))
 
 
-def paired_difference(a: Estimate, b: Estimate, threshold: float = 0.0, level: float = LEVEL) -> Comparison:
-    """a - b with the CI of the difference of their replicates (the same resamples: items drawn jointly)."""
-    if a.replicates.shape != b.replicates.shape or a.replicates.size == 0:
-        raise BootstrapError(f"paired_difference: replicates of shape {a.replicates.shape} and "
-                             f"{b.replicates.shape}; both need the same resamples")
-    low, high = percentile_ci(a.replicates - b.replicates, level)
-    return Comparison(a.value - b.value, low, high, threshold, min(a.n_items, b.n_items), min(a.n_seeds, b.n_seeds))
+def paired_difference(a: Estimate, b: Estimate, threshold: float = 0.0) -> Comparison:
+    """a - b with the interval of the difference (items resampled jointly, shared seeds paired)."""
+    d = linear([(1.0, a), (-1.0, b)])
+    return _comparison(d, threshold)
 
 
-def mean_difference(comparisons: Sequence[tuple[Estimate, Estimate]], threshold: float = 0.0,
-                    level: float = LEVEL) -> Comparison:
+def mean_difference(pairs: Sequence[tuple[Estimate, Estimate]], threshold: float = 0.0) -> Comparison:
     """The mean of several paired differences (e.g. the mean gain of filtering over every pair)."""
-    if not comparisons:
+    if not pairs:
         raise BootstrapError("mean_difference: no pairs")
-    diffs = np.mean([a.replicates - b.replicates for a, b in comparisons], axis=0)
-    low, high = percentile_ci(diffs, level)
-    point = float(np.mean([a.value - b.value for a, b in comparisons]))
-    return Comparison(point, low, high, threshold, min(min(a.n_items, b.n_items) for a, b in comparisons),
-                      min(min(a.n_seeds, b.n_seeds) for a, b in comparisons))
+    k = len(pairs)
+    d = linear([part for a, b in pairs for part in ((1.0 / k, a), (-1.0 / k, b))])
+    return _comparison(d, threshold)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# per-item tables (what evaluate writes beside each score table)
+def _comparison(d: Estimate, threshold: float) -> Comparison:
+    return Comparison(d.value, d.low, d.high, threshold, d.n_items, d.n_seeds, p_value(d.replicates, threshold),
+                      d.seed_share)
 
 
-def item_rows(subset: str, metric: str, seed: int | None, statistic: str, values: Sequence[float], *,
-              gold: Sequence[float] | None = None, labels: Sequence | None = None,
-              groups: Sequence[str] | None = None) -> list[dict]:
-    """Per-item rows of one score of one (mode, layer): item i is the i-th value (numbered within its group)."""
-    if statistic not in STATISTICS:
-        raise BootstrapError(f"{subset}/{metric}: unknown statistic {statistic!r}; expected one of {STATISTICS}")
-    values = np.asarray(values, dtype=float)
-    groups = [""] * len(values) if groups is None else [str(g) for g in groups]
-    for name, other in (("gold", gold), ("labels", labels), ("groups", groups)):
-        if other is not None and len(other) != len(values):
-            raise BootstrapError(f"{subset}/{metric}: {len(values)} values but {len(other)} {name}")
-    seen: dict[str, int] = {}
-    out = []
-    for i, value in enumerate(values):
-        item = seen.get(groups[i], 0)
-        seen[groups[i]] = item + 1
-        out.append({"subset": subset, "metric": metric, "seed": NO_SEED if seed is None else int(seed),
-                    "group": groups[i], "item": item, "statistic": statistic, "value": float(value),
-                    "gold": float(gold[i]) if gold is not None else np.nan,
-                    "label": str(labels[i]) if labels is not None else ""})
-    return out
-
-
-def item_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
-    """Per-item rows as a typed table with ITEM_COLUMNS (missing gold/label/group filled)."""
-    frame = pd.DataFrame(list(rows))
-    if frame.empty:
-        frame = pd.DataFrame(columns=list(ITEM_COLUMNS))
-    for col, fill in (("group", ""), ("label", ""), ("gold", np.nan), ("train_seed", NO_SEED), ("seed", NO_SEED)):
-        if col not in frame.columns:
-            frame[col] = fill
-    missing = [c for c in ITEM_COLUMNS if c not in frame.columns]
-    if missing:
-        raise BootstrapError(f"per-item rows lack column(s) {missing}; expected {list(ITEM_COLUMNS)}")
-    frame = frame[list(ITEM_COLUMNS)]
-    types = {"layer": "int64", "seed": "int64", "train_seed": "int64", "item": "int64", "value": "float64",
-             "gold": "float64"}
-    frame = frame.astype(types)
-    for col in ("model", "recipe", "task", "mode", "subset", "metric", "group", "statistic", "label"):
-        frame[col] = frame[col].astype(str)
-    return frame
-
-
-def write_items(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write a per-item table atomically (parquet)."""
-    from inbedder.files import atomic_path
-
-    with atomic_path(path) as tmp:
-        item_frame(frame.to_dict("records")).to_parquet(tmp, index=False)
-
-
-def read_items(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Read and concatenate per-item tables, checking their columns."""
-    frames = []
-    for path in paths:
-        frame = pd.read_parquet(path)
-        missing = [c for c in ITEM_COLUMNS if c not in frame.columns]
-        if missing:
-            raise BootstrapError(f"{path}: missing column(s) {missing}; expected {list(ITEM_COLUMNS)}")
-        frames.append(frame[list(ITEM_COLUMNS)])
-    return item_frame(pd.concat(frames, ignore_index=True).to_dict("records")) if frames else item_frame([])
-
-
-SCORE_KEYS = ("model", "recipe", "task", "mode", "layer", "subset", "metric")
-
-
-def series_of(items: pd.DataFrame, seeds: Sequence[str] = SEED_KEYS) -> dict[tuple, Series]:
-    """One Series per score (SCORE_KEYS) of a per-item table, its seed units from the `seeds` columns."""
-    out: dict[tuple, Series] = {}
-    for key, grp in items.groupby(list(SCORE_KEYS), sort=False):
-        key = tuple(key)
-        where = "/".join(str(k) for k in key)
-        statistic = grp["statistic"].iloc[0]
-        if (grp["statistic"] != statistic).any():
-            raise BootstrapError(f"{where}: more than one statistic")
-        grp = grp.sort_values([*seeds, "group", "item"], kind="stable")
-        units = list(dict.fromkeys(zip(*(grp[c] for c in seeds), strict=True)))
-        first = grp[(grp[list(seeds)] == pd.Series(dict(zip(seeds, units[0], strict=True)))).all(axis=1)]
-        n = len(first)
-        if len(grp) != n * len(units):
-            raise BootstrapError(f"{where}: the seeds score different numbers of items ({len(grp)} rows, "
-                                 f"{len(units)} seeds, {n} items in the first)")
-        values = grp["value"].to_numpy(dtype=float).reshape(len(units), n)
-        item_ids = grp["item"].to_numpy().reshape(len(units), n)
-        group_ids = grp["group"].to_numpy().reshape(len(units), n)
-        if not (item_ids == item_ids[0]).all() or not (group_ids == group_ids[0]).all():
-            raise BootstrapError(f"{where}: the seeds do not score the same items")
-        out[key] = Series(
-            key=resample_key(key[2], key[5]), statistic=statistic, units=units, values=values, groups=group_ids[0],
-            gold=first["gold"].to_numpy(dtype=float) if statistic == "spearman" else None,
-            labels=first["label"].to_numpy() if statistic == "v_measure" else None,
-            items=np.array([f"{g}\x1f{i}" for g, i in zip(group_ids[0], item_ids[0], strict=True)]),
-        )
-    return out
-
-
-def score_intervals(scores: pd.DataFrame, items: pd.DataFrame, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-                    level: float = LEVEL, hmean_subset: str = "hmean") -> pd.DataFrame:
-    """scores with `ci_low`, `ci_high` per row: the CI of that row's score (its seed fixed) over its items.
-
-    A row of subset `hmean` takes the harmonic mean of its subsets' replicates; a row without per-item
-    data (robustness summaries, silhouette, mteb scores not kept per item) gets empty bounds.
-    """
-    out = scores.copy()
-    out["ci_low"] = np.nan
-    out["ci_high"] = np.nan
-    if items.empty or scores.empty:
-        return out
-    cache: dict[tuple, np.ndarray] = {}  # score key -> [B, U] item replicates
-    all_series = series_of(items, seeds=("seed",))
-
-    def unit_reps(key: tuple, seed_value: int) -> np.ndarray | None:
-        series = all_series.get(key)
-        if series is None:
-            return None
-        if key not in cache:
-            cache[key] = series.item_replicates(n_boot, seed)
-        unit = (int(seed_value),)
-        return cache[key][:, series.units.index(unit)] if unit in series.units else None
-
-    by_score: dict[tuple, list[str]] = {}
-    for key in all_series:
-        by_score.setdefault(key[:5] + key[6:], []).append(key[5])
-    for i, row in enumerate(out.itertuples(index=False)):
-        seed_value = NO_SEED if pd.isna(row.seed) else int(row.seed)
-        key = (str(row.model), str(row.recipe), str(row.task), str(row.mode), int(row.layer), str(row.subset),
-               str(row.metric))
-        if key[5] == hmean_subset:
-            parts = [unit_reps(key[:5] + (s,) + key[6:], seed_value) for s in by_score.get(key[:5] + key[6:], [])]
-            reps = hmean_replicates(parts) if parts and all(p is not None for p in parts) else None
-        else:
-            reps = unit_reps(key, seed_value)
-        if reps is not None:
-            out.iloc[i, out.columns.get_loc("ci_low")], out.iloc[i, out.columns.get_loc("ci_high")] = (
-                percentile_ci(reps, level))
-    return out
-
-
-class ItemData:
-    """A run's per-item data by score key (SCORE_KEYS); each score's item replicates are computed once."""
-
-    def __init__(self, items: pd.DataFrame | None = None, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> None:
-        self.series = series_of(items) if items is not None and not items.empty else {}
-        self.n_boot, self.seed = n_boot, seed
-        self._unit: dict[tuple, np.ndarray] = {}
-
-    def __contains__(self, key: tuple) -> bool:
-        return key in self.series
-
-    def __bool__(self) -> bool:
-        return bool(self.series)
-
-    def unit_replicates(self, key: tuple) -> np.ndarray:
-        """[B, U] item replicates of one score, per seed unit."""
-        if key not in self.series:
-            raise BootstrapError(f"no per-item data for {'/'.join(str(k) for k in key)}")
-        if key not in self._unit:
-            self._unit[key] = self.series[key].item_replicates(self.n_boot, self.seed)
-        return self._unit[key]
-
-    def combine(self, keys: Sequence[tuple], how: str = "one") -> tuple[np.ndarray, int, int]:
-        """[B] replicates of one score (`one`), or of the harmonic mean (`hmean`) or mean (`mean`) of several
-        subsets of one task, combined per seed unit before the seeds are resampled; with the item and seed counts."""
-        if not keys or (how == "one" and len(keys) != 1):
-            raise BootstrapError(f"combine({how!r}): got {len(keys)} score(s)")
-        parts = [self.unit_replicates(k) for k in keys]
-        units = self.series[keys[0]].units
-        if any(self.series[k].units != units for k in keys[1:]):
-            raise BootstrapError(f"{keys[0][2]}: the subsets were scored under different seeds")
-        if how == "hmean":
-            per_unit = hmean_replicates(parts)
-        elif how in ("mean", "one"):
-            per_unit = np.mean(parts, axis=0)
-        else:
-            raise BootstrapError(f"combine: unknown way {how!r}; expected one, hmean or mean")
-        weights = seed_weights(self.series[keys[0]].key, units, self.n_boot, self.seed)
-        return (per_unit * weights).sum(axis=1), min(self.series[k].n for k in keys), len(units)
+def holm(comparisons: Sequence[Comparison | None], alpha: float = FAMILY_ALPHA) -> None:
+    """Holm's step-down adjustment over one claim's comparisons (None entries skipped): sets each comparison's
+    `family` and `adjusted_p` (its outcome then controls the family-wise error at `alpha`)."""
+    present = [c for c in comparisons if c is not None]
+    m = len(present)
+    running = 0.0
+    for rank, c in enumerate(sorted(present, key=lambda c: c.p_value)):
+        running = max(running, min(1.0, (m - rank) * c.p_value))
+        c.family, c.adjusted_p = m, running

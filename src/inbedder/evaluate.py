@@ -5,10 +5,10 @@ Output of `evaluate_task` (one Snakemake job per model, recipe and task):
   (`seed` empty for deterministic scores; `train_seed` the fine-tune's training seed, empty for an
   untrained model: a run `<recipe>@<seed>` writes recipe `<recipe>` and that seed). Modes are the model's (`models.<m>.modes`, restricted by
   `tasks.<t>.modes`), layers the config's `layers` (sentence encoders: -1).
-  Each row also has `ci_low`, `ci_high`: the 95% percentile bootstrap CI of `value` over the task's
-  items, its seed fixed (`inbedder.bootstrap.score_intervals`; empty where a score keeps no per-item data:
+  Each row also has `ci_low`, `ci_high`: the 95% half-sample bootstrap interval of `value` over the
+  task's items, centred on `value`, its seeds fixed (`inbedder.item_data.score_intervals`; empty where a score keeps no per-item data:
   robustness summaries, silhouette, mteb STS Pearson).
-- `<scores>.items.parquet` (`inbedder.bootstrap.ITEM_COLUMNS`): what the bootstrap needs per item, so the
+- `<scores>.items.parquet` (`inbedder.item_data.ITEM_COLUMNS`): what the bootstrap needs per item, so the
   report never reruns a model: per triplet its correctness, per pair its cosine similarity and gold score,
   per text its cluster id (each seed) and label, per query of an mteb retrieval/reranking task its value
   of each kept metric (`inbedder.mteb_tasks.retrieval_items`).
@@ -53,9 +53,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from inbedder.bootstrap import NO_SEED, item_frame, score_intervals, write_items
 from inbedder.explain import explain_clusters
 from inbedder.files import atomic_path, sha256_json, write_json
+from inbedder.item_data import NO_SEED, item_frame, score_intervals, write_items
 from inbedder.scores import read_scores, write_scores
 from inbedder.task_kinds import TaskKind, kind_of
 from inbedder.tasks import Lookup, Score, Scoring, read_task_table, table_revision

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from inbedder.bootstrap import item_rows
+from inbedder.item_data import item_id, item_rows, pair_id
 from inbedder.metrics import paired_cosine_similarity
 from inbedder.tasks import (
     Lookup,
@@ -371,13 +371,17 @@ def _mteb_items(task: Any, table: pd.DataFrame, lookup: Lookup, instruction: str
             return []
         clusters = np.concatenate([np.asarray(c) for c in sets])
         groups = [str(i) for i in kept for _ in labels[i]]
+        texts = [[str(t) for t in row] for row in data[task.input_column_name]] \
+            if task.input_column_name in data.column_names else None
+        ids = [item_id(t) for i in kept for t in texts[i]] if texts is not None else None
         return item_rows(hf_subset, metric, seed, "v_measure", clusters,
-                         labels=[x for i in kept for x in labels[i]], groups=groups)
+                         labels=[x for i in kept for x in labels[i]], groups=groups, ids=ids)
     if is_sts(cls) and "text1" in table.columns and metric in ("cosine_spearman", "spearman"):
         a = embed_texts(lookup, [str(t) for t in table["text1"]], instruction, f"mteb task {task.metadata.name}")
         b = embed_texts(lookup, [str(t) for t in table["text2"]], instruction, f"mteb task {task.metadata.name}")
         return item_rows(hf_subset, metric, seed, "spearman", paired_cosine_similarity(a, b),
-                         gold=table["score"].to_numpy(dtype=float))
+                         gold=table["score"].to_numpy(dtype=float),
+                         ids=[pair_id(x, y) for x, y in zip(table["text1"], table["text2"], strict=True)])
     return []
 
 
@@ -450,7 +454,8 @@ def retrieval_items(task: Any, saved: dict | None, entry: dict, split: str, metr
                         "it keeps no items (no CI)", where, metric, len(values), averaged, entry[metric])
             continue
         queries = sorted(values)
-        out += item_rows(hf_subset, metric, seed, "mean", [values[q] for q in queries])
+        out += item_rows(hf_subset, metric, seed, "mean", [values[q] for q in queries],
+                         ids=[item_id(name, hf_subset, q) for q in queries])
     return out
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from inbedder import metrics, mteb_tasks
-from inbedder.bootstrap import item_rows
+from inbedder.item_data import item_id, item_rows, pair_id
 from inbedder.tasks import (
     DEFAULT_SUBSET,
     ROBUSTNESS_GROUPS,
@@ -121,10 +121,11 @@ class Triplets(_TwoView):
             rows = table[table["subset"] == subset]
             emb = [embed_texts(lookup, list(rows[c]), instruction, f"{self.name}/{subset}") for c in self.text_columns]
             correct = metrics.triplet_correct(*emb)
+            ids = [item_id(*t) for t in zip(*(rows[c] for c in self.text_columns), strict=True)]
             rate = float(np.mean(correct))
             rates.append(rate)
             out.scores.append(Score(subset, "success_rate", rate, None, len(rows)))
-            out.items += item_rows(subset, "success_rate", None, "mean", correct)
+            out.items += item_rows(subset, "success_rate", None, "mean", correct, ids=ids)
             for other, other_instruction in views:
                 if other == subset:
                     continue
@@ -133,7 +134,7 @@ class Triplets(_TwoView):
                 correct = metrics.triplet_correct(*emb)
                 name = _cross_name(subset, other, len(views))
                 out.scores.append(Score(name, "success_rate_crossview", float(np.mean(correct)), None, len(rows)))
-                out.items += item_rows(name, "success_rate_crossview", None, "mean", correct)
+                out.items += item_rows(name, "success_rate_crossview", None, "mean", correct, ids=ids)
         out.scores.append(Score(HMEAN, "success_rate", metrics.harmonic_mean(rates), None, len(table)))
         return out
 
@@ -165,7 +166,8 @@ class Clustering(_TwoView):
                 v, assignment = metrics.kmeans_v_measure(x, labels, seed)
                 per_seed[seed].append(v)
                 out.scores.append(Score(subset, "v_measure", v, seed, len(texts)))
-                out.items += item_rows(subset, "v_measure", seed, "v_measure", assignment, labels=labels)
+                out.items += item_rows(subset, "v_measure", seed, "v_measure", assignment, labels=labels,
+                                       ids=[item_id(t) for t in texts])
                 if i == 0:
                     out.clusterings.append({"subset": subset, "instruction": instruction, "texts": texts,
                                             "labels": labels, "assignment": assignment, "seed": seed})
@@ -177,7 +179,8 @@ class Clustering(_TwoView):
                 for seed in scoring.seeds:
                     v, assignment = metrics.kmeans_v_measure(x_other, labels, seed)
                     out.scores.append(Score(name, "v_measure_crossview", v, seed, len(texts)))
-                    out.items += item_rows(name, "v_measure_crossview", seed, "v_measure", assignment, labels=labels)
+                    out.items += item_rows(name, "v_measure_crossview", seed, "v_measure", assignment,
+                                           labels=labels, ids=[item_id(t) for t in texts])
         n = int(table.groupby("subset").size().max())
         out.scores += [Score(HMEAN, "v_measure", metrics.harmonic_mean(v), s, n) for s, v in per_seed.items()]
         return out
@@ -219,15 +222,18 @@ class Pairs(TaskKind):
         gold = np.concatenate([rows["score"].to_numpy(dtype=float) for _, rows in groups])
         out.scores.append(Score(ALL, "spearman", metrics.pair_spearman(np.vstack(left), np.vstack(right), gold), None,
                                 len(table)))
+        ids = [pair_id(a, b) for _, rows in groups for a, b in zip(rows["text1"], rows["text2"], strict=True)]
         out.items += item_rows(ALL, "spearman", None, "spearman",
-                               metrics.paired_cosine_similarity(np.vstack(left), np.vstack(right)), gold=gold)
+                               metrics.paired_cosine_similarity(np.vstack(left), np.vstack(right)), gold=gold,
+                               ids=ids)
         for (_, rows), a, b in zip(groups, left, right, strict=True):
             scores = rows["score"].to_numpy(dtype=float)
             subset = str(rows["subset"].iloc[0])
             if subset and len(set(scores)) > 1:
                 out.scores.append(Score(subset, "spearman", metrics.pair_spearman(a, b, scores), None, len(rows)))
                 out.items += item_rows(subset, "spearman", None, "spearman", metrics.paired_cosine_similarity(a, b),
-                                       gold=scores)
+                                       gold=scores, ids=[pair_id(x, y) for x, y in zip(rows["text1"], rows["text2"],
+                                                                                       strict=True)])
         return out
 
 
@@ -272,7 +278,8 @@ class Robustness(TaskKind):
                 v, assignment = metrics.kmeans_v_measure(x, labels, seed)
                 by_seed[seed][str(subset).split("/")[0]].append(v)
                 out.scores.append(Score(str(subset), "v_measure", v, seed, n))
-                out.items += item_rows(str(subset), "v_measure", seed, "v_measure", assignment, labels=labels)
+                out.items += item_rows(str(subset), "v_measure", seed, "v_measure", assignment, labels=labels,
+                                       ids=[item_id(t) for t in texts])
         for seed, groups in by_seed.items():
             summary = metrics.robustness_summary(groups)
             out.scores += [Score(g, "v_measure_mean", summary[f"mean_{g}"], seed, n) for g in ROBUSTNESS_GROUPS]
@@ -326,7 +333,8 @@ class Own(TaskKind):
                 if labels is not None:
                     out.scores.append(Score(str(subset), "v_measure", float(v_measure_score(labels, assignment)), seed,
                                             len(texts)))
-                    out.items += item_rows(str(subset), "v_measure", seed, "v_measure", assignment, labels=labels)
+                    out.items += item_rows(str(subset), "v_measure", seed, "v_measure", assignment,
+                                           labels=labels, ids=[item_id(t) for t in texts])
                 if i == 0:
                     out.clusterings.append({"subset": str(subset), "instruction": instruction, "texts": texts,
                                             "labels": labels, "assignment": assignment, "seed": seed})

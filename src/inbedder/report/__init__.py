@@ -27,12 +27,14 @@ from inbedder.report.aggregate import (
 )
 from inbedder.report.claims import (
     CLAIMS,
+    ClaimModes,
     ClaimResult,
     Evidence,
     claim_1,
     claim_2,
     claim_3,
     claim_4,
+    claim_modes,
     evaluate_claims,
 )
 from inbedder.report.figures import Figure, figure_projection
@@ -64,6 +66,7 @@ __all__ = [
     "PAPER_NUMBER_COLUMNS",
     "SCORE_COLUMNS",
     "Cell",
+    "ClaimModes",
     "ClaimResult",
     "Column",
     "Evidence",
@@ -81,6 +84,7 @@ __all__ = [
     "claim_2",
     "claim_3",
     "claim_4",
+    "claim_modes",
     "column_cells",
     "crossview_table",
     "declared_inputs",

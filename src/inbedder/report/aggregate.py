@@ -4,13 +4,14 @@ suite averages, and the per-task views of the appendix (robustness groups, cross
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from inbedder.bootstrap import BootstrapError, Estimate, ItemData, combine_mean, estimate
+from inbedder.bootstrap import BootstrapError, Estimate, combine_mean
+from inbedder.item_data import ItemData
 from inbedder.report.suites import (
     AVG,
     GEN_AVG,
@@ -122,10 +123,9 @@ def cell_estimate(items: ItemData | None, run: Run, column: Column, rows: pd.Dat
     layer = layers.pop()
     keys = [(run.model, run.recipe, column.task, run.mode, layer, s, metric) for s in subsets]
     try:
-        reps, n_items, n_seeds = items.combine(keys, how)
+        return items.estimate(keys, how, value / SCALE).scaled(SCALE), ""
     except BootstrapError as err:
         return None, str(err)
-    return estimate(value / SCALE, reps, n_items, n_seeds).scaled(SCALE), ""
 
 
 def average_cell(cells: Sequence[Cell], labels: Sequence[str]) -> Cell:
@@ -194,8 +194,9 @@ def paper_suite_scores(paper: pd.DataFrame, suite: Suite) -> SuiteScores:
     return SuiteScores(suite=suite, runs=runs, metrics_used={}, notes={}, point_only=True)
 
 
-def headline_runs(book: SuiteScores) -> list[Run]:
-    """One run per (model, recipe): its best IA mode (generic average where no IA); encoders per mode."""
+def headline_runs(book: SuiteScores, claim_mode: Callable[[str, str], str | None] | None = None) -> list[Run]:
+    """One run per (model, recipe): the mode the claims compare it at (`claim_mode(model, recipe)`, the config's
+    claim_modes) where that run exists, else its best IA mode (generic average where no IA); encoders per mode."""
 
     def score(run: Run) -> float:
         cells = book.runs[run]
@@ -208,7 +209,10 @@ def headline_runs(book: SuiteScores) -> list[Run]:
     best: dict[tuple[str, str], Run] = {}
     for run in book.runs:
         key = (run.model, run.recipe + run.mode if run.encoder else run.recipe)
-        if key not in best or score(run) > score(best[key]):
+        fixed = None if run.encoder or claim_mode is None else claim_mode(run.model, run.recipe)
+        if fixed is not None and run.with_(mode=fixed) in book.runs:
+            best[key] = run.with_(mode=fixed)
+        elif key not in best or score(run) > score(best[key]):
             best[key] = run
     return sorted(best.values(), key=lambda r: r.sort_key)
 
@@ -304,8 +308,8 @@ def crossview_table(scores: pd.DataFrame) -> list[dict]:
 
 
 def long_table(scores: pd.DataFrame, items: ItemData | None = None) -> list[dict]:
-    """Every score, seeds averaged, with its CI (items and seeds resampled; scores.csv's own bounds for a
-    single-seed row without per-item data): the appendix table."""
+    """Every score, seeds averaged, with its CI (items resampled, the seeds' spread added; scores.csv's own
+    bounds for a single-seed row without per-item data): the appendix table."""
     keys = ["task", "model", "recipe", "mode", "layer", "subset", "metric"]
     subsets_of = scores.groupby(["task", "model", "recipe", "mode", "layer", "metric"])["subset"].unique()
     out = []
@@ -326,8 +330,7 @@ def long_table(scores: pd.DataFrame, items: ItemData | None = None) -> list[dict
             parts, how = [(model, recipe, task, mode, as_int(layer), s, metric) for s in others], "hmean"
         if items and all(p in items for p in parts):
             try:
-                reps, n_items, _ = items.combine(parts, how)
-                est = estimate(row["mean"] / SCALE, reps, n_items).scaled(SCALE)
+                est = items.estimate(parts, how, row["mean"] / SCALE).scaled(SCALE)
                 row.update(low=est.low, high=est.high, few=est.few_items)
             except BootstrapError:
                 pass

@@ -1,19 +1,33 @@
 """The paper's four claims: the rule that decides each, applied to one set of numbers (a SuiteScores).
 
-Every comparison is a paired bootstrap difference (inbedder.bootstrap): supported / contradicted /
-inconclusive against 0 (or minus the margin of claim 4's "competitive"), with the smallest difference the
-run could detect and, when inconclusive, how many more items would decide it.
+Every comparison is a paired difference (inbedder.bootstrap) at the modes the paper's own tables set
+side by side (`claim_modes`, fixed in the config before any score is seen). A claim rests on several
+comparisons at once (models x baselines), so each claim's decisive comparisons are corrected by Holm's
+step-down rule (family-wise error 5%): supported / contradicted when the Holm-adjusted p-value is below
+5%, on the side of the threshold (0, or minus the margin of claim 4's "competitive") where the
+difference lies; inconclusive otherwise. Other modes are shown beside the primary comparison and
+decide nothing. Each inconclusive comparison says the effect it could have detected (80% power at the
+claim's level) and what would decide it.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from inbedder.bootstrap import BootstrapError, Comparison, mean_difference, outcome, paired_difference
+from inbedder.bootstrap import (
+    FAMILY_ALPHA,
+    POWER,
+    BootstrapError,
+    Comparison,
+    holm,
+    mean_difference,
+    outcome,
+    paired_difference,
+)
 from inbedder.report.aggregate import SuiteScores
 from inbedder.report.suites import (
     ANSWER_MODES,
@@ -75,19 +89,23 @@ class Evidence:
 
     @property
     def detectable(self) -> float | None:
-        """The smallest difference this comparison could detect (half-width of its CI)."""
+        """The minimum detectable effect: the difference found with 80% power at the claim's family-wise level."""
         return self.comparison.detectable if self.comparison is not None else None
 
     @property
     def power_note(self) -> str:
-        """For an inconclusive comparison: how many items (or seeds) would decide it at the observed effect."""
+        """For an inconclusive comparison: the effect it could detect and what would decide it."""
         c = self.comparison
         if c is None or c.outcome != "inconclusive":
             return ""
-        if math.isinf(c.scale_needed):
-            return "no number of items decides it: the difference sits on the threshold"
-        return (f"~{c.scale_needed:.1f}x the items ({c.n_items} -> {c.items_needed} per set), or the seeds, "
-                f"would decide it at this difference")
+        found = (f"detectable with {POWER:.0%} power: a difference of {c.detectable:.1f} points "
+                 f"(observed {c.diff - c.threshold:+.1f} from the threshold)")
+        if c.seed_share >= 0.5:
+            return (f"{found}; the training seeds carry {c.seed_share:.0%} of its uncertainty: more training seeds "
+                    f"({c.n_seeds} now) would decide it sooner than more items")
+        return (f"{found}; the items carry {1 - c.seed_share:.0%} of its uncertainty: more training seeds would not "
+                f"decide it; a larger effect would (a larger model, a task further from its floor), or more "
+                f"items than the {c.n_items} scored where the data has them")
 
 
 @dataclass
@@ -124,21 +142,44 @@ def _has_ia(cells: dict[str, Cell]) -> bool:
     return cells.get(IA_AVG, Cell()).ok
 
 
-def best_mode(book: SuiteScores, model: str, recipe: str, modes: Iterable[str] | None = None) -> Run | None:
-    """The run of (model, recipe) with the highest instruction-awareness average, optionally among modes.
+@dataclass(frozen=True)
+class ClaimModes:
+    """Recipe -> the mode the paper's tables set side by side (config `claim_modes`), per model where it says so."""
 
-    Without `modes`, the filter ablation's explicit variants (`+filter=words`, `+filter=authors`) are
-    not candidates: a headline mode is one of the method's, and `+filter` is the run's own filter."""
-    allowed = set(modes) if modes is not None else None
-    cands = [run for run, cells in book.runs.items()
-             if run.model == model and run.recipe == recipe and _has_ia(cells)
-             and (run.mode in allowed if allowed is not None else "+filter=" not in run.mode)]
-    return max(cands, key=lambda r: book.get(r, IA_AVG).value) if cands else None
+    default: Mapping[str, str]
+    per_model: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    flagships: tuple[str, ...] = ()  # claim 4's model: the first of these with an InBedder run
+
+    def mode(self, model: str, recipe: str) -> str | None:
+        """The claim mode of a model's recipe, or None when the config names none."""
+        return {**self.default, **self.per_model.get(model, {})}.get(recipe)
+
+    def run(self, book: SuiteScores, model: str, recipe: str) -> Run | None:
+        """The run of (model, recipe) at its claim mode, when the book has its IA average."""
+        mode = self.mode(model, recipe)
+        run = Run(model, recipe, mode) if mode is not None else None
+        return run if run is not None and _has_ia(book.runs.get(run, {})) else None
+
+    def describe(self) -> str:
+        """The pairing in words, for the rule."""
+        default = ", ".join(f"{r} {m}" for r, m in self.default.items())
+        extra = "; ".join(f"{model}: " + ", ".join(f"{r} {m}" for r, m in modes.items())
+                          for model, modes in self.per_model.items() if modes)
+        return default + (f" (except {extra})" if extra else "")
+
+
+def claim_modes(config: Mapping[str, Any]) -> ClaimModes:
+    """The claim modes of a config: `claim_modes`, overridden by `models.<name>.claim_modes`."""
+    return ClaimModes(dict(config["claim_modes"]),
+                      {m: dict(spec["claim_modes"]) for m, spec in config["models"].items() if "claim_modes" in spec},
+                      tuple(config["flagship_models"]))
 
 
 def _verdict(evidence: list[Evidence]) -> str:
-    """supported when every decisive comparison is, contradicted when any is, else inconclusive."""
-    decided = [e.outcome for e in evidence if e.decisive and e.outcome is not None]
+    """Holm over the decisive comparisons: supported when every one is, contradicted when any is, else inconclusive."""
+    decisive = [e for e in evidence if e.decisive]
+    holm([e.comparison for e in decisive])
+    decided = [e.outcome for e in decisive if e.outcome is not None]
     if not decided:
         return "not tested"
     if "contradicted" in decided:
@@ -164,32 +205,50 @@ def compare(book: SuiteScores, a: Run, b: Run, key: str = IA_AVG, margin: float 
     return ev
 
 
-CI_RULE = ("Each comparison is the paired difference of the two runs on the same items (95% percentile bootstrap "
-           "CI, items and seeds resampled jointly for both runs): supported when the CI lies above {thr}, "
-           "contradicted when it lies below, inconclusive when it spans it. The claim is supported when every "
+CI_RULE = ("Each comparison is the paired difference of the two runs on the same items (95% interval: items "
+           "resampled jointly for both runs, the spread of training seeds and k-means restarts added; "
+           "inbedder.bootstrap). The claim's decisive comparisons form one family: Holm's step-down rule on "
+           "their bootstrap p-values keeps the chance of any false decision at " + f"{FAMILY_ALPHA:.0%}" + "; a "
+           "comparison is supported when its adjusted p-value is below that and the difference lies above {thr}, "
+           "contradicted when below, inconclusive otherwise. The claim is supported when every decisive "
            "comparison is, contradicted when any is, inconclusive otherwise; not tested without a comparison. "
            "The paper's own numbers have no CI: there the point difference decides.")
 
 
-def claim_1(book: SuiteScores, scope: str) -> ClaimResult:
-    """Claim 1: InBedder's best IA average above Alpaca-tuned and untuned (each at its best mode)."""
+def _mode_by_mode(book: SuiteScores, a: Run, b: Run, detail: str) -> list[Evidence]:
+    """a's and b's recipes compared at each mode both have beside the primary modes (shown, not decisive)."""
+    rows = []
+    for mode in sorted({r.mode for r in book.runs if r.model == a.model and r.recipe == a.recipe}):
+        x, y = a.with_(mode=mode), b.with_(mode=mode)
+        if (x, y) == (a, b) or not (_has_ia(book.runs.get(x, {})) and _has_ia(book.runs.get(y, {}))):
+            continue
+        ev = compare(book, x, y, detail=detail)
+        ev.decisive = False
+        rows.append(ev)
+    return rows
+
+
+def claim_1(book: SuiteScores, scope: str, modes: ClaimModes) -> ClaimResult:
+    """Claim 1: InBedder's IA average above Alpaca-tuned and untuned, each at the paper's mode for it."""
     evidence: list[Evidence] = []
     lacking: list[str] = []
     for model in sorted({r.model for r in book.runs if r.recipe in INBEDDER_RECIPES}):
         for recipe in INBEDDER_RECIPES:
-            inb = best_mode(book, model, recipe)
+            inb = modes.run(book, model, recipe)
             if inb is None:
                 continue
             for base_recipe in BASELINE_RECIPES:
-                base = best_mode(book, model, base_recipe)
+                base = modes.run(book, model, base_recipe)
                 if base is None:
-                    lacking.append(f"{model}: no {'untuned' if base_recipe == 'none' else base_recipe} run")
+                    lacking.append(f"{model}: no {'untuned' if base_recipe == 'none' else base_recipe} run at "
+                                   f"{modes.mode(model, base_recipe)}")
                     continue
-                evidence.append(compare(book, inb, base, detail="IA average, each recipe at its best mode"))
+                evidence.append(compare(book, inb, base, detail="IA average, the paper's modes"))
+                evidence += _mode_by_mode(book, inb, base, "IA average, the same mode for both (not decisive)")
     title, statement = CLAIMS[1]
-    rule = ("For every model with an InBedder run: InBedder's instruction-awareness average (its best mode) "
-            "minus that of each baseline of the same model that was run (Alpaca-tuned, untuned; each at its best "
-            "mode). " + CI_RULE.format(thr="0"))
+    rule = ("For every model with an InBedder run: InBedder's instruction-awareness average minus that of each "
+            "baseline of the same model that was run (Alpaca-tuned, untuned), each recipe at the mode the paper's "
+            f"tables set side by side ({modes.describe()}). " + CI_RULE.format(thr="0"))
     return _result(1, title, statement, rule, scope, book, evidence, "; ".join(lacking))
 
 
@@ -199,20 +258,27 @@ def _result(number: int, title: str, statement: str, rule: str, scope: str, book
                        point_only=book.point_only)
 
 
-def claim_2(book: SuiteScores, scope: str) -> ClaimResult:
-    """Claim 2: the best answer mode (1st-gen / avg-gen) above the prompt mode avg-ppt."""
+def claim_2(book: SuiteScores, scope: str, modes: ClaimModes) -> ClaimResult:
+    """Claim 2: InBedder's answer mode (the paper's mode for it) above the prompt mode avg-ppt."""
     evidence: list[Evidence] = []
     lacking: list[str] = []
     for model, recipe in sorted({(r.model, r.recipe) for r in book.runs if r.recipe in INBEDDER_RECIPES}):
-        ans = best_mode(book, model, recipe, ANSWER_MODES)
+        ans = modes.run(book, model, recipe)
         ppt = Run(model, recipe, PROMPT_MODE)
-        if ans is None or not book.get(ppt, IA_AVG).ok:
-            lacking.append(f"{model}-{recipe}: needs {'/'.join(ANSWER_MODES)} and {PROMPT_MODE}")
+        if ans is None or ans.mode not in ANSWER_MODES or not book.get(ppt, IA_AVG).ok:
+            lacking.append(f"{model}-{recipe}: needs {modes.mode(model, recipe)} and {PROMPT_MODE}")
             continue
         evidence.append(compare(book, ans, ppt, detail="IA average, answer vs prompt hidden states"))
+        for other in ANSWER_MODES:
+            run = Run(model, recipe, other)
+            if other != ans.mode and book.get(run, IA_AVG).ok:
+                ev = compare(book, run, ppt, detail="IA average, the other answer mode (not decisive)")
+                ev.decisive = False
+                evidence.append(ev)
     title, statement = CLAIMS[2]
-    rule = (f"For every InBedder model run in both: the instruction-awareness average of the better answer mode "
-            f"({' or '.join(ANSWER_MODES)}) minus that of the prompt mode {PROMPT_MODE}. " + CI_RULE.format(thr="0"))
+    rule = (f"For every InBedder model run in both: the instruction-awareness average of its answer mode (the "
+            f"paper's mode for it: {modes.describe()}) minus that of the prompt mode {PROMPT_MODE}. "
+            + CI_RULE.format(thr="0"))
     return _result(2, title, statement, rule, scope, book, evidence, "; ".join(lacking))
 
 
@@ -250,36 +316,48 @@ def claim_3(book: SuiteScores, scope: str) -> ClaimResult:
     return _result(3, title, statement, rule, scope, book, pairs + [summary])
 
 
-def claim_4(book: SuiteScores, scope: str, margin: float = GENERIC_MARGIN) -> ClaimResult:
-    """Claim 4: the best InBedder run above every no-instruction baseline on IA, and at most `margin` below on generic."""
+def claim_4(book: SuiteScores, scope: str, modes: ClaimModes, margin: float = GENERIC_MARGIN) -> ClaimResult:
+    """Claim 4: the flagship InBedder run (its claim mode) above every no-instruction baseline on IA, and at most
+    `margin` below on generic; the other InBedder runs beside it, undecisive."""
     title, statement = CLAIMS[4]
-    rule = (f"Take the InBedder run with the highest instruction-awareness average. Against every no-instruction "
+    rule = (f"The InBedder run of the first of the flagship models that was run ({', '.join(modes.flagships)}; "
+            f"fixed in the config), at the paper's mode for it ({modes.describe()}), against every no-instruction "
             f"baseline run (a sentence encoder in mode `{NO_INSTRUCTION_MODE}`): its instruction-awareness average "
             f"minus the baseline's (threshold 0), and its generic average minus the baseline's (threshold "
             f"-{margin:.1f}: 'competitive' allows trailing by at most {margin:.1f} points). "
             + CI_RULE.format(thr="the threshold"))
-    inb_runs = [r for r, c in book.runs.items() if r.recipe in INBEDDER_RECIPES and _has_ia(c)
-                and "+filter=" not in r.mode]  # the filter ablation's variants are not headline modes
+    inb_runs = sorted({run for r in book.runs if r.recipe in INBEDDER_RECIPES
+                       if (run := modes.run(book, r.model, r.recipe)) is not None})
     baselines = [r for r, c in book.runs.items() if r.mode == NO_INSTRUCTION_MODE and r.recipe == "none"
                  and _has_ia(c)]
     if not inb_runs or not baselines:
-        why = "no InBedder run with an IA average" if not inb_runs else "no no-instruction baseline run"
+        why = "no InBedder run with an IA average at its claim mode" if not inb_runs else \
+            "no no-instruction baseline run"
         return _result(4, title, statement, rule, scope, book, [], why)
-    best = max(inb_runs, key=lambda r: book.get(r, IA_AVG).value)
+    flagship = next((r for m in modes.flagships for r in inb_runs if r.model == m), None)
+    if flagship is None:
+        return _result(4, title, statement, rule, scope, book, [],
+                       f"no InBedder run of a flagship model ({', '.join(modes.flagships)})")
     evidence: list[Evidence] = []
-    for base in sorted(baselines):
-        evidence.append(compare(book, best, base, IA_AVG, detail="instruction-awareness average"))
-        evidence.append(compare(book, best, base, GEN_AVG, margin=margin,
-                                detail=f"generic average (within {margin:.1f} points)"))
+    for inb in [flagship] + [r for r in inb_runs if r != flagship]:
+        for base in sorted(baselines):
+            rows = [compare(book, inb, base, IA_AVG, detail="instruction-awareness average"),
+                    compare(book, inb, base, GEN_AVG, margin=margin,
+                            detail=f"generic average (within {margin:.1f} points)")]
+            for ev in rows if inb != flagship else ():
+                ev.decisive = False
+            evidence += rows
     res = _result(4, title, statement, rule, scope, book, evidence)
-    if any(e.outcome is None for e in evidence) and res.verdict != "contradicted":
+    if any(e.outcome is None for e in evidence if e.decisive) and res.verdict != "contradicted":
         res.verdict, res.reason = "not tested", "a generic average is missing (generic tasks not all run)"
     return res
 
 
-def evaluate_claims(book: SuiteScores, scope: str, margin: float = GENERIC_MARGIN) -> list[ClaimResult]:
+def evaluate_claims(book: SuiteScores, scope: str, modes: ClaimModes, margin: float = GENERIC_MARGIN,
+                    ) -> list[ClaimResult]:
     """All four claims on one set of numbers (all "not tested" when no run has an IA average)."""
-    results = [claim_1(book, scope), claim_2(book, scope), claim_3(book, scope), claim_4(book, scope, margin)]
+    results = [claim_1(book, scope, modes), claim_2(book, scope, modes), claim_3(book, scope),
+               claim_4(book, scope, modes, margin)]
     if not any(_has_ia(cells) for cells in book.runs.values()):
         labels = ", ".join(f"{c.label} ({c.task})" for c in book.suite.ia)
         for res in results:

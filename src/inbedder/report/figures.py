@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,18 +93,29 @@ def encoder_models(runs: Sequence[Run]) -> list[str]:
     return sorted({r.model for r in runs if r.encoder})
 
 
-def _grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, str, list, list]], width: float = 0.8,
-                  hatches: Sequence[str | None] | None = None):
-    """Draw grouped bars; series = (label, colour, values, sds) with None for missing values."""
+def ci_errors(cells: Sequence[Any]) -> np.ndarray:
+    """[2, n] error-bar lengths below and above each cell's value: its 95% interval (the tables' own), 0 where
+    a cell has none."""
+    out = np.zeros((2, len(cells)))
+    for i, c in enumerate(cells):
+        est = getattr(c, "est", None)
+        if isinstance(c, Cell) and c.ok and est is not None:
+            out[:, i] = max(c.value - est.low, 0.0), max(est.high - c.value, 0.0)
+    return out
+
+
+def _grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, str, list, np.ndarray]],
+                  width: float = 0.8, hatches: Sequence[str | None] | None = None):
+    """Draw grouped bars; series = (label, colour, values, [2, n] interval errors) with None for missing values."""
     n = max(len(series), 1)
     w = width / n
     x = np.arange(len(groups))
-    for i, (label, colour, vals, sds) in enumerate(series):
+    for i, (label, colour, vals, errs) in enumerate(series):
         xs = x - width / 2 + w * (i + 0.5)
         v = np.array([np.nan if a is None else a for a in vals], dtype=float)
-        e = np.array([0.0 if (s is None or not np.isfinite(s)) else s for s in sds], dtype=float)
+        e = np.where(np.isnan(v)[None, :], 0.0, np.asarray(errs, dtype=float))
         hatch = hatches[i] if hatches else None
-        ax.bar(xs, np.nan_to_num(v), w * 0.92, color=colour, label=label, yerr=np.where(np.isnan(v), 0, e),
+        ax.bar(xs, np.nan_to_num(v), w * 0.92, color=colour, label=label, yerr=e,
                error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "#333333"}, hatch=hatch,
                edgecolor="white" if not hatch else "#333333", linewidth=0.4)
         for xi, vi in zip(xs, v, strict=True):
@@ -115,15 +126,15 @@ def _grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, str, li
     ax.axhline(0, color="#444444", linewidth=0.6)
 
 
-def figure_scores(book: SuiteScores) -> Figure:
-    """Scores per task and model (each model and recipe at its best instruction-awareness mode)."""
+def figure_scores(book: SuiteScores, claim_mode: Callable[[str, str], str | None] | None = None) -> Figure:
+    """Scores per task and model (each model and recipe at its claim mode)."""
     suite = book.suite
     name = f"scores_{suite.name}"
     title = f"Scores per task and model ({suite.title})"
-    caption = ("Each bar is one model and recipe at its best instruction-awareness mode; error bars are the sd "
-               "over clustering seeds (propagated into the averages). IA Avg = mean of the three "
+    caption = ("Each bar is one model and recipe at the mode the claims compare it at (claim_modes); error bars "
+               "are the 95% intervals of the tables (items resampled, seeds' spread added). IA Avg = mean of the "
                "instruction-awareness tasks; Gen Avg = mean of the generic tasks.")
-    runs = headline_runs(book)
+    runs = headline_runs(book, claim_mode)
     if not runs:
         return Figure(name, title, caption, reason=f"no scores on the {suite.title} in this run")
     labels = [c.label for c in suite.ia] + ["IA Avg"] + [c.label for c in suite.generic] + ["Gen Avg"]
@@ -136,7 +147,7 @@ def figure_scores(book: SuiteScores) -> Figure:
         for run in runs:
             cells = [book.get(run, k) for k in keys]
             series.append((run.label, run_colour(run, encoders),
-                           [c.value if c.ok else None for c in cells], [c.sd for c in cells]))
+                           [c.value if c.ok else None for c in cells], ci_errors(cells)))
         hatches = [("///" if r[1] == "released" else ("..." if r[2] == "prefixed" else None)) for r in runs]
         _grouped_bars(ax, labels, series, hatches=hatches)
         ax.axvline(len(suite.ia) + 0.5, color="#999999", linewidth=0.6, linestyle="--")
@@ -181,7 +192,7 @@ def figure_modes(book: SuiteScores, paper: pd.DataFrame) -> Figure:
             for j, mode in enumerate(modes):
                 colour = plt.get_cmap("tab10")(j % 10)
                 v = [vals[(m, r, mode)].value if vals[(m, r, mode)].ok else np.nan for m, r in pairs]
-                e = [vals[(m, r, mode)].sd for m, r in pairs]
+                e = ci_errors([vals[(m, r, mode)] for m, r in pairs])
                 ax.bar(x - 0.4 + w * (j + 0.5), np.nan_to_num(v), w * 0.92, yerr=e, label=mode, color=colour,
                        hatch="///" if mode == PROMPT_MODE else None, edgecolor="#333333" if mode == PROMPT_MODE
                        else "white", linewidth=0.4, error_kw={"elinewidth": 0.7, "capsize": 1.2})
@@ -231,15 +242,9 @@ def figure_filtering(book: SuiteScores, paper: pd.DataFrame) -> Figure:
             x = np.arange(len(items))
             for k, (lab, colour, hatch) in enumerate((("without filter", "#B0B0B0", None),
                                                        ("with filter", "#0072B2", None))):
-                v, e = [], []
-                for it in items:
-                    c = it[1 + k]
-                    if isinstance(c, Cell):
-                        v.append(c.value if c.ok else np.nan)
-                        e.append(c.sd)
-                    else:
-                        v.append(np.nan if c is None else c)
-                        e.append(0.0)
+                v = [(c.value if c.ok else np.nan) if isinstance(c, Cell) else (np.nan if c is None else c)
+                     for c in (it[1 + k] for it in items)]
+                e = ci_errors([it[1 + k] for it in items])
                 ax.bar(x - 0.2 + 0.4 * k, np.nan_to_num(v), 0.38, yerr=e, color=colour, label=lab, hatch=hatch,
                        error_kw={"elinewidth": 0.7, "capsize": 1.2})
             ax.set_xticks(x)
@@ -342,11 +347,14 @@ def _f1(x: Any) -> str:
     return f"{v * 100:.1f}" if v <= 1.0 else f"{v:.1f}"
 
 
-def figure_clustering(scores: pd.DataFrame, runs: Sequence[Run]) -> Figure:
-    """V-measure per clustering task and subset: mean over seeds, sd as error bars, seeds as dots."""
+def figure_clustering(scores: pd.DataFrame, runs: Sequence[Run], long: Sequence[Mapping[str, Any]] = ()) -> Figure:
+    """V-measure per clustering task and subset: mean over seeds, the tables' 95% interval, seeds as dots."""
     name, title = "clustering_seeds", "Clustering scores over seeds"
     caption = ("V-measure (x100) per clustering task and subset (view), for each model and recipe at its headline "
-               "mode: bar = mean over seeds, error bar = sd, dots = individual seeds.")
+               "mode: bar = mean over seeds, error bar = the 95% interval of the appendix table (items resampled, "
+               "the seeds' spread added), dots = individual seeds.")
+    bounds = {(r["task"], r["model"], r["recipe"], r["mode"], r["subset"]): (r["low"], r["high"]) for r in long
+              if r["metric"] == "v_measure" and r["low"] is not None}
     tasks = clustering_tasks(scores)
     if not tasks:
         return Figure(name, title, caption, reason="no clustering scores in this run")
@@ -375,8 +383,9 @@ def figure_clustering(scores: pd.DataFrame, runs: Sequence[Run]) -> Figure:
                     if vals.size == 0:
                         continue
                     xi = x[j] - 0.4 + w * (i + 0.5)
-                    sd = vals.std(ddof=1) if vals.size > 1 else 0.0
-                    h = ax.bar(xi, vals.mean(), w * 0.9, yerr=sd, color=colour, alpha=0.85,
+                    low, high = bounds.get((task, run[0], run[1], run[2], sub), (vals.mean(), vals.mean()))
+                    err = [[max(vals.mean() - low, 0.0)], [max(high - vals.mean(), 0.0)]]
+                    h = ax.bar(xi, vals.mean(), w * 0.9, yerr=err, color=colour, alpha=0.85,
                                error_kw={"elinewidth": 0.7, "capsize": 1.2})
                     ax.scatter(np.full(vals.size, xi), vals, s=4, color="#222222", zorder=3, linewidths=0)
                     handles[run.label] = h

@@ -15,11 +15,12 @@ from typing import Any
 import pandas as pd
 
 import inbedder.report.figures as fg
-from inbedder.bootstrap import BOOT_SEED, LEVEL, MIN_ITEMS, N_BOOT, ItemData, read_items
+from inbedder.bootstrap import BOOT_SEED, FAMILY_ALPHA, LEVEL, MIN_ITEMS, N_BOOT, POWER
 from inbedder.config import load_config
 from inbedder.fidelity import AUTHORS_COMMIT, AUTHORS_REPO, method_settings
 from inbedder.fidelity_rows import MethodRow, method_notes, method_rows, same_re_encoder
 from inbedder.files import atomic_path, sha256_file, sha256_json, write_json, write_text
+from inbedder.item_data import ItemData, read_items
 from inbedder.report.aggregate import (
     SuiteScores,
     crossview_table,
@@ -30,7 +31,7 @@ from inbedder.report.aggregate import (
     suite_scores,
     train_seed_spread,
 )
-from inbedder.report.claims import CLAIMS, ClaimResult, evaluate_claims
+from inbedder.report.claims import CLAIMS, ClaimModes, ClaimResult, claim_modes, evaluate_claims
 from inbedder.report.inputs import ReportInputs, run_inputs
 from inbedder.report.provenance import (
     benchmark_summary,
@@ -48,7 +49,6 @@ from inbedder.report.provenance import (
 from inbedder.report.suites import (
     ANSWER_MODES,
     GENERIC_MARGIN,
-    IA_AVG,
     INBEDDER_RECIPES,
     NO_INSTRUCTION_MODE,
     PROMPT_MODE,
@@ -179,12 +179,14 @@ def _unavailable_reasons(config: Mapping[str, Any], tasks: Sequence[str]) -> dic
     return out
 
 
-def _projection_runs(book: SuiteScores) -> list[Run]:
-    """Runs for the projection: the best InBedder run, the untuned model in the same mode, one plain encoder."""
-    inb = [r for r in book.runs if r.recipe in INBEDDER_RECIPES and book.get(r, IA_AVG).ok]
+def _projection_runs(book: SuiteScores, modes: ClaimModes) -> list[Run]:
+    """Runs for the projection: an InBedder run at its claim mode, the untuned model in the same mode, one plain
+    encoder."""
+    inb = sorted({run for r in book.runs if r.recipe in INBEDDER_RECIPES
+                  if (run := modes.run(book, r.model, r.recipe)) is not None})
     out: list[Run] = []
     if inb:
-        best = max(inb, key=lambda r: book.get(r, IA_AVG).value)
+        best = inb[0]
         out.append(best)
         if best.with_(recipe="none") in book.runs:
             out.append(best.with_(recipe="none"))
@@ -268,11 +270,12 @@ def read_page_data(inputs: ReportInputs, config: Mapping[str, Any]) -> PageData:
     return PageData(raw, scores, skipped, paper, items, books, reasons, data_notes, layers, notes, infos, boot_started)
 
 
-def claims_part(data: PageData, margin: float, method: Sequence[MethodRow]) -> tuple[list[dict], list[fg.Figure]]:
+def claims_part(data: PageData, margin: float, method: Sequence[MethodRow], modes: ClaimModes,
+                ) -> tuple[list[dict], list[fg.Figure]]:
     """The four claims on each scope (paper tasks, offline analogs, the paper's own numbers) and their forests."""
     scopes = (("paper tasks", data.books["paper"]), ("offline analogs", data.books["offline"]),
               (PAPER_SCOPE, paper_suite_scores(data.paper, data.books["paper"].suite)))
-    claim_results = [evaluate_claims(book, title, margin) for title, book in scopes]
+    claim_results = [evaluate_claims(book, title, modes, margin) for title, book in scopes]
     claims = []
     for n in range(1, 5):
         results = [per_scope[n - 1] for per_scope in claim_results]
@@ -300,23 +303,24 @@ def tables_part(data: PageData, method: Sequence[MethodRow], config: Mapping[str
 
 
 def figures_part(data: PageData, inputs: ReportInputs, config: Mapping[str, Any], training: list[dict],
-                 headline: Sequence[Run], robust: list[dict]) -> list[fg.Figure]:
+                 headline: Sequence[Run], robust: list[dict], long: Sequence[dict]) -> list[fg.Figure]:
     """The page's figures, numbered: scores, modes, filtering, training, clustering, robustness, projection."""
     paper_book, offline_book = data.books["paper"], data.books["offline"]
+    modes = claim_modes(config)
     figures: list[fg.Figure] = []
     paper_only = [c.label for c in paper_book.suite.columns if not c.shared]
     if any(paper_book.get(r, lab).ok for r in paper_book.runs for lab in paper_only):
-        figures.append(fg.figure_scores(paper_book))
-    figures.append(fg.figure_scores(offline_book))
+        figures.append(fg.figure_scores(paper_book, modes.mode))
+    figures.append(fg.figure_scores(offline_book, modes.mode))
     mode_book = offline_book if offline_book.runs or not paper_book.runs else paper_book
     figures.append(fg.figure_modes(mode_book, data.paper))
     figures.append(fg.figure_filtering(mode_book, data.paper))
     figures.append(fg.figure_loss(training))
     figures.append(fg.figure_heldout(training))
-    figures.append(fg.figure_clustering(data.scores, list(headline)))
+    figures.append(fg.figure_clustering(data.scores, list(headline), long))
     figures.append(fg.figure_robustness(robust))
     views, labels, why = load_projection(inputs.projection_table, inputs.projection_caches,
-                                         _projection_runs(offline_book), data.layers)
+                                         _projection_runs(offline_book, modes), data.layers)
     task = projection_task(config["tasks"])
     proj = fg.figure_projection(views, labels, f" ({task})" if task else "")
     if not proj.png:
@@ -376,16 +380,17 @@ def render_report(
     out_html, repo_root = Path(out_html), Path(repo_root)
     data = read_page_data(inputs, config)
     method = method_rows(config)
-    claims, forests = claims_part(data, margin, method)
+    modes = claim_modes(config)
+    claims, forests = claims_part(data, margin, method, modes)
     long = long_table(data.raw, data.items)
     boot_seconds = (datetime.now(timezone.utc) - data.boot_started).total_seconds()
     tables = tables_part(data, method, config)
     training = load_training(list(zip(inputs.training, inputs.train_logs, strict=True)))
     books = data.books
-    headline = {name: headline_runs(books[name]) for name in ("paper", "offline")}
+    headline = {name: headline_runs(books[name], modes.mode) for name in ("paper", "offline")}
     all_headline = list(dict.fromkeys(headline["offline"] + headline["paper"]))
     robust = robustness_rows(data.scores)
-    figures = figures_part(data, inputs, config, training, all_headline, robust)
+    figures = figures_part(data, inputs, config, training, all_headline, robust, long)
     provenance = provenance_part(inputs, config, repo_root, configfiles, training)
     ctx = {
         "run": provenance["run"], "generated": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -401,7 +406,8 @@ def render_report(
         "explanations": load_explanations(inputs.explanations, all_headline),
         "skipped": dict(sorted(data.skipped.items())), "provenance": provenance, "long": long,
         "bootstrap": {"resamples": N_BOOT, "level": LEVEL, "seed": BOOT_SEED, "min_items": MIN_ITEMS,
-                      "seconds": boot_seconds, "scores": len(data.items.series)},
+                      "seconds": boot_seconds, "scores": len(data.items.series), "family_alpha": FAMILY_ALPHA,
+                      "power": POWER},
         "margin": margin, "min_items": MIN_ITEMS, "notes": data.notes, "infos": data.infos, "n_scores": len(data.raw),
         "css": inputs.css.read_text(encoding="utf-8"), "answer_modes": ANSWER_MODES, "prompt_mode": PROMPT_MODE,
         "method": method, "method_finding": TRUNCATION_FINDING, "config_re_encoder": config.get("re_encoder") or "none",
