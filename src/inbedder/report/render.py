@@ -32,6 +32,7 @@ from inbedder.report.aggregate import (
     train_seed_spread,
 )
 from inbedder.report.claims import CLAIMS, ClaimModes, ClaimResult, claim_modes, evaluate_claims
+from inbedder.report.forest import figure_forest
 from inbedder.report.inputs import ReportInputs, run_inputs
 from inbedder.report.provenance import (
     benchmark_summary,
@@ -281,7 +282,7 @@ def claims_part(data: PageData, margin: float, method: Sequence[MethodRow], mode
         results = [per_scope[n - 1] for per_scope in claim_results]
         claims.append({"number": n, "title": CLAIMS[n][0], "statement": CLAIMS[n][1], "rule": results[0].rule,
                        "results": results, "conclusion": conclusion(results[:2])})
-    forests = [fg.figure_forest(c["number"], c["title"], c["results"], margin if c["number"] == 4 else None)
+    forests = [figure_forest(c["number"], c["title"], c["results"], margin if c["number"] == 4 else None)
                for c in claims]
     for c, forest in zip(claims, forests, strict=True):
         c["forest"] = forest
