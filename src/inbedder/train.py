@@ -372,6 +372,15 @@ def write_outputs(
     return float(f1_after), fingerprint
 
 
+def _steps_and_seconds(trained: _Trained) -> tuple[int, float]:
+    """The optimizer steps of this run and their seconds, less the held-out checks between them."""
+    state, timing = trained.state, trained.timing
+    end = timing.get("end_step", state.global_step)
+    seconds = timing["t1"] - timing["t0"] if "t0" in timing and "t1" in timing else float("nan")
+    seconds -= sum(s for step, s in trained.curve.checks if step < end)
+    return int(end - timing.get("start_step", 0)), seconds
+
+
 def run_summary(
     run: _Run,
     trained: _Trained,
@@ -384,19 +393,10 @@ def run_summary(
     import torch
     import transformers
 
-    job, settings, state, curve, rows_log = (
-        run.job,
-        run.settings,
-        trained.state,
-        trained.curve,
-        trained.rows_log,
-    )
-    timing, final_step = trained.timing, int(state.global_step)
+    job, settings, curve, rows_log = run.job, run.settings, trained.curve, trained.rows_log
+    state, final_step = trained.state, int(trained.state.global_step)
     window = max(1, min(5, len(rows_log) // 4))
-    steps_run = timing.get("end_step", state.global_step) - timing.get("start_step", 0)
-    seconds = timing["t1"] - timing["t0"] if "t0" in timing and "t1" in timing else float("nan")
-    # the held-out checks between this run's first and last step are not training time
-    seconds -= sum(s for step, s in curve.checks if step < timing.get("end_step", state.global_step))
+    steps_run, seconds = _steps_and_seconds(trained)
     flat = curve.plateau()
     resumed = trained.scan.complete is not None
     summary = {
