@@ -58,6 +58,7 @@ class Evidence:
     decisive: bool = True  # False: shown, but the verdict rests on another row (claim 3's mean gain)
     no_ci: str = ""  # why there is no CI
     cells: tuple[Cell, Cell] | None = None
+    floor: str = ""  # the negative control whose interval holds both runs ("" when they are not both at the floor)
 
     @property
     def diff(self) -> float | None:
@@ -68,7 +69,10 @@ class Evidence:
 
     @property
     def outcome(self) -> str | None:
-        """supported / contradicted / inconclusive; None when a number is missing."""
+        """supported / contradicted / inconclusive, or "at the floor" when both runs lie within the negative control's
+        interval (a difference there says nothing about instruction following); None when a number is missing."""
+        if self.floor:
+            return AT_FLOOR
         if self.comparison is not None:
             return self.comparison.outcome
         if self.diff is None:
@@ -176,25 +180,51 @@ def claim_modes(config: Mapping[str, Any]) -> ClaimModes:
 
 
 def _verdict(evidence: list[Evidence]) -> str:
-    """Holm over the decisive comparisons: supported when every one is, contradicted when any is, else inconclusive."""
+    """Holm over the decisive comparisons: supported when every one is, contradicted when any is, not decidable when
+    every one is at the floor, else inconclusive."""
     decisive = [e for e in evidence if e.decisive]
     holm([e.comparison for e in decisive])
     decided = [e.outcome for e in decisive if e.outcome is not None]
     if not decided:
         return "not tested"
+    if all(d == AT_FLOOR for d in decided):
+        return NOT_DECIDABLE
     if "contradicted" in decided:
         return "contradicted"
     return "supported" if all(d == "supported" for d in decided) else "inconclusive"
 
 
+AT_FLOOR = "at the floor"
+NOT_DECIDABLE = "not decidable"
+
+
+def negative_control(book: SuiteScores) -> Run | None:
+    """The instruction-blind run that fixes the floor of instruction awareness: a sentence encoder fed the text
+    alone (mode plain, the same embedding whatever the instruction), the first with an IA interval."""
+    runs = sorted(r for r, cells in book.runs.items() if r.mode == NO_INSTRUCTION_MODE and r.recipe == "none"
+                  and cells.get(IA_AVG, Cell()).has_ci)
+    return runs[0] if runs else None
+
+
+def _at_floor(book: SuiteScores, a: Run, b: Run, key: str) -> str:
+    """The negative control's label when both runs' IA averages lie within its interval, else ""."""
+    floor = negative_control(book)
+    if key != IA_AVG or floor is None or floor in (a, b):
+        return ""
+    fc, ca, cb = book.get(floor, IA_AVG), book.get(a, key), book.get(b, key)
+    inside = all(c.ok and fc.est.low <= c.value <= fc.est.high for c in (ca, cb))
+    return f"{floor.label} ({fc.est.low:.1f} to {fc.est.high:.1f})" if inside else ""
+
+
 def compare(book: SuiteScores, a: Run, b: Run, key: str = IA_AVG, margin: float | None = None,
             detail: str = "") -> Evidence:
     """Run a against run b on `key`: the paired difference a - b and its CI (items resampled jointly), against
-    0, or against -margin where a may trail b by at most `margin` points."""
+    0, or against -margin where a may trail b by at most `margin` points; "at the floor" when both lie within the
+    negative control's interval."""
     ca, cb = book.get(a, key), book.get(b, key)
     threshold = 0.0 if margin is None else -margin
     ev = Evidence(a.label, ca.value if ca.ok else None, b.label, cb.value if cb.ok else None, threshold=threshold,
-                  detail=detail, point_only=book.point_only, cells=(ca, cb))
+                  detail=detail, point_only=book.point_only, cells=(ca, cb), floor=_at_floor(book, a, b, key))
     if ca.has_ci and cb.has_ci:
         try:
             ev.comparison = paired_difference(ca.est, cb.est, threshold)
@@ -211,7 +241,9 @@ CI_RULE = ("Each comparison is the paired difference of the two runs on the same
            "their bootstrap p-values keeps the chance of any false decision at " + f"{FAMILY_ALPHA:.0%}" + "; a "
            "comparison is supported when its adjusted p-value is below that and the difference lies above {thr}, "
            "contradicted when below, inconclusive otherwise. The claim is supported when every decisive "
-           "comparison is, contradicted when any is, inconclusive otherwise; not tested without a comparison. "
+           "comparison is, contradicted when any is, inconclusive otherwise; not decidable when every one lies "
+           "at the floor (both runs inside the instruction-blind negative control's interval, where a difference "
+           "says nothing about instruction following); not tested without a comparison. "
            "The paper's own numbers have no CI: there the point difference decides.")
 
 

@@ -153,6 +153,8 @@ def evidence_text(e: Any) -> str:
         text += f" {ci_text(e.low, e.high)}, detectable ±{fmt(e.detectable)}"
     elif e.point_only:
         text += " (no CI)"
+    if e.floor:
+        text += f"; both within the instruction-blind floor {e.floor}"
     return text
 
 
