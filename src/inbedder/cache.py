@@ -67,6 +67,7 @@ from inbedder.cache_settings import (
     MULTI_SAMPLES,
     MULTI_TEMPERATURE,
     MULTI_TOP_P,
+    OPTIONAL_KEY_NAMES,
     Settings,
     cache_key,
     distinct_prompts,
@@ -80,7 +81,7 @@ from inbedder.files import atomic_path, read_jsonl, sha256_file, write_json, wri
 # stages take them from here.
 __all__ = [
     "ANSWERS", "CACHE_FORMAT", "HIDDEN", "KEY_NAMES", "META", "METHOD_KEYS", "MULTI_SAMPLES",
-    "MULTI_TEMPERATURE", "MULTI_TOP_P", "PROMPTS", "WRITE_CHUNK_ROWS", "Cache", "CacheError", "RowStore",
+    "MULTI_TEMPERATURE", "MULTI_TOP_P", "OPTIONAL_KEY_NAMES", "PROMPTS", "WRITE_CHUNK_ROWS", "Cache", "CacheError", "RowStore",
     "Settings", "cache_key", "check_cache", "distinct_prompts", "key_fields", "load_cache",
     "model_fingerprint", "prompts_sha256", "recover_meta", "validate_cache", "write_cache",
     "write_safetensors",
@@ -140,7 +141,8 @@ def validate_cache(out_dir: str | os.PathLike, expected_key: str | None = None) 
         return f"{meta_path}: stale (cache_key {str(meta.get('cache_key'))[:12]} != expected {expected_key[:12]})"
     if meta.get("format") != CACHE_FORMAT:
         return f"{meta_path}: format {meta.get('format')!r}, this code reads format {CACHE_FORMAT}"
-    if meta.get("cache_key") != cache_key({k: meta.get(k) for k in KEY_NAMES}):
+    fields = {k: meta.get(k) for k in KEY_NAMES} | {k: meta[k] for k in OPTIONAL_KEY_NAMES if k in meta}
+    if meta.get("cache_key") != cache_key(fields):
         return f"{meta_path}: cache_key does not match its own fields (edited or corrupt)"
     files = meta.get("files") or {}
     for name in (PROMPTS, HIDDEN):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from inbedder.cache import (
     META,
@@ -47,8 +48,10 @@ from inbedder.cache import (
     write_cache,
 )
 from inbedder.config import resolve_device, resolve_dtype
+from inbedder.controls import gold_texts
 from inbedder.decoding import StepStates, eos_ids
 from inbedder.fidelity import method_settings
+from inbedder.files import sha256_file
 from inbedder.loading import load_model, sentence_model
 from inbedder.model_kinds import kind_of
 from inbedder.task_kinds import modes_for, table_prompts
@@ -64,6 +67,7 @@ from inbedder.text import (
     keep_steps,
     prompt_token_ids,
 )
+from inbedder.vocabulary import GOLD_MODE
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +131,8 @@ class EncodeJob:
     filter_instructions: Sequence[str] = ()
     decoding: str | Mapping[str, Any] = "greedy"
     keep_last_words: int | None = None
+    gold: Mapping[str, Any] | None = None  # the positive control's views (inbedder.controls.gold_spec)
+    gold_table: str | os.PathLike | None = None  # the prepared table of its gold labels
 
     def settings(self) -> Settings:
         """The cache settings of this job (device and dtype resolved, `method` completed)."""
@@ -147,9 +153,10 @@ class EncodeJob:
 
 
 def job_from_params(params: Mapping[str, Any], model_dir: str | os.PathLike,
-                    re_encoder_dir: str | os.PathLike | None = None) -> EncodeJob:
+                    re_encoder_dir: str | os.PathLike | None = None,
+                    gold_table: str | os.PathLike | None = None) -> EncodeJob:
     """An EncodeJob from the `settings` params of the encode rule (`inbedder.rule_params.encode_params`)."""
-    return EncodeJob(model_dir=model_dir, re_encoder_dir=re_encoder_dir, **params)
+    return EncodeJob(model_dir=model_dir, re_encoder_dir=re_encoder_dir, gold_table=gold_table, **params)
 
 
 def _sampling(decoding: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -222,7 +229,13 @@ def _key(job: EncodeJob, settings: Settings, prompts: Sequence[Mapping[str, str]
         raise ValueError(f"template {settings.template!r} is neither a known name ({sorted(TEMPLATES)}) nor "
                          f"has {{input}}")
     re_fp = model_fingerprint(job.re_encoder_dir) if settings.re_encode and generative else None
-    return key_fields(settings, model_fingerprint(job.model_dir), prompts, re_fp)
+    fields = key_fields(settings, model_fingerprint(job.model_dir), prompts, re_fp)
+    if job.gold:  # the positive control: its views and labels enter the key (absent otherwise: keys unchanged)
+        if job.gold_table is None:
+            raise ValueError("mode gold needs the prepared table of the task's gold labels (gold_table)")
+        fields["gold"] = {"instructions": dict(job.gold["instructions"]),
+                          "labels_sha256": sha256_file(job.gold_table)}
+    return fields
 
 
 def _clear(out: Path) -> None:
@@ -243,6 +256,11 @@ def _compute(job: EncodeJob, settings: Settings, prompts: Sequence[Mapping[str, 
                                           for p in prompts])):
             _sentences_into(sink, name, model, texts, batch_size=settings.batch_size, device=settings.device,
                             progress=progress)
+        if job.gold:
+            labels = gold_texts(prompts, pd.read_parquet(job.gold_table), job.gold["instructions"],
+                                f"{job.gold_table} (tasks.<task>.gold)")
+            _sentences_into(sink, GOLD_MODE, model, labels, batch_size=settings.batch_size,
+                            device=settings.device, progress=progress)
         return None, {}
     answers, extra = _encode_lm(job.model_dir, settings, prompts, progress, loaded, sink)
     if settings.re_encode:

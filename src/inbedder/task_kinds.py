@@ -61,6 +61,7 @@ from inbedder.tasks import (
     subset_instructions,
     write_task_table,
 )
+from inbedder.vocabulary import GOLD_MODE
 
 HMEAN = "hmean"
 ALL = "all"
@@ -439,7 +440,10 @@ def unavailable_reason(task: str, config: Mapping[str, Any]) -> str | None:
 
 
 def modes_for(spec: Mapping[str, Any], model_modes: Sequence[str]) -> list[str]:
-    """The model's modes a task scores: those in the task's `modes`, else its kind's default (all of them)."""
+    """The model's modes a task scores: those in the task's `modes`, else its kind's default (all of them); the
+    positive control (mode gold) only where the task names its gold labels (`tasks.<name>.gold`)."""
+    if GOLD_MODE in model_modes and not spec.get("gold"):
+        model_modes = [m for m in model_modes if m != GOLD_MODE]
     wanted = spec.get("modes")
     if wanted is None and spec.get("kind") in KINDS:
         wanted = KINDS[spec["kind"]].default_modes

@@ -45,7 +45,9 @@ def split_recipe(name: str) -> tuple[str, int | None]:
 GENERATION_MODES: tuple[str, ...] = ("1st-gen", "avg-gen", "last-gen", "avg-ppt", "avg-all")
 FILTERED_MODES: tuple[str, ...] = ("avg-gen+filter", "last-gen+filter", "avg-all+filter")
 RE_ENCODE_MODES: tuple[str, ...] = ("re-encode", "re-encode+filter", "re-encode-multi")
-ENCODER_MODES: tuple[str, ...] = ("plain", "prefixed")
+# `gold`: the positive control, a sentence encoder embedding the gold label's words (inbedder.controls).
+GOLD_MODE = "gold"
+ENCODER_MODES: tuple[str, ...] = ("plain", "prefixed", GOLD_MODE)
 STORED_MODES: tuple[str, ...] = (*RE_ENCODE_MODES, *ENCODER_MODES)
 # The paper's order of the modes (tables and figures).
 MODES: tuple[str, ...] = (
@@ -68,6 +70,7 @@ MODES: tuple[str, ...] = (
     "re-encode+filter",
     "plain",
     "prefixed",
+    "gold",
 )
 
 # results/<run>/scores.csv: one row per score; the CI columns hold its bootstrap interval. `recipe` is

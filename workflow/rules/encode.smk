@@ -3,6 +3,7 @@
 # The prompts are those of the task table (rule task_table). Every embedding mode is pooled from that
 # cache (inbedder.pooling). A cache whose key and checksums still hold is reused, not recomputed.
 # Library: inbedder.encode (params: rule_params.encode_params); the cache format: inbedder.cache.
+from inbedder.controls import gold_inputs
 from inbedder.encode import re_encoder_name
 from inbedder.rule_params import encode_params
 
@@ -16,6 +17,7 @@ rule encode:
             for name in [re_encoder_name(wildcards.model, wildcards.task, config)]
             if name
         ],
+        gold=lambda wildcards: gold_inputs(wildcards.model, wildcards.task, config),
     output:
         f"{R}/cache/{{model}}-{{recipe}}/{{task}}/meta.json",
     log:
