@@ -28,6 +28,8 @@ MULTI_SAMPLES, MULTI_TEMPERATURE = 10, 0.8
 # the meta.json fields the cache key hashes (key_fields)
 KEY_NAMES = ("format", "kind", "model_fingerprint", "template", "template_text", "generation", "layers",
               "compute", "method", "re_encoder", "prompts")
+# key fields only some caches have (the positive control's gold labels): absent ones leave the key as it was
+OPTIONAL_KEY_NAMES = ("gold",)
 # nucleus of the re-encode-multi draws under method.re_encode_multi_sampling: authors
 MULTI_TOP_P = 0.9
 # the config `method` switches that change an encode cache (each a Settings field)

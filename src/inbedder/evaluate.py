@@ -59,7 +59,7 @@ from inbedder.item_data import NO_SEED, item_frame, score_intervals, write_items
 from inbedder.scores import read_scores, write_scores
 from inbedder.task_kinds import TaskKind, kind_of
 from inbedder.tasks import Lookup, Score, Scoring, read_task_table, table_revision
-from inbedder.vocabulary import SCORE_COLUMNS
+from inbedder.vocabulary import ENCODER_MODES, SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,8 @@ def _write_mteb_layout(run: Run, task: TaskKind, mode: str, layer: int, scores: 
 
 def layers_of(mode: str, layers: Sequence[int]) -> list[int]:
     """Layers a mode is scored at: every configured one, but -1 alone for modes stored whole in the cache
-    (sentence-encoder `plain`/`prefixed`, `re-encode*`), which do not depend on a hidden layer."""
-    if mode in ("plain", "prefixed") or mode.startswith("re-encode"):
+    (sentence-encoder `plain`/`prefixed`/`gold`, `re-encode*`), which do not depend on a hidden layer."""
+    if mode in ENCODER_MODES or mode.startswith("re-encode"):
         return [-1]
     return list(layers)
 

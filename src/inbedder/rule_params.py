@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from inbedder.controls import gold_spec
 from inbedder.fidelity import method_settings
 from inbedder.model_kinds import kind_of
 from inbedder.models import RELEASED_SUFFIX, check_kind
@@ -201,6 +202,7 @@ def encode_params(model: str, run: str, task: str, config: Mapping[str, Any]) ->
         "method": method_settings(config) if generative else None,
         "filter_instructions": filter_instructions(tasks[task]) if generative else [],
         "keep_last_words": keep_last_words(spec, recipe, task, tasks[task]) if generative else None,
+        **({"gold": gold} if (gold := gold_spec(model, task, config)) else {}),  # only with the positive control
     }
 
 
