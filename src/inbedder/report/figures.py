@@ -261,7 +261,13 @@ def _pair_labels(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], str]:
     models = {m for m, _ in pairs}
     if len(models) == 1:
         return [RECIPE_NAMES.get(r, r) for _, r in pairs], next(iter(models))
-    return [f"{m}\n{RECIPE_NAMES.get(r, r)}" for m, r in pairs], ""
+    return [f"{_wrap(m)}\n{RECIPE_NAMES.get(r, r)}" for m, r in pairs], ""
+
+
+def _wrap(name: str, width: int = 10) -> str:
+    """A long model name broken at its first hyphen past a few characters, so neighbouring tick labels keep apart."""
+    cut = name.find("-", 3)
+    return f"{name[:cut]}-\n{name[cut + 1:]}" if len(name) > width and cut > 0 else name
 
 
 SEED_LINESTYLES = ["-", "--", ":", "-."]
