@@ -345,3 +345,26 @@ def clustering_tasks(scores: pd.DataFrame) -> list[str]:
     v = scores[(scores["metric"] == "v_measure") & scores["value"].notna()]
     v = v[~v["subset"].map(robustness_group).notna()]
     return sorted(set(v["task"]))
+
+
+FLOOR_METRICS = ("success_rate", "v_measure", "spearman")  # the per-view instruction-awareness metrics
+
+
+def below_floor(long: Sequence[dict], control_mode: str) -> list[dict]:
+    """Per task, view and run: where a run's score on one view lies wholly below the interval of the
+    instruction-blind negative control (a sentence encoder in `control_mode`) on that view: such a run follows
+    the other view whatever the instruction (appendix rows of `long_table`, seeds averaged)."""
+    controls = {(r["task"], r["subset"], r["metric"]): r for r in long
+                if r["mode"] == control_mode and r["recipe"] == "none" and r["low"] is not None}
+    out = []
+    for r in long:
+        floor = controls.get((r["task"], r["subset"], r["metric"]))
+        if (floor is None or r["metric"] not in FLOOR_METRICS or r["mode"] == control_mode or r["high"] is None
+                or r["subset"] in ("hmean", "all")):
+            continue
+        if r["high"] < floor["low"]:
+            run = Run(r["model"], r["recipe"], r["mode"])
+            out.append({"task": r["task"], "view": r["subset"], "label": run.label, "mean": r["mean"],
+                        "low": r["low"], "high": r["high"], "floor": f"{floor['model']} ({control_mode})",
+                        "floor_low": floor["low"], "floor_high": floor["high"]})
+    return out
