@@ -18,10 +18,15 @@ from conftest import MIRROR
 
 from inbedder import encode, pooling
 from inbedder.cache import WRITE_CHUNK_ROWS, Cache, CacheError, RowStore, Settings, load_cache, validate_cache
+from inbedder.cache_settings import METHOD_KEYS
 from inbedder.decoding import plan_batches, run_causal
 from inbedder.encode import EncodeJob, encode_prompts, run_lm
+from inbedder.fidelity import method_settings
 from inbedder.loading import load_model
 from inbedder.text import format_prompt
+
+# the authors' `method` values (the config's defaults), passed to Settings explicitly
+AUTHORS = {key: value for key, value in method_settings(None).items() if key in METHOD_KEYS}
 
 NEED = "What does the customer need?"
 
@@ -62,6 +67,7 @@ def causal_settings(**kw) -> Settings:
         "batch_size": 32,
         "device": "cpu",
         "dtype": "float32",
+        **AUTHORS,
     }
     return Settings(**{**base, **kw})
 
@@ -493,12 +499,13 @@ def test_masked_lm_one_pass_with_masks(tiny_roberta, tmp_path):
             == tok.decode(cache.tensors["gen_ids"][i], skip_special_tokens=True).strip()
         )
     single, _ = run_lm(
-        model, tok, Settings("masked", "inbedder", 3, (-1,), 1, "cpu", "float32"), prompts, False
+        model, tok, Settings("masked", "inbedder", 3, (-1,), 1, "cpu", "float32", **AUTHORS), prompts, False
     )
     np.testing.assert_allclose(single.tensors["gen@-1"], cache.tensors["gen@-1"], atol=1e-4)
     # text_only: the prompt text alone; avg-all its tokens and the masks
     text_only, _ = run_lm(model, tok, Settings("masked", "inbedder", 3, (-1,), 1, "cpu", "float32",
-                                               masked_prompt_modes="text_only"), prompts[:1], False)
+                                               **{**AUTHORS, "masked_prompt_modes": "text_only"}),
+                            prompts[:1], False)
     prompt = tok(format_prompt("inbedder", prompts[0]["instruction"], prompts[0]["text"]),
                  add_special_tokens=False).input_ids
     with torch.inference_mode():

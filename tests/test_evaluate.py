@@ -78,6 +78,7 @@ def run_task(
         task=task,
         spec=spec,
         modes=tuple(modes),
+        layers=(-1,),
         seeds=tuple(seeds),
         cache_key="0123456789abcdef",
     )
@@ -249,8 +250,8 @@ from pathlib import Path
 from inbedder import evaluate, task_kinds
 task, spec, data_dir, lookup, out = pickle.loads(Path(sys.argv[1]).read_bytes())
 table = task_kinds.task_table(task, spec, data_dir=data_dir, limit=120)
-run = evaluate.Run(model="minilm-l6", recipe="none", task=task, spec=spec, modes=("plain",),
-                   cache_key="0123456789abcdef")
+run = evaluate.Run(model="minilm-l6", recipe="none", task=task, spec=spec, modes=("plain",), layers=(-1,),
+                   seeds=(0, 1, 2), cache_key="0123456789abcdef")
 evaluate.evaluate_task(run, table, lambda mode, layer: lookup, Path(out) / f"{task}.csv", Path(out) / task)
 print(sorted(m for m in ("transformers", "sentence_transformers") if m in sys.modules))
 """
@@ -296,7 +297,8 @@ def test_the_placeholder_is_gone_after_the_call_and_a_loaded_package_is_left_alo
 
 def test_a_text_missing_from_the_cache_is_a_loud_error(data_dir, tmp_path):
     spec = TASKS["STSBenchmark"]
-    run = evaluate.Run(model="m", recipe="none", task="STSBenchmark", spec=spec, modes=("plain",))
+    run = evaluate.Run(model="m", recipe="none", task="STSBenchmark", spec=spec, modes=("plain",), layers=(-1,),
+                       seeds=(0, 1, 2))
     table = task_kinds.task_table("STSBenchmark", spec, data_dir=data_dir, limit=5)
     with pytest.raises(KeyError, match="not in the encode cache"):
         evaluate.evaluate_task(run, table, lambda mode, layer: {}, tmp_path / "s.csv", tmp_path / "s")
@@ -352,7 +354,8 @@ def test_mteb2_retrieval_map_equals_mteb1_reranking_map_on_candidate_lists(tmp_p
     task = _toy_rerank_task(queries, corpus, top_ranked, qrels)
     instruction = "What is the paper about based on the title?"
     lookup = {(t, instruction): v for t, v in vectors.items()}
-    run = evaluate.Run(model="toy", recipe="none", task="ToyRerank", spec={}, modes=("plain",))
+    run = evaluate.Run(model="toy", recipe="none", task="ToyRerank", spec={}, modes=("plain",), layers=(-1,),
+                       seeds=(0, 1, 2))
     encoder = mteb_tasks.cached_encoder(lookup, instruction, run.model_meta("plain", -1))
     result = mteb.evaluate(encoder, task, cache=None, co2_tracker=False, show_progress_bar=False)
     map2 = result.task_results[0].scores["test"][0]["map_at_1000"]
@@ -389,7 +392,8 @@ def test_robustness_groups_dci_dii(tmp_path):
         for t, lab in zip(texts, labels, strict=True):
             signal = centers[int(lab[1])] if noise[group] is not None else 0
             lookup[(t, instruction)] = signal + rng.normal(scale=noise[group] or 1.0, size=8)
-    run = evaluate.Run(model="m", recipe="none", task="Toy", spec=spec, modes=("1st-gen",))
+    run = evaluate.Run(model="m", recipe="none", task="Toy", spec=spec, modes=("1st-gen",), layers=(-1,),
+                       seeds=(0, 1, 2))
     table = task_kinds.task_table("Toy", spec, data_dir=tmp_path)
     frame = evaluate.evaluate_task(run, table, lambda mode, layer: lookup, tmp_path / "r.csv", tmp_path / "r")
     per_instruction = frame[frame["subset"].str.contains("/")]
@@ -472,6 +476,8 @@ def test_evaluate_cache_scores_a_real_encode_cache(st, data_dir, tmp_path, minil
         task="NLUPPTwoViewTriplets",
         spec=spec,
         modes=["plain", "prefixed"],
+        layers=[-1],
+        seeds=[0, 1, 2],
     )
     reference, _ = run_task("NLUPPTwoViewTriplets", spec, st, data_dir, tmp_path / "ref", limit=30)
     merged = frame.merge(reference, on=["mode", "subset", "metric"], suffixes=("", "_ref"))

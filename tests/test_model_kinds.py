@@ -19,7 +19,11 @@ from inbedder.vocabulary import GENERATIVE_KINDS, MODEL_KINDS, TRAINABLE_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / "src" / "inbedder" / "model_kinds.py"
+VOCABULARY = ROOT / "src" / "inbedder" / "vocabulary.py"
 NAMES = set(MODEL_KINDS)
+# the constants that spell a kind, or a set of kinds, by name (inbedder.vocabulary, inbedder.model_kinds)
+KIND_CONSTANTS = {"CAUSAL", "MASKED", "SEQ2SEQ", "SENTENCE_ENCODER", "GENERATIVE_KINDS", "TRAINABLE_KINDS",
+                  "SAMPLING_KINDS"}
 
 
 # ---------------------------------------------------------------------------------------------- one home
@@ -31,14 +35,22 @@ def _kind_literals(node: ast.AST) -> list[str]:
     return [i.value for i in items if isinstance(i, ast.Constant) and i.value in NAMES]
 
 
+def _kind_constants(node: ast.AST) -> list[str]:
+    """The kind constants a node names (`SENTENCE_ENCODER`, `vocabulary.GENERATIVE_KINDS`, in a tuple too)."""
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    names = [i.id if isinstance(i, ast.Name) else i.attr if isinstance(i, ast.Attribute) else None
+             for i in items]
+    return [name for name in names if name in KIND_CONSTANTS]
+
+
 def kind_comparisons(source: str) -> list[tuple[int, str]]:
-    """(line, kind name) of every comparison with a kind name literal (`==`, `!=`, `in`, `not in`) and of
-    every dict keyed by one, in Python source."""
+    """(line, kind name or constant) of every comparison with a kind name literal or a kind constant (`==`,
+    `!=`, `in`, `not in`) and of every dict keyed by a kind name, in Python source."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Compare):
             for operand in (node.left, *node.comparators):
-                found += [(node.lineno, name) for name in _kind_literals(operand)]
+                found += [(node.lineno, name) for name in _kind_literals(operand) + _kind_constants(operand)]
         elif isinstance(node, ast.Dict):
             keys = [key for key in node.keys if key is not None]
             found += [(node.lineno, name) for key in keys for name in _kind_literals(key)]
@@ -46,9 +58,12 @@ def kind_comparisons(source: str) -> list[tuple[int, str]]:
 
 
 _NAME = "|".join(map(re.escape, sorted(NAMES)))
-# in a rule file: a kind name after `==`, `!=` or `in` (maybe inside a tuple), or before one of them
+_CONSTANT = "|".join(sorted(KIND_CONSTANTS))
+# in a rule file: a kind name or kind constant after `==`, `!=` or `in` (maybe inside a tuple), or before one
 _SMK_COMPARISON = re.compile(rf"""(?:==|!=|\bin\b)\s*[(\[{{]?[^\n]*?["'](?:{_NAME})["']"""
-                             rf"""|["'](?:{_NAME})["']\s*(?:==|!=|\bin\b)""")
+                             rf"""|["'](?:{_NAME})["']\s*(?:==|!=|\bin\b)"""
+                             rf"""|(?:==|!=|\bin\b)\s*[(\[{{]?[^\n]*?\b(?:\w+\.)?(?:{_CONSTANT})\b"""
+                             rf"""|\b(?:{_CONSTANT})\s*(?:==|!=|\bin\b)""")
 
 
 def test_the_scanner_sees_every_form_of_comparison():
@@ -56,16 +71,23 @@ def test_the_scanner_sees_every_form_of_comparison():
             'd = kind not in ["sentence-encoder"]\ne = {"causal": 1}\nf = kind == CAUSAL\n'
             'g = {"kind": "causal"}\n')
     assert kind_comparisons(code) == [(1, "causal"), (2, "masked"), (3, "seq2seq"), (4, "sentence-encoder"),
-                                      (5, "causal")]
+                                      (5, "causal"), (6, "CAUSAL")]
+    constants = ('a = kind != SENTENCE_ENCODER\nb = kind in vocabulary.TRAINABLE_KINDS\n'
+                 'c = kind not in (GENERATIVE_KINDS)\nd = SAMPLING_KINDS == x\ne = ", ".join(TRAINABLE_KINDS)\n')
+    assert kind_comparisons(constants) == [(1, "SENTENCE_ENCODER"), (2, "TRAINABLE_KINDS"),
+                                           (3, "GENERATIVE_KINDS"), (4, "SAMPLING_KINDS")]
     assert _SMK_COMPARISON.search('if spec["kind"] in ("causal", "seq2seq"):')
     assert _SMK_COMPARISON.search('if "masked" == kind:')
+    assert _SMK_COMPARISON.search('if MODELS[m]["kind"] == SENTENCE_ENCODER:')
+    assert _SMK_COMPARISON.search('if kind not in vocabulary.GENERATIVE_KINDS:')
     assert not _SMK_COMPARISON.search('kind: "causal"')
+    assert not _SMK_COMPARISON.search('from inbedder.vocabulary import SENTENCE_ENCODER')
 
 
 def test_no_code_outside_model_kinds_compares_a_kind_name():
     offences = []
     for path in sorted([*(ROOT / "src").rglob("*.py"), *(ROOT / "workflow").rglob("*.py")]):
-        if path == HOME:
+        if path in (HOME, VOCABULARY):
             continue
         offences += [f"{path.relative_to(ROOT)}:{line}: {name!r}"
                      for line, name in kind_comparisons(path.read_text(encoding="utf-8"))]

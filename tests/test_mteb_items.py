@@ -85,7 +85,8 @@ def _vectors(data, noise: float, seed: int) -> dict[str, np.ndarray]:
 def _score(model: str, vectors: dict[str, np.ndarray], out):
     table = task_kinds.task_table("ToyRerank", SPEC)
     lookup = {(t, INSTRUCTION): vectors[t] for t in table["text"]}
-    run = evaluate.Run(model=model, recipe="none", task="ToyRerank", spec=SPEC, modes=("plain",))
+    run = evaluate.Run(model=model, recipe="none", task="ToyRerank", spec=SPEC, modes=("plain",), layers=(-1,),
+                       seeds=(0, 1, 2))
     frame = evaluate.evaluate_task(run, table, lambda mode, layer: lookup, out / f"{model}.csv", out / model)
     return frame, item_data.read_items([out / f"{model}.items.parquet"])
 

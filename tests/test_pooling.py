@@ -7,7 +7,12 @@ import pytest
 
 from inbedder import pooling
 from inbedder.cache import Cache, CacheError, Settings, cache_key, key_fields, load_cache, write_cache
+from inbedder.cache_settings import METHOD_KEYS
+from inbedder.fidelity import method_settings
 from inbedder.text import STOPWORDS, filter_vocabulary, keep_steps
+
+# the authors' `method` values (the config's defaults), passed to Settings explicitly
+AUTHORS = {key: value for key, value in method_settings(None).items() if key in METHOD_KEYS}
 
 H = 4  # hidden size of the hand-made states
 PROMPTS = [
@@ -62,8 +67,7 @@ def make_cache(tmp_path, layers=(-1, 2), first_gen_in_prompt=True, special_steps
         batch_size=2,
         device="cpu",
         dtype="float32",
-        special_steps=special_steps,
-        filter=filter,
+        **{**AUTHORS, "special_steps": special_steps, "filter": filter},
     )
     fields = key_fields(settings, "f" * 64, PROMPTS)
     meta = {

@@ -10,8 +10,13 @@ import pytest
 from conftest import MIRROR, packaged_model
 
 from inbedder.cache import Settings
+from inbedder.cache_settings import METHOD_KEYS
 from inbedder.encode import _tokenize
+from inbedder.fidelity import method_settings
 from inbedder.text import format_prompt, prompt_token_ids
+
+# the authors' `method` values (the config's defaults), passed to Settings explicitly
+AUTHORS = {key: value for key, value in method_settings(None).items() if key in METHOD_KEYS}
 
 NEED = "What does the customer need?"
 BUDGET = 512
@@ -47,7 +52,7 @@ def wordpiece():
 
 def _settings(kind: str, template: str, truncation: str) -> Settings:
     return Settings(kind=kind, template=template, max_new_tokens=3, layers=(-1,), batch_size=1, device="cpu",
-                    dtype="float32", max_length=BUDGET, truncation=truncation)
+                    dtype="float32", max_length=BUDGET, **{**AUTHORS, "truncation": truncation})
 
 
 def _cut(tok, kind, template, truncation, text) -> list[int]:
@@ -116,7 +121,7 @@ def test_keep_last_words_cuts_the_text_before_the_prompt_and_only_on_clustering_
 
     text = "one two three four five six seven"
     settings = Settings(kind="causal", template="inbedder", max_new_tokens=3, layers=(-1,), batch_size=1,
-                        device="cpu", dtype="float32", keep_last_words=3)
+                        device="cpu", dtype="float32", keep_last_words=3, **AUTHORS)
     (ids,) = _tokenize(smol, settings, [{"text": text, "instruction": NEED}])
     assert ids == smol(format_prompt("inbedder", NEED, "five six seven")).input_ids
     paper = load_config(root / "config.yaml")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,12 @@ class Settings:
     re_encode: bool = False
     re_encode_multi: bool = False
     seed: int = 0
-    # config `method` (inbedder.fidelity): the authors' value first
-    truncation: str = "authors"
-    special_steps: str = "authors"
-    filter: str = "authors"
-    masked_prompt_modes: str = "authors"
-    re_encode_multi_sampling: str = "authors"
+    # config `method` (inbedder.fidelity), keyword-only, no default: the caller passes the config's values
+    truncation: str = field(kw_only=True)
+    special_steps: str = field(kw_only=True)
+    filter: str = field(kw_only=True)
+    masked_prompt_modes: str = field(kw_only=True)
+    re_encode_multi_sampling: str = field(kw_only=True)
     filter_instructions: tuple[str, ...] = ()
     # config `models.<m>.decoding`: greedy when temperature is None
     temperature: float | None = None

@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 
+from inbedder.model_kinds import kind_of
 from inbedder.sources import Origin, SourceError, resolve_origin
-from inbedder.vocabulary import MODEL_KINDS, SENTENCE_ENCODER, UNTRAINED_RECIPES
+from inbedder.vocabulary import MODEL_KINDS, UNTRAINED_RECIPES
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -108,7 +109,7 @@ def check_runtime(config: dict) -> None:
     if re_encoder is not None:
         if re_encoder not in config["models"]:
             raise ConfigError(f"re_encoder: {re_encoder!r} is not a key of models")
-        if config["models"][re_encoder]["kind"] != SENTENCE_ENCODER:
+        if not kind_of(config["models"][re_encoder]["kind"]).encodes_sentences:
             raise ConfigError(f"re_encoder: {re_encoder!r} is not a sentence-encoder")
     if config["device"] == "cuda":
         import torch

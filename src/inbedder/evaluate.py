@@ -79,8 +79,8 @@ class Run:
     task: str
     spec: dict
     modes: tuple[str, ...]
-    layers: tuple[int, ...] = (-1,)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    layers: tuple[int, ...]
+    seeds: tuple[int, ...]
     cache_key: str = "nocache"
     train_seed: int | None = None  # the fine-tune's training seed (its cache, hence revision, differs); None untrained
 
@@ -249,8 +249,8 @@ def evaluate_cache(
     task: str,
     spec: dict,
     modes: Sequence[str],
-    layers: Sequence[int] = (-1,),
-    seeds: Sequence[int] = (0, 1, 2),
+    layers: Sequence[int],
+    seeds: Sequence[int],
     out_items: str | Path | None = None,
     train_seed: int | None = None,
 ) -> pd.DataFrame:

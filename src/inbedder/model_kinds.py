@@ -32,6 +32,7 @@ class ModelKind:
 
     name: ClassVar[str]
     generative: ClassVar[bool] = True  # an LM head that answers the instruction
+    encodes_sentences: ClassVar[bool] = False  # embeds a text whole, so it can serve as the re-encoder
     samples: ClassVar[bool] = False  # decodes token by token, so it can sample (decoding, re-encode-multi)
     auto_class_name: ClassVar[str | None] = None  # the transformers Auto class with the LM head
     architecture_suffix: ClassVar[str | None] = None  # how config.json `architectures` of the kind end
@@ -215,6 +216,7 @@ class SentenceEncoder(ModelKind):
 
     name = SENTENCE_ENCODER
     generative = False
+    encodes_sentences = True
     marker_file = "modules.json"
     default_mode = "prefixed"
     trainable = False

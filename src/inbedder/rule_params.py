@@ -17,7 +17,7 @@ from inbedder.models import RELEASED_SUFFIX, check_kind
 from inbedder.task_kinds import kind_class, modes_for
 from inbedder.train_loop import TRAIN_LOOP
 from inbedder.train_settings import RUN_KEYS, check_recipe
-from inbedder.vocabulary import SENTENCE_ENCODER, TRAIN_SEED_SEP, UNTRAINED_RECIPES, split_recipe
+from inbedder.vocabulary import TRAIN_SEED_SEP, UNTRAINED_RECIPES, split_recipe
 
 
 def train_seeds(model: str, spec: Mapping[str, Any]) -> list[int]:
@@ -187,7 +187,7 @@ def encode_params(model: str, run: str, task: str, config: Mapping[str, Any]) ->
     if recipe not in recipes and recipe not in UNTRAINED_RECIPES:
         raise KeyError(f"recipe {recipe!r} is not a key of recipes, 'none' or 'released'")
     spec = models[model]
-    generative = spec["kind"] != SENTENCE_ENCODER
+    generative = kind_of(spec["kind"]).generative
     modes = modes_for(tasks[task], spec.get("modes", []))
     return {
         "kind": spec["kind"],
@@ -231,7 +231,7 @@ def evaluate_params(model: str, run: str, task: str, config: Mapping[str, Any]) 
     """Params of the evaluate_task rule: exactly the settings that change one job's scores (the run's
     recipe and training seed label its rows)."""
     spec = config["models"][model]
-    generative = spec["kind"] != SENTENCE_ENCODER
+    generative = kind_of(spec["kind"]).generative
     recipe, train_seed = resolve_run(model, run, config)
     return {
         "recipe": recipe,

@@ -44,6 +44,7 @@ from inbedder.heldout import (
     write_curve,
 )
 from inbedder.loading import load_lm
+from inbedder.model_kinds import kind_of
 from inbedder.models import check_kind, make_readable, read_fingerprint, write_fingerprint
 from inbedder.train_callbacks import no_checkpoint_at_the_end, progress_callbacks, stop_at
 from inbedder.train_curves import loss_rows, plot_heldout, plot_loss, write_log_csv
@@ -101,7 +102,7 @@ def training_arguments(settings: TrainSettings, output_dir: Path, *, bf16: bool,
 def check_trainable(model: str, spec: Mapping[str, Any]) -> str:
     """The model's kind, or a ValueError naming it when that kind is never fine-tuned."""
     kind = check_kind(model, spec)
-    if kind not in TRAINABLE_KINDS:
+    if not kind_of(kind).trainable:
         raise ValueError(
             f"model {model!r} has kind {kind!r}, which is not trained; trainable kinds: "
             f"{', '.join(TRAINABLE_KINDS)}"

@@ -2,7 +2,8 @@
 import os
 import re
 
-from inbedder.vocabulary import SENTENCE_ENCODER, UNTRAINED_RECIPES
+from inbedder import model_kinds
+from inbedder.vocabulary import UNTRAINED_RECIPES
 from inbedder.config import check_runtime
 from inbedder.rule_params import evaluate_params, recipe_runs
 from inbedder.vocabulary import split_recipe
@@ -28,7 +29,7 @@ def selected_models():
 def recipes_for(model):
     """Runs of a model: sentence encoders only untuned, language models every selected recipe, a
     fine-tuned recipe once per training seed (`inbedder`, `inbedder@1`, ...: rule_params.recipe_runs)."""
-    if MODELS[model]["kind"] == SENTENCE_ENCODER:
+    if not model_kinds.kind_of(MODELS[model]["kind"]).trainable:
         return ["none"]
     recipes = list(config["select"]["recipes"])
     if "released" in recipes and "released" not in MODELS[model]:
