@@ -13,7 +13,7 @@ import yaml
 
 from inbedder import evaluate, report, rule_params, task_kinds
 from inbedder.config import load_config
-from inbedder.fidelity import method_rows
+from inbedder.fidelity_rows import method_rows
 from inbedder.report.render import tables_part
 from inbedder.tasks import read_task_table
 
