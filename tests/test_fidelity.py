@@ -295,6 +295,28 @@ def test_the_schemas_method_block_is_the_registrys():
         fidelity.method_settings({})
 
 
+def test_the_setting_switches_hold_the_papers_training_values():
+    """The paper's hyper-parameters live in the registry; the paper profile's train_defaults match them."""
+    import yaml
+
+    theirs = {key.rsplit(".", 1)[-1]: switch(key).authors for key in (
+        "models.<model>.train.learning_rate", "models.<model>.train.lr_scheduler",
+        "models.<model>.train.batch_size", "models.<model>.train.max_length")}
+    assert theirs == {"learning_rate": 2e-5, "lr_scheduler": "cosine", "batch_size": 64, "max_length": 512}
+    assert fidelity.AUTHORS_SEQ2SEQ_LR == 1e-4 and fidelity.AUTHORS_WARMUP == 0.03
+    assert switch("models.<model>.variant").authors == "base"
+    assert switch("models.<model>.source").authors == "hub"
+    assert set(fidelity.AUTHORS_TRAIN_DATA) == set(fidelity.AUTHORS_EPOCHS) == {"inbedder", "alpaca"}
+    paper = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    defaults = paper["train_defaults"]
+    ours = (defaults["learning_rate"], defaults["lr_scheduler"], defaults["warmup_ratio"], defaults["max_length"])
+    assert ours == (theirs["learning_rate"], theirs["lr_scheduler"], fidelity.AUTHORS_WARMUP, theirs["max_length"])
+    assert defaults["batch_size"] * defaults["grad_accum"] == theirs["batch_size"]
+    assert paper["models"]["flan-t5-large"]["train"]["learning_rate"] == fidelity.AUTHORS_SEQ2SEQ_LR
+    assert {r: paper["recipes"][r]["dataset"] for r in fidelity.AUTHORS_TRAIN_DATA} == {
+        r: data for r, (data, _) in fidelity.AUTHORS_TRAIN_DATA.items()}
+
+
 def test_the_filler_phrases_are_the_authors_fillers_as_words():
     assert FILLER_PHRASES == tuple(f.rstrip() for f in fidelity.AUTHORS_FILLERS) == ("Based on", "Sure!")
 

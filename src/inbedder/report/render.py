@@ -18,7 +18,7 @@ import inbedder.report.figures as fg
 from inbedder.bootstrap import BOOT_SEED, FAMILY_ALPHA, LEVEL, MIN_ITEMS, N_BOOT, POWER
 from inbedder.config import load_config
 from inbedder.fidelity import AUTHORS_COMMIT, AUTHORS_REPO, method_settings
-from inbedder.fidelity_rows import MethodRow, method_notes, method_rows, same_re_encoder
+from inbedder.fidelity_rows import MethodRow, method_notes, method_rows, same_re_encoder, setting_summary
 from inbedder.files import atomic_path, sha256_file, sha256_json, write_json, write_text
 from inbedder.item_data import ItemData, read_items
 from inbedder.report.aggregate import (
@@ -131,11 +131,13 @@ def _jinja_env(template_dir: Path):
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(fmt=fmt, signed=signed, diffstyle=diff_style, hms=hms)
-    env.globals.update(ci_text=ci_text)
+    env.globals.update(ci_text=ci_text, verdict_words=verdict_words, paper_scope=PAPER_SCOPE,
+                       offline_scope=OFFLINE_SCOPE)
     return env
 
 
 PAPER_SCOPE = "the paper's own numbers (no CI)"
+OFFLINE_SCOPE = "offline analogs"
 
 
 def ci_text(low: Any, high: Any) -> str:
@@ -158,15 +160,24 @@ def evidence_text(e: Any) -> str:
     return text
 
 
-def conclusion(results: Sequence[ClaimResult]) -> list[dict]:
-    """Per tested scope: the verdict and the comparisons that decided it, in one line."""
+# Verdicts that a run's setting qualifies: where the setting differs, they hold "in this setting" only.
+QUALIFIED_VERDICTS = ("supported", "contradicted", "inconclusive")
+
+
+def verdict_words(verdict: str, differs: bool) -> str:
+    """A verdict as the page says it: `<verdict> in this setting` where a setting that can move it differs."""
+    return f"{verdict} in this setting" if differs and verdict in QUALIFIED_VERDICTS else verdict
+
+
+def conclusion(results: Sequence[ClaimResult], differs: bool = False) -> list[dict]:
+    """Per tested scope: the verdict, in words, and the comparisons that decided it, in one line."""
     out = []
     for res in results:
         if res.verdict == "not tested":
             continue
         shown = [e for e in res.evidence if e.decisive and e.outcome is not None]
         first = [e for e in shown if e.outcome == res.verdict] or shown
-        out.append({"scope": res.scope, "verdict": res.verdict,
+        out.append({"scope": res.scope, "verdict": res.verdict, "words": verdict_words(res.verdict, differs),
                     "text": "; ".join(evidence_text(e) for e in first[:2])})
     return out
 
@@ -276,20 +287,22 @@ def read_page_data(inputs: ReportInputs, config: Mapping[str, Any]) -> PageData:
 def claims_part(data: PageData, margin: float, method: Sequence[MethodRow], modes: ClaimModes,
                 ) -> tuple[list[dict], list[fg.Figure]]:
     """The four claims on each scope (paper tasks, offline analogs, the paper's own numbers) and their forests."""
-    scopes = (("paper tasks", data.books["paper"]), ("offline analogs", data.books["offline"]),
+    scopes = (("paper tasks", data.books["paper"]), (OFFLINE_SCOPE, data.books["offline"]),
               (PAPER_SCOPE, paper_suite_scores(data.paper, data.books["paper"].suite)))
     claim_results = [evaluate_claims(book, title, modes, margin) for title, book in scopes]
     claims = []
     for n in range(1, 5):
         results = [per_scope[n - 1] for per_scope in claim_results]
+        keys = method_notes(list(method), CLAIM_TABLES[n])
+        # the run's own scopes are computed in its setting; the paper's own numbers in the paper's
+        words = {r.scope: verdict_words(r.verdict, bool(keys) and r.scope != PAPER_SCOPE) for r in results}
         claims.append({"number": n, "title": CLAIMS[n][0], "statement": CLAIMS[n][1], "rule": results[0].rule,
-                       "results": results, "conclusion": conclusion(results[:2])})
+                       "results": results, "words": words, "conclusion": conclusion(results[:2], bool(keys)),
+                       "method_note": f"method differs: {', '.join(keys)}" if keys else ""})
     forests = [figure_forest(c["number"], c["title"], c["results"], margin if c["number"] == 4 else None)
                for c in claims]
     for c, forest in zip(claims, forests, strict=True):
         c["forest"] = forest
-        keys = method_notes(list(method), CLAIM_TABLES[c["number"]])
-        c["method_note"] = f"method differs: {', '.join(keys)}" if keys else ""
     return claims, forests
 
 
@@ -413,7 +426,8 @@ def render_report(
                       "power": POWER},
         "margin": margin, "min_items": MIN_ITEMS, "notes": data.notes, "infos": data.infos, "n_scores": len(data.raw),
         "css": inputs.css.read_text(encoding="utf-8"), "answer_modes": ANSWER_MODES, "prompt_mode": PROMPT_MODE,
-        "method": method, "method_finding": TRUNCATION_FINDING, "config_re_encoder": config.get("re_encoder") or "none",
+        "method": method, "method_finding": TRUNCATION_FINDING, "setting": setting_summary(_plain(config)),
+        "config_re_encoder": config.get("re_encoder") or "none",
         "authors_code": {"repo": AUTHORS_REPO, "commit": AUTHORS_COMMIT,
                          "url": f"https://github.com/{AUTHORS_REPO}/tree/{AUTHORS_COMMIT}"},
         "filter_ablation": [t for t in (filter_ablation(books[name], method_settings(config)["filter"])
