@@ -836,7 +836,7 @@ def test_setting_rows_name_the_release_weights_data_and_hyper_parameters():
     assert "198k" in qa.authors and qa.agrees is False and qa.recipe == "inbedder"
     assert alpaca.value.startswith("alpaca_5k, Alpaca (5,000-row sample): at most 2,000 rows")
     assert "52k" in alpaca.authors and alpaca.agrees is False
-    for key, value, authors in (("learning_rate", "0.0001", "2e-05 (RoBERTa, OPT, Llama-2 runs)"),
+    for key, value, authors in (("learning_rate", "1e-4", "2e-5 (RoBERTa, OPT, Llama-2 runs)"),
                                 ("lr_scheduler", "constant_with_warmup, warm-up 3%", "cosine, warm-up 3%"),
                                 ("batch_size", "8 (8 x 1 accumulated)", "64"), ("max_length", "256", "512")):
         row = by_key[f"models.gemma3-270m.train.{key}"]

@@ -232,7 +232,7 @@ def _train_value(s: Switch, train: dict[str, Any], kind: str) -> tuple[str, str,
         theirs = AUTHORS_SEQ2SEQ_LR if kind == SEQ2SEQ else float(s.authors)
         ours = float(train["learning_rate"])
         runs = "T5" if kind == SEQ2SEQ else "RoBERTa, OPT, Llama-2"
-        return f"{ours:g}", f"{theirs:g} ({runs} runs)", ours == theirs
+        return rate(ours), f"{rate(theirs)} ({runs} runs)", ours == theirs
     if s.key.endswith("lr_scheduler"):
         warm = float(train["warmup_ratio"])
         same = train["lr_scheduler"] == s.authors and warm == AUTHORS_WARMUP
