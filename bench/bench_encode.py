@@ -289,7 +289,7 @@ def speed(args, dtypes: list[str], work: Path) -> dict[str, object]:
     def ours_run(d: str, chunk, steps: int, out: Path) -> float:
         start = time.perf_counter()
         job = encode.EncodeJob(args.model, "causal", "inbedder", max_new_tokens=steps, batch_size=args.batch_size,
-                               device="cpu", dtype=d)
+                               device="cpu", dtype=d, layers=(-1,), decoding="greedy")
         meta = encode.encode_prompts(job, chunk, out, progress=False, loaded=ours[d])
         assert meta["prompts"]["n"] == len(chunk)
         return time.perf_counter() - start

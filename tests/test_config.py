@@ -286,13 +286,6 @@ def _plain(value: Any) -> Any:
 
 # (module, class, field) that may keep a default equal to the schema default of a key of the same name.
 REPEATED_DEFAULT_ALLOWED: set[tuple[str, str, str]] = {
-    # EncodeJob (encode.py) is outside the change that took these out of Settings and evaluate.Run; its
-    # callers (rule params, cli, bench, tests) are to pass them before these entries go
-    ("inbedder.encode", "EncodeJob", "max_new_tokens"),
-    ("inbedder.encode", "EncodeJob", "layers"),
-    ("inbedder.encode", "EncodeJob", "device"),
-    ("inbedder.encode", "EncodeJob", "dtype"),
-    ("inbedder.encode", "EncodeJob", "decoding"),
     # tasks.py is outside that change too: its one caller (evaluate.evaluate_task) passes run.seeds
     ("inbedder.tasks", "Scoring", "seeds"),
     # not a repeat: None is "not set for this model" (models.<m>.train.heldout_rows has no default); the

@@ -15,6 +15,7 @@ from inbedder.encode import EncodeJob, encode_prompts
 from inbedder.pooling import embed
 from inbedder.rule_params import encode_params
 
+ENCODER = {"max_new_tokens": 0, "layers": [-1], "device": "cpu", "dtype": "float32", "decoding": "greedy"}
 ACTION, OBJECT = "What does the customer want to do?", "Which banking product or service is this about?"
 LABELS = pd.DataFrame({
     "subset": ["action"] * 4 + ["object"] * 4,
@@ -53,7 +54,7 @@ def test_the_positive_control_reaches_the_ceiling_and_the_negative_control_sits_
     LABELS.to_parquet(table)
     texts = list(LABELS["text"][:4])
     prompts = [{"text": t, "instruction": i} for i in (ACTION, OBJECT) for t in texts]
-    job = EncodeJob(minilm, "sentence-encoder", "inbedder", device="cpu", dtype="float32",
+    job = EncodeJob(minilm, "sentence-encoder", "inbedder", **ENCODER,
                     gold={"instructions": {"action": ACTION, "object": OBJECT}}, gold_table=table)
     meta = encode_prompts(job, prompts, tmp_path / "cache", progress=False)
     assert "gold" in meta and meta["gold"]["labels_sha256"]
@@ -70,6 +71,6 @@ def test_the_positive_control_reaches_the_ceiling_and_the_negative_control_sits_
     assert not np.allclose(gold[0], gold[4])
     assert np.allclose(plain[0], plain[4])
     # a cache made without the control keeps its key: the control's views and labels enter it only when scored
-    plain_job = EncodeJob(minilm, "sentence-encoder", "inbedder", device="cpu", dtype="float32")
+    plain_job = EncodeJob(minilm, "sentence-encoder", "inbedder", **ENCODER)
     other = encode_prompts(plain_job, prompts, tmp_path / "plain", progress=False)
     assert "gold" not in other and other["cache_key"] != meta["cache_key"]

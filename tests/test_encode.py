@@ -40,7 +40,8 @@ def banking_prompts(n: int, instruction: str = NEED, start: int = 0) -> list[dic
 
 def encode_with(model_dir, kind: str, prompts, template: str, out, *, progress: bool = True, loaded=None,
                 chunk_rows: int = WRITE_CHUNK_ROWS, **job) -> dict:
-    """encode_prompts of the EncodeJob (model_dir, kind, template, **job)."""
+    """encode_prompts of the EncodeJob (model_dir, kind, template, **job), the config's defaults where job says none."""
+    job = {"max_new_tokens": 3, "layers": (-1,), "device": "auto", "dtype": "auto", "decoding": "greedy", **job}
     return encode_prompts(EncodeJob(model_dir, kind, template, **job), prompts, out, progress=progress,
                           loaded=loaded, chunk_rows=chunk_rows)
 
@@ -668,7 +669,8 @@ def test_encode_task_uses_the_task_table_prompts(minilm, tmp_path):
     spec = {"kind": "clustering", "dataset": "tiny_banking", "instructions": {"intent": NEED}}
     task_table = build_task_table("TinyBanking", spec, tmp_path / "tasks" / "TinyBanking.parquet", data_dir=data,
                                   limit=4)
-    job = EncodeJob(minilm, "sentence-encoder", "inbedder", device="cpu", dtype="float32")
+    job = EncodeJob(minilm, "sentence-encoder", "inbedder", max_new_tokens=0, layers=[-1], device="cpu",
+                    dtype="float32", decoding="greedy")
     meta = encode_task(job, tmp_path / "tasks" / "TinyBanking.parquet", tmp_path / "cache", progress=False)
     expected = task_prompts("TinyBanking", spec, task_table)
     assert meta["prompts"]["n"] == len(expected) == 4

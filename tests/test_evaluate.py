@@ -464,7 +464,8 @@ def test_evaluate_cache_scores_a_real_encode_cache(st, data_dir, tmp_path, minil
     spec = TASKS["NLUPPTwoViewTriplets"]
     table = tmp_path / "tasks" / "NLUPPTwoViewTriplets.parquet"
     task_kinds.build_task_table("NLUPPTwoViewTriplets", spec, table, data_dir=data_dir, limit=30)
-    encode.encode_task(encode.EncodeJob(minilm, "sentence-encoder", "inbedder", device="cpu"), table,
+    encode.encode_task(encode.EncodeJob(minilm, "sentence-encoder", "inbedder", max_new_tokens=0, layers=[-1],
+                                        device="cpu", dtype="auto", decoding="greedy"), table,
                        tmp_path / "cache", progress=False)
     frame = evaluate.evaluate_cache(
         tmp_path / "cache",

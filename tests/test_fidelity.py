@@ -350,7 +350,7 @@ def test_our_cache_equals_the_authors_aggregation_on_smollm2(lm, smollm2, mirror
     prompts = _agreement_prompts(mirror)
     assert len(prompts) >= 64
     job = EncodeJob(smollm2, "causal", "{input}", max_new_tokens=MAX_NEW, batch_size=8, device="cpu",
-                    dtype="float32", filter_instructions=INSTRUCTIONS,
+                    dtype="float32", layers=(-1,), decoding="greedy", filter_instructions=INSTRUCTIONS,
                     method={"special_steps": "authors", "filter": "authors", "truncation": "authors"})
     encode_prompts(job, prompts, tmp_path, progress=False, loaded=(model, tok))
     cache = load_cache(tmp_path)

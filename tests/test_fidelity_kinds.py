@@ -73,7 +73,7 @@ def _encode(model_dir, kind, prompts, out, filter_instructions, max_new_tokens):
     from inbedder.encode import EncodeJob, encode_prompts
 
     job = EncodeJob(model_dir, kind, "inbedder", max_new_tokens=max_new_tokens, layers=LAYERS, batch_size=5,
-                    device="cpu", dtype="float32", max_length=MAX_LENGTH, method=METHOD,
+                    device="cpu", dtype="float32", decoding="greedy", max_length=MAX_LENGTH, method=METHOD,
                     filter_instructions=filter_instructions)
     encode_prompts(job, prompts, out, progress=False)
     cache = load_cache(out)

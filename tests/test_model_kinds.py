@@ -204,7 +204,7 @@ def test_held_out_answers_are_the_encode_answers(kind, request, tmp_path):
     prompts = [{"text": t, "instruction": "What is it about?"}
                for t in ("a cat", "the report was late again", "rain", "one two three four five six")]
     job = EncodeJob(model_dir, kind, "{instruction} {input}", max_new_tokens=3, device="cpu", dtype="float32",
-                    batch_size=2)
+                    layers=[-1], decoding="greedy", batch_size=2)
     encode_prompts(job, prompts, tmp_path, progress=False)
     cache = load_cache(tmp_path)
     model, tokenizer = load_lm(model_dir, kind)

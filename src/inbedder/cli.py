@@ -89,7 +89,7 @@ def cluster(
     table = task_kinds.task_table("cluster", spec)
     prompts = task_kinds.task_prompts("cluster", spec, table)
     job = encode.EncodeJob(model_dir, kind, template, max_new_tokens=max_new_tokens, layers=[layer],
-                           batch_size=batch_size, device=device, dtype=dtype)
+                           batch_size=batch_size, device=device, dtype=dtype, decoding="greedy")
     encode.encode_prompts(job, prompts, out / "cache", progress=progress)
     frame = evaluate.evaluate_cache(out / "cache", table, out / "scores.csv", out, model=Path(model_dir).name,
                                     recipe="cli", task="cluster", spec=spec, modes=[mode], layers=[layer],

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,18 +118,19 @@ class EncodeJob:
     model_dir: str | os.PathLike
     kind: str
     template: str
-    max_new_tokens: int = 3
-    layers: Sequence[int] = (-1,)
+    # config values, keyword-only and without a default (the schema holds the defaults; the caller passes them)
+    max_new_tokens: int = field(kw_only=True)
+    layers: Sequence[int] = field(kw_only=True)
+    device: str = field(kw_only=True)
+    dtype: str = field(kw_only=True)
+    decoding: str | Mapping[str, Any] = field(kw_only=True)
     batch_size: int = 32
-    device: str = "auto"
-    dtype: str = "auto"
     re_encoder_dir: str | os.PathLike | None = None
     re_encode_multi: bool = False
     max_length: int = 512
     seed: int = 0
     method: Mapping[str, str] | None = None
     filter_instructions: Sequence[str] = ()
-    decoding: str | Mapping[str, Any] = "greedy"
     keep_last_words: int | None = None
     gold: Mapping[str, Any] | None = None  # the positive control's views (inbedder.controls.gold_spec)
     gold_table: str | os.PathLike | None = None  # the prepared table of its gold labels

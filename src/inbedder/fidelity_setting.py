@@ -8,8 +8,9 @@ from typing import Any, NamedTuple
 
 from inbedder.config import check_block
 from inbedder.fidelity import AUTHORS_SEQ2SEQ_LR, AUTHORS_TRAIN_DATA, AUTHORS_WARMUP, Switch
+from inbedder.model_kinds import kind_of
 from inbedder.train_settings import RECIPE_SCHEMA
-from inbedder.vocabulary import GENERATIVE_KINDS, SEQ2SEQ, UNTRAINED_RECIPES
+from inbedder.vocabulary import GENERATIVE_KINDS, UNTRAINED_RECIPES
 
 # Switches of the setting, each row built here from the config; those of the fine-tuning hyper-parameters.
 SETTING_TRAIN_SWITCHES = ("models.<model>.train.learning_rate", "models.<model>.train.lr_scheduler",
@@ -97,7 +98,8 @@ def release(name: str, spec: dict[str, Any]) -> Release:
 
 def authors_tuning(kind: str) -> str:
     """The authors' base model of a kind, instruction-tuned or base (only their seq2seq flan-t5 is tuned)."""
-    return "instruction-tuned (flan-t5)" if kind == SEQ2SEQ else "base (RoBERTa-large, OPT, Llama-2-7b-hf)"
+    # the authors' one encoder-decoder, flan-t5, is their one instruction-tuned base
+    return "instruction-tuned (flan-t5)" if kind_of(kind).decoder_target else "base (RoBERTa-large, OPT, Llama-2-7b-hf)"
 
 
 def effective_batch(train: dict[str, Any]) -> int:
@@ -229,9 +231,10 @@ def _data_rows(config: dict[str, Any]) -> list[SettingRow]:
 def _train_value(s: Switch, train: dict[str, Any], kind: str) -> tuple[str, str, bool]:
     """One hyper-parameter of a model's `train` block: this run's value, the authors', whether they agree."""
     if s.key.endswith("learning_rate"):
-        theirs = AUTHORS_SEQ2SEQ_LR if kind == SEQ2SEQ else float(s.authors)
+        encoder_decoder = kind_of(kind).decoder_target  # the authors trained their T5 runs at another rate
+        theirs = AUTHORS_SEQ2SEQ_LR if encoder_decoder else float(s.authors)
         ours = float(train["learning_rate"])
-        runs = "T5" if kind == SEQ2SEQ else "RoBERTa, OPT, Llama-2"
+        runs = "T5" if encoder_decoder else "RoBERTa, OPT, Llama-2"
         return rate(ours), f"{rate(theirs)} ({runs} runs)", ours == theirs
     if s.key.endswith("lr_scheduler"):
         warm = float(train["warmup_ratio"])

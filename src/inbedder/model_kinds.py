@@ -49,6 +49,7 @@ class ModelKind:
     prompt_special_tokens: ClassVar[bool] = True  # the tokenizer adds its special tokens to a prompt
     decoder_target: ClassVar[bool] = False  # the answer is a decoder's target, not joined to the prompt
     answer_only_loss: ClassVar[bool] = False  # the LM head and the loss run at the label positions only
+    shifts_labels: ClassVar[bool] = False  # the model's loss predicts label t from the states before t
 
     def __repr__(self) -> str:
         return f"<model kind {self.name}>"
@@ -122,6 +123,7 @@ class Causal(ModelKind):
     architecture_suffix = "ForCausalLM"
     padding_side = "left"
     answer_only_loss = True
+    shifts_labels = True
 
     def attention(self, device: str) -> str | None:
         # for prompts of tens of tokens "eager" measured 7-10% faster on CPU than SDPA's flash kernel

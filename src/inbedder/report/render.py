@@ -23,6 +23,7 @@ from inbedder.files import atomic_path, sha256_file, sha256_json, write_json, wr
 from inbedder.item_data import ItemData, read_items
 from inbedder.report.aggregate import (
     SuiteScores,
+    below_floor,
     crossview_table,
     headline_runs,
     long_table,
@@ -412,6 +413,7 @@ def render_report(
         "run": provenance["run"], "generated": started.strftime("%Y-%m-%d %H:%M UTC"),
         "claims": claims, "tables": tables, "mapping": analog_mapping(books["offline"].suite), "figures": figures,
         "crossview": crossview_groups(crossview_table(data.scores), all_headline),
+        "below_floor": below_floor(long, NO_INSTRUCTION_MODE),
         "training": training_rows(training),
         "seed_spread": [{"scope": scope, "rows": rows} for scope, rows in
                         (("offline analogs", train_seed_spread(data.scores, books["offline"].suite,
