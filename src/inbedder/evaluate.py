@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from inbedder import pooling
+from inbedder.cache import load_cache
 from inbedder.explain import explain_clusters
 from inbedder.files import atomic_path, sha256_json, write_json
 from inbedder.item_data import NO_SEED, item_frame, score_intervals, write_items
@@ -255,9 +257,6 @@ def evaluate_cache(
     train_seed: int | None = None,
 ) -> pd.DataFrame:
     """Score a task table from its encode cache (results/<run>/cache/<model>-<recipe>/<task>/): the rule's entry point."""
-    from inbedder import pooling
-    from inbedder.cache import load_cache
-
     cache = load_cache(cache_dir)
     log.info("cache %s", pooling.describe(cache))
     if not isinstance(table, pd.DataFrame):
