@@ -28,7 +28,7 @@ from inbedder.train import train_model, training_arguments
 from inbedder.train_curves import moving_average, plot_heldout, plot_loss
 from inbedder.train_data import IGNORE_INDEX, Collator, Encoded, EncodedDataset, encode_example, read_rows
 from inbedder.train_loop import TRAIN_LOOP, StepMeter, answer_only_loss, make_trainer
-from inbedder.train_settings import TrainJob, TrainSettings, job_from_params
+from inbedder.train_settings import RUN_KEYS, TrainJob, TrainSettings, job_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("INBEDDER_DATA_MIRROR", ROOT.parent / "shared" / "data"))
@@ -307,9 +307,13 @@ def test_smollm2_few_steps_loss_falls(tmp_path, smollm2_dir):
     assert (out / "heldout_f1.png").read_bytes()[:4] == b"\x89PNG"
     assert [p["step"] for p in read_curve(out / CURVE)] == [0, 4]
     assert summary["heldout_curve"] == [
-        {"step": 0, "f1": summary["heldout_token_f1_before"]},
-        {"step": 4, "f1": pytest.approx(summary["heldout_token_f1_after"], abs=1e-6)},
+        {"step": 0, "f1": summary["heldout_token_f1_before"], "loss": summary["heldout_loss_before"]},
+        {"step": 4, "f1": pytest.approx(summary["heldout_token_f1_after"], abs=1e-6),
+         "loss": pytest.approx(summary["heldout_loss_after"], abs=1e-6)},
     ]
+    # the held-out rows are the training rows here: their answer loss falls as the training loss does
+    assert summary["heldout_loss_after"] < 0.5 * summary["heldout_loss_before"]
+    assert summary["kept_step"] == 4 and summary["heldout_metric"] == "token_f1"  # the recipe's, in config.yaml
     assert summary["stopped_early"] is False and summary["stop_reason"] == "max_steps reached (4)"
     assert summary["plateau_step"] in (0, 4)
     assert not (out / "checkpoints").exists()
@@ -770,7 +774,12 @@ def test_heldout_curve_every_k_steps_leaves_the_training_untouched(
     curve = read_curve(out / CURVE)
     assert [p["step"] for p in curve] == [0, 2, 4, 5]
     assert all(p["seconds"] is not None and p["seconds"] >= 0 for p in curve)
-    assert (out / CURVE).read_text().splitlines()[0] == "step,heldout_token_f1,seconds"
+    assert (out / CURVE).read_text().splitlines()[0] == "step,heldout_token_f1,seconds,heldout_loss"
+    # the held-out answer loss at every check, on the curve and in the summary (the masked LM's is ~ln(vocab))
+    assert all(8 < p["loss"] < 12 for p in curve)
+    assert checked["heldout_loss_before"] == checked["heldout_curve"][0]["loss"] == pytest.approx(curve[0]["loss"])
+    # the kept model: here no check beats the final one by token F1 (the job's metric), so the final step
+    assert checked["heldout_metric"] == "token_f1" and checked["kept_step"] == 5
     assert [p["step"] for p in checked["heldout_curve"]] == [0, 2, 4, 5]
     assert checked["heldout_curve"][0]["f1"] == checked["heldout_token_f1_before"]
     assert checked["heldout_curve"][-1]["f1"] == pytest.approx(checked["heldout_token_f1_after"], abs=1e-6)
@@ -919,7 +928,7 @@ def test_plateau_rule_and_curve_merging(tmp_path):
     assert plateau(rising, 2, 0.005) == plateau(rising, 2, 0.005).__class__(False, 150, 0.25, ())
     # +0.004 is no rise at min_delta 0.005; the best stays at step 50; two such points stop
     flat = plateau(pts(0.10, 0.20, 0.204, 0.19), 2, 0.005)
-    assert (flat.stop, flat.best_step, flat.best_f1, flat.flat_steps) == (True, 50, 0.20, (100, 150))
+    assert (flat.stop, flat.best_step, flat.best_value, flat.flat_steps) == (True, 50, 0.20, (100, 150))
     assert not plateau(pts(0.10, 0.20, 0.204, 0.19), 3, 0.005).stop
     assert not plateau(pts(0.10, 0.20, 0.19, 0.30), 2, 0.005).stop  # a rise resets the count
     # no rule: never stops; the best is the highest point (the first to reach it)
@@ -1094,7 +1103,10 @@ def test_bad_input_gives_clear_errors(tmp_path, data, smollm2_dir):
 def test_rule_params_hold_exactly_the_models_training_settings():
     config = load_config(ROOT / "config.yaml", ROOT / "workflow" / "profiles" / "offline" / "run.yaml")
     params = train_params("smollm2-135m", "inbedder", config)
-    assert params["train"] == config["models"]["smollm2-135m"]["train"]
+    # all of the train block but the keys that say which runs there are (seeds, the lr sweep's)
+    assert params["train"] == {k: v for k, v in config["models"]["smollm2-135m"]["train"].items()
+                               if k not in RUN_KEYS}
+    assert {"lr_sweep", "lr_sweep_steps", "lr_rule"} <= set(RUN_KEYS)
     assert params["train"]["max_steps"] == 30 and params["kind"] == "causal"
     assert (params["template"], params["max_new_tokens"]) == ("inbedder", 3)
     assert params["heldout_rows"] == config["limits"]["heldout_rows"]

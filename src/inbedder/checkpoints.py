@@ -36,7 +36,7 @@ class CheckpointScan:
     rejected: tuple[str, ...]  # "checkpoint-<step>: <why>", newest first
 
 
-def _checkpoint_fault(path: Path) -> str | None:
+def checkpoint_fault(path: Path) -> str | None:
     """Why a `checkpoint-<step>` folder cannot be resumed from, or None when it is complete.
 
     Trainer writes a checkpoint file by file (weights, optimizer, scheduler, RNG, trainer state) with
@@ -72,7 +72,7 @@ def scan_checkpoints(folder: str | os.PathLike) -> CheckpointScan:
     )
     rejected = []
     for _, path in steps:
-        fault = _checkpoint_fault(path)
+        fault = checkpoint_fault(path)
         if fault is None:
             return CheckpointScan(path, tuple(rejected))
         rejected.append(f"{path.name}: {fault}")

@@ -11,15 +11,16 @@ why. The final model is moved into `<out>` from a temporary folder, then `train_
 completion marker) are written.
 
 The held-out check, its curve over training and the plateau stop (`train.heldout_every`,
-`train.stop_when_flat`) are in `inbedder.heldout`; the model saved after a stop is the model at that
-stopping step, which gets no checkpoint, so a rerun after a kill replays up to it and stops there again.
+`train.stop_when_flat`) are in `inbedder.heldout`; the stopping step gets no checkpoint, so a rerun after a
+kill replays up to it and stops there again. The model saved is the best checked one by the recipe's
+held-out metric, whether training stopped early or ran to its budget (`inbedder.train_best`); the summary
+is written by `inbedder.train_summary`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -38,19 +39,21 @@ from inbedder.heldout import (
     curve_callback,
     curve_until,
     heldout_f1,
+    heldout_loss,
     read_curve,
-    stop_reason,
     training_untouched,
     write_curve,
 )
 from inbedder.loading import load_lm
 from inbedder.model_kinds import kind_of
 from inbedder.models import check_kind, make_readable, read_fingerprint, write_fingerprint
+from inbedder.train_best import BestKeeper, Kept, best_callback
 from inbedder.train_callbacks import no_checkpoint_at_the_end, progress_callbacks, stop_at
 from inbedder.train_curves import loss_rows, plot_heldout, plot_loss, write_log_csv
 from inbedder.train_data import Collator, EncodedDataset, encode_example, eos_id, read_rows
 from inbedder.train_loop import TRAIN_LOOP, StepMeter, make_trainer
 from inbedder.train_settings import TrainJob, TrainSettings
+from inbedder.train_summary import run_summary
 from inbedder.vocabulary import TRAINABLE_KINDS, UNTRAINED_RECIPES
 
 CHECKPOINTS = "checkpoints"
@@ -154,6 +157,7 @@ class _Trained:
     timing: dict[str, float]
     scan: CheckpointScan
     resumed_from: int
+    keeper: BestKeeper
 
     @property
     def state(self) -> Any:
@@ -204,15 +208,22 @@ def start_run(
     return _Run(job, job.effective_settings(), out, rows, heldout, base_fp, bf16, fresh_start_reason)
 
 
+def run_heldout_loss(run: _Run, model, tokenizer) -> float:
+    """The held-out answer loss of the model as it is now (`inbedder.heldout.heldout_loss`)."""
+    return heldout_loss(model, tokenizer, run.job, run.heldout, run.autocast, run.settings.max_length)
+
+
 def heldout_before(run: _Run, model, tokenizer) -> dict[str, Any]:
-    """The held-out F1 before training, cached beside the checkpoints so that a resume does not redo it."""
+    """The held-out F1 and loss before training, cached beside the checkpoints for a resume."""
     before_file = run.ckpt_dir / BEFORE_FILE
-    if before_file.exists():
-        return read_jsonl(before_file)[0]
-    started = time.perf_counter()
-    f1, answers = heldout_f1(model, tokenizer, run.job, run.heldout, run.autocast)
-    before = {"f1": f1, "answers": answers, "seconds": time.perf_counter() - started}
-    write_jsonl(before_file, [before])
+    before = read_jsonl(before_file)[0] if before_file.exists() else None
+    if before is None:
+        started = time.perf_counter()
+        f1, answers = heldout_f1(model, tokenizer, run.job, run.heldout, run.autocast)
+        before = {"f1": f1, "answers": answers, "seconds": time.perf_counter() - started}
+    if "loss" not in before:  # also a cache written before the loss was checked
+        before["loss"] = run_heldout_loss(run, model, tokenizer)
+        write_jsonl(before_file, [before])
     return before
 
 
@@ -280,13 +291,18 @@ def train_or_resume(
     job, settings = run.job, run.settings
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
 
-    def check() -> tuple[float, list[str]]:
+    def check() -> tuple[float, list[str], float]:
         with training_untouched(model):
-            return heldout_f1(model, tokenizer, job, run.heldout, run.autocast)
+            f1, answers = heldout_f1(model, tokenizer, job, run.heldout, run.autocast)
+            return f1, answers, run_heldout_loss(run, model, tokenizer)
 
     # The curve is kept beside the checkpoints while training: Snakemake deletes the outputs of a job
     # that did not finish (out/heldout_curve.csv among them), and a resume needs the points it made.
-    curve = HeldoutCurve(run.ckpt_dir / CURVE, settings.heldout_every, settings.stop_when_flat, check)
+    curve = HeldoutCurve(
+        run.ckpt_dir / CURVE, settings.heldout_every, settings.stop_when_flat, check, job.heldout_metric
+    )
+    keeper = BestKeeper(run.ckpt_dir, curve, model)
+    curve.on_check = keeper.on_check
     dataset, answers_cut = encode_rows(run, tokenizer)
     first_step: list[int] = []
     timing: dict[str, float] = {}
@@ -304,6 +320,7 @@ def train_or_resume(
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     trainer.add_callback(curve_callback(curve))  # last: after the step meter stops the step's clock
+    trainer.add_callback(best_callback(keeper))  # after the checkpoint's marker
     if job.stop_at_step is not None:
         trainer.add_callback(stop_at(job.stop_at_step))
     if not keep_checkpoints:
@@ -314,23 +331,30 @@ def train_or_resume(
     except ValueError as err:
         log.warning("%s: held-out curve points before step %d lost: %s", run.name, resumed_from, err)
         kept = []
-    curve.start(kept, {"step": 0, "f1": float(before["f1"]), "seconds": before.get("seconds")})
+    curve.start(kept, {"step": 0, "f1": float(before["f1"]), "seconds": before.get("seconds"),
+                       "loss": float(before["loss"])})
+    keeper.start(resumed_from)
     model.train()
     result = trainer.train(resume_from_checkpoint=str(scan.complete) if scan.complete else None)
     rows_log = loss_rows(trainer.state.log_history)
     if not rows_log:
         raise RuntimeError(f"training {run.name} logged no loss")
     return _Trained(
-        trainer, result, rows_log, curve, meter, answers_cut, first_step, timing, scan, resumed_from
+        trainer, result, rows_log, curve, meter, answers_cut, first_step, timing, scan, resumed_from, keeper
     )
 
 
 def write_outputs(
     run: _Run, trained: _Trained, model, tokenizer, before: Mapping[str, Any], base_dir: str | os.PathLike
-) -> tuple[float, dict[str, Any]]:
-    """Write the run folder but its summary; return the held-out F1 after training and the fingerprint."""
+) -> tuple[Kept, dict[str, Any]]:
+    """Write the run folder but its summary, the best checked model; return that (`Kept`), the fingerprint."""
     out, job, curve = run.out, run.job, trained.curve
-    # final model: saved in a temporary folder, then moved into place file by file
+    final_step = int(trained.state.global_step)
+    if final_step not in curve.answers:  # not checked at its last step (as a flat stop is)
+        model.eval()
+        curve.check(final_step)
+    kept = trained.keeper.keep(final_step)  # loads the best check's weights when it beats the final step
+    # the kept model: saved in a temporary folder, then moved into place file by file
     with tempfile.TemporaryDirectory(prefix=".final-", dir=out) as tmp:
         trained.trainer.save_model(tmp)
         tokenizer.save_pretrained(tmp)
@@ -340,14 +364,6 @@ def write_outputs(
             if target.is_dir():
                 shutil.rmtree(target)
             os.replace(entry, target)
-
-    final_step = int(trained.state.global_step)
-    if final_step in curve.answers:  # checked at its last step (stopped flat): the same weights
-        f1_after = next(p["f1"] for p in curve.points if p["step"] == final_step)
-        answers_after = curve.answers[final_step]
-    else:
-        model.eval()
-        f1_after, answers_after = curve.check(final_step)
     write_jsonl(
         out / "heldout_answers.jsonl",
         [
@@ -358,102 +374,19 @@ def write_outputs(
                 "answer_before": b,
                 "answer_after": a,
             }
-            for r, b, a in zip(run.heldout, before["answers"], answers_after)
+            for r, b, a in zip(run.heldout, before["answers"], kept.answers)
         ],
     )
     write_curve(out / CURVE, curve.points)
     write_log_csv(out / "train_log.csv", trained.rows_log)
     plot_loss(out / "loss.png", trained.rows_log, f"{run.name}: {final_step} steps")
-    plot_heldout(out / "heldout_f1.png", curve, f"{run.name}: held-out answer token F1")
+    plot_heldout(out / "heldout_f1.png", curve, f"{run.name}: held-out answer token F1 and loss", kept.step)
     fingerprint = write_fingerprint(
         out, run.name, job.kind, {"base": run.base_fp["sha256"], "recipe": job.recipe}
     )
     if (Path(base_dir) / "licence").is_dir():  # a derivative keeps its base model's terms (Gemma)
         shutil.copytree(Path(base_dir) / "licence", out / "licence", dirs_exist_ok=True)
-    return float(f1_after), fingerprint
-
-
-def _steps_and_seconds(trained: _Trained) -> tuple[int, float]:
-    """The optimizer steps of this run and their seconds, less the held-out checks between them."""
-    state, timing = trained.state, trained.timing
-    end = timing.get("end_step", state.global_step)
-    seconds = timing["t1"] - timing["t0"] if "t0" in timing and "t1" in timing else float("nan")
-    seconds -= sum(s for step, s in trained.curve.checks if step < end)
-    return int(end - timing.get("start_step", 0)), seconds
-
-
-def run_summary(
-    run: _Run,
-    trained: _Trained,
-    model,
-    before: Mapping[str, Any],
-    f1_after: float,
-    fingerprint: Mapping[str, Any],
-) -> dict[str, Any]:
-    """train_summary.json: settings, losses, held-out F1, where the run started and ended, its throughput."""
-    import torch
-    import transformers
-
-    job, settings, curve, rows_log = run.job, run.settings, trained.curve, trained.rows_log
-    state, final_step = trained.state, int(trained.state.global_step)
-    window = max(1, min(5, len(rows_log) // 4))
-    steps_run, seconds = _steps_and_seconds(trained)
-    flat = curve.plateau()
-    resumed = trained.scan.complete is not None
-    summary = {
-        "model": job.model,
-        "recipe": job.recipe,
-        "kind": job.kind,
-        "template": job.template,
-        "dataset": job.dataset,
-        "settings": asdict(settings),
-        "method": {"train_target": job.train_target, "train_answer_cut": job.train_answer_cut},
-        "recipe_epochs": job.recipe_epochs,
-        "answers_cut": trained.answers_cut,
-        "device": job.device,
-        "dtype": job.dtype,
-        "bf16_autocast": run.bf16,
-        "loop": {
-            "batches": TRAIN_LOOP["batches"],
-            "lm_head": TRAIN_LOOP["causal_lm_head"] if trained.trainer.answer_only else "every position",
-        },
-        "steps": final_step,
-        "epochs_done": float(state.epoch or 0.0),
-        "train_rows": len(run.rows),
-        "effective_batch": settings.batch_size * settings.grad_accum,
-        "steps_this_run": int(steps_run),
-        "resumed_from_step": trained.resumed_from,
-        "checkpoints_rejected": list(trained.scan.rejected),
-        "fresh_start_reason": None if resumed else run.fresh_start_reason,
-        "first_logged_step_this_run": trained.first_step[0] if trained.first_step else None,
-        "seconds_per_step": seconds / steps_run if steps_run > 0 else float("nan"),
-        "train_runtime_s": float(trained.result.metrics.get("train_runtime", float("nan"))),
-        "loss_window": window,
-        "first_loss": sum(r["loss"] for r in rows_log[:window]) / window,
-        "last_loss": sum(r["loss"] for r in rows_log[-window:]) / window,
-        "first_step_loss": rows_log[0]["loss"],
-        "last_step_loss": rows_log[-1]["loss"],
-        "heldout_rows": len(run.heldout),
-        "heldout_max_new_tokens": job.max_new_tokens,
-        "heldout_token_f1_before": float(before["f1"]),
-        "heldout_token_f1_after": f1_after,
-        "heldout_curve": [
-            {"step": int(p["step"]), "f1": None if math.isnan(p["f1"]) else float(p["f1"])}
-            for p in curve.points
-        ],
-        "stopped_early": curve.stopped is not None,
-        "stop_reason": stop_reason(
-            curve, settings, final_step, job.steps_of if job.stop_at_step == final_step else None
-        ),
-        "steps_of": None if job.steps_of is None else {"run": job.steps_of, "steps": job.stop_at_step},
-        "plateau_step": flat.best_step,
-        "plateau_heldout_f1": flat.best_f1,
-        **trained.meter.summary(model, "bfloat16" if run.bf16 else "float32"),
-        "base_fingerprint": run.base_fp["sha256"],
-        "fingerprint": fingerprint["sha256"],
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-    }
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
+    return kept, fingerprint
 
 
 def train_model(
@@ -474,8 +407,8 @@ def train_model(
     model, tokenizer = load_lm(base_dir, run.job.kind, device=run.job.device, dtype="float32")
     before = heldout_before(run, model, tokenizer)
     trained = train_or_resume(run, model, tokenizer, before, extra_callbacks, keep_checkpoints)
-    f1_after, fingerprint = write_outputs(run, trained, model, tokenizer, before, base_dir)
-    summary = run_summary(run, trained, model, before, f1_after, fingerprint)
+    kept, fingerprint = write_outputs(run, trained, model, tokenizer, before, base_dir)
+    summary = run_summary(run, trained, model, before, kept, fingerprint)
     make_readable(run.out)
     write_json(run.out / SUMMARY, summary)
     if not keep_checkpoints:

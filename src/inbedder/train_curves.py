@@ -1,4 +1,4 @@
-"""The curves of a fine-tune: its loss log (train_log.csv) and the drawing of the loss and held-out F1 curves.
+"""The curves of a fine-tune: its loss log (train_log.csv) and the drawing of the loss and held-out curves.
 
 `draw_loss` and `draw_heldout` draw one run's curve on a matplotlib axis; the train rule's figures
 (`loss.png`, `heldout_f1.png`) and the report's fine-tuning figures both draw with them.
@@ -97,12 +97,15 @@ def _pyplot():
     return plt
 
 
-def save_step_plot(plt, fig, ax, path: str | os.PathLike, title: str, ylabel: str) -> None:
+def save_step_plot(
+    plt, fig, ax, path: str | os.PathLike, title: str, ylabel: str, *, legend: bool = True
+) -> None:
     """Label a per-step plot of a fine-tune (x: optimizer step), write it atomically as PNG and close it."""
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    if legend:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -122,22 +125,45 @@ def plot_loss(path: str | os.PathLike, rows: Sequence[Mapping[str, float]], titl
     save_step_plot(plt, fig, ax, path, title, "training loss")
 
 
-def plot_heldout(path: str | os.PathLike, curve: Any, title: str) -> None:
-    """Save the held-out token F1 curve of one run (a `heldout.HeldoutCurve`) as a PNG, atomically."""
+def draw_heldout_loss(
+    ax, steps: Sequence[int], loss: Sequence[float], *, label: str, color: str = "tab:red"
+) -> None:
+    """One run's held-out answer loss per check, on its own axis (a twin of the F1's, or a panel)."""
+    ax.plot(steps, loss, color=color, linewidth=1.0, linestyle="--", marker="s", markersize=2.5, label=label)
+    ax.set_ylabel("held-out answer loss (nats/token)", color=color)
+    ax.tick_params(axis="y", labelcolor=color)
+
+
+def plot_heldout(path: str | os.PathLike, curve: Any, title: str, kept_step: int | None = None) -> None:
+    """Save a run's held-out F1 curve (a `HeldoutCurve`), its loss on a second axis, the kept step: a PNG."""
     points = curve.points
     steps = [p["step"] for p in points]
     flat = curve.plateau()
-    label = f"held-out token F1 (ring: best, step {flat.best_step}"
+    label = f"held-out token F1 (ring: best {curve.metric}, step {flat.best_step}"
     if curve.stop is not None:
         label += f"; stop_when_flat: patience {curve.stop.patience}, min_delta {curve.stop.min_delta:g}"
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    f1 = [100 * p["f1"] for p in points]
     draw_heldout(
         ax,
         steps,
-        [100 * p["f1"] for p in points],
+        f1,
         label=label + ")",
-        best=steps.index(flat.best_step) if flat.best_step in steps else None,
+        best=steps.index(flat.best_step) if flat.best_step in steps and curve.metric == "token_f1" else None,
         stopped=curve.stopped is not None,
     )
-    save_step_plot(plt, fig, ax, path, title, "held-out answer token F1 (%)")
+    loss = [float(p.get("loss", math.nan)) for p in points]
+    handles = []
+    if not all(math.isnan(x) for x in loss):
+        twin = ax.twinx()
+        draw_heldout_loss(twin, steps, loss, label="held-out answer loss (right axis)")
+        handles = twin.get_legend_handles_labels()
+    if kept_step is not None:
+        ax.axvline(
+            kept_step, color="grey", linewidth=0.8, linestyle=":", label=f"model kept: step {kept_step}"
+        )
+    if handles:
+        mine = ax.get_legend_handles_labels()
+        ax.legend(mine[0] + handles[0], mine[1] + handles[1], fontsize=7)
+    save_step_plot(plt, fig, ax, path, title, "held-out answer token F1 (%)", legend=not handles)

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from inbedder.config import check_block
-from inbedder.heldout import StopWhenFlat, check_heldout_keys
+from inbedder.heldout import METRICS, StopWhenFlat, check_heldout_keys
 from inbedder.train_data import check_train_method
 from inbedder.vocabulary import UNTRAINED_RECIPES
 
 # keys of a model's train block that say which runs there are, not how one trains (inbedder.rule_params)
-RUN_KEYS = ("seeds", "steps_of")
+RUN_KEYS = ("seeds", "steps_of", "lr_sweep", "lr_sweep_steps", "lr_rule")
 TRAIN_SCHEMA = "/$defs/train"
 RECIPE_SCHEMA = "/properties/recipes/additionalProperties"
 
@@ -55,7 +55,7 @@ class TrainSettings:
         """Build from a config train block checked against the schema; errors name the key under `where`."""
         block = check_block(values, TRAIN_SCHEMA, where)
         check_heldout_keys(block.get("heldout_every"), block.get("stop_when_flat"), where)
-        return cls(**block)
+        return cls(**{k: v for k, v in block.items() if k not in RUN_KEYS})
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,14 @@ class TrainJob:
     # config `train.steps_of`: this run ends at the step another recipe's run ended at
     steps_of: str | None = None  # that run's folder name (`<model>-<recipe>[@<seed>]`), beside this run's
     stop_at_step: int | None = None  # read from its train_summary.json when training starts
+    # config `recipes.<name>.heldout_metric`: the held-out metric of the plateau rule and the model kept
+    heldout_metric: str = "token_f1"
 
     def __post_init__(self) -> None:
         check_train_method(self.train_target, self.train_answer_cut)
+        if self.heldout_metric not in METRICS:
+            raise ValueError(f"{self.model}-{self.recipe}: heldout_metric {self.heldout_metric!r}, "
+                             f"not one of {', '.join(METRICS)}")
         if self.stop_at_step is not None and (
             not isinstance(self.stop_at_step, int) or self.stop_at_step < 1
         ):
@@ -119,6 +124,8 @@ class TrainJob:
         if stop is not None:
             settings["heldout_every"] = self.settings.heldout_every
             settings["stop_when_flat"] = {"patience": stop.patience, "min_delta": stop.min_delta}
+            if self.heldout_metric != "token_f1":  # the metric of the rule (left out as it was before it)
+                settings["heldout_metric"] = self.heldout_metric
         if self.stop_at_step is not None:
             settings["stop_at_step"] = self.stop_at_step
         return settings
@@ -165,4 +172,16 @@ def job_from_params(params: Mapping[str, Any]) -> TrainJob:
         train_answer_cut=params["train_answer_cut"],
         recipe_epochs=params["recipe_epochs"],
         steps_of=params.get("steps_of"),
+        # in the params only where checks during training make it choose (train_job_params)
+        **({"heldout_metric": params["heldout_metric"]} if "heldout_metric" in params else {}),
     )
+
+
+def train_job_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The train_model rule's params: `train_params`, the recipe's heldout_metric if heldout_every is set."""
+    from inbedder.rule_params import train_params
+
+    params = train_params(model, run, config)
+    if params["train"].get("heldout_every") is not None:
+        params["heldout_metric"] = check_recipe(model, params["recipe"], config["recipes"])["heldout_metric"]
+    return params

@@ -1,8 +1,10 @@
 # Training stage: fine-tune a language model on a recipe's table (InBedder QA or Alpaca) with the
 # paper's objective for its kind. Checkpoints in <out>/checkpoints/ let a killed run resume;
 # train_summary.json, written last, marks the run complete. Library: inbedder.train (the job:
-# inbedder.train_settings; the rule's params: inbedder.rule_params.train_params).
-from inbedder.rule_params import train_leader, train_params
+# inbedder.train_settings; the rule's params: inbedder.train_settings.train_job_params).
+from inbedder.rule_params import train_leader
+from inbedder.train_settings import train_job_params
+from inbedder.train_sweep import sweep_params, sweep_table_path
 from inbedder.vocabulary import split_recipe
 
 
@@ -15,6 +17,9 @@ rule train_model:
         # train.steps_of: the run whose final step this one ends at
         leader=lambda wildcards: [f"{R}/models/{wildcards.model}-{leader}/train_summary.json"
                                   for leader in [train_leader(wildcards.model, wildcards.recipe, config)] if leader],
+        # train.lr_sweep: the sweep table whose chosen rate replaces learning_rate
+        lr_sweep=lambda wildcards: [str(sweep_table_path(R, wildcards.model, split_recipe(wildcards.recipe)[0]))]
+        if sweep_params(wildcards.model, config) else [],
     output:
         summary=report(
             f"{R}/models/{{model}}-{{recipe}}/train_summary.json",
@@ -41,7 +46,7 @@ rule train_model:
     benchmark:
         f"{R}/benchmarks/train/{{model}}-{{recipe}}.tsv"
     params:
-        job=lambda wildcards: train_params(wildcards.model, wildcards.recipe, config),
+        job=lambda wildcards: train_job_params(wildcards.model, wildcards.recipe, config),
     threads: 2
     resources:
         gpu=1,
@@ -49,3 +54,29 @@ rule train_model:
         "../../envs/torch.yaml"
     script:
         "../scripts/train_model.py"
+
+
+# train.lr_sweep: short fine-tunes of (model, recipe) at each rate; the table marks the rate lr_rule picks.
+rule lr_sweep:
+    input:
+        base="data/models/{model}/fingerprint.json",
+        train=f"{R}/train/{{recipe}}.jsonl",
+        heldout=f"{R}/train/{{recipe}}.heldout.jsonl",
+    output:
+        table=f"{R}/lr_sweep/{{model}}-{{recipe}}.csv",
+    wildcard_constraints:
+        recipe="[A-Za-z0-9_]+",  # a recipe: its first training seed's sweep serves every seed
+    log:
+        f"{R}/logs/lr_sweep/{{model}}-{{recipe}}.log",
+    benchmark:
+        f"{R}/benchmarks/lr_sweep/{{model}}-{{recipe}}.tsv"
+    params:
+        job=lambda wildcards: train_job_params(wildcards.model, wildcards.recipe, config),
+        sweep=lambda wildcards: sweep_params(wildcards.model, config),
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/lr_sweep.py"

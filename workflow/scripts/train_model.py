@@ -8,6 +8,7 @@ from inbedder.config import resolve_device, resolve_dtype
 from inbedder.rule_script import rule_script
 from inbedder.train import train_model
 from inbedder.train_settings import job_from_params
+from inbedder.train_sweep import read_chosen_lr
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
 w = snakemake.wildcards
@@ -17,6 +18,10 @@ with rule_script(snakemake.log[0], "train_model", f"training {w.model}-{w.recipe
     params = dict(snakemake.params.job)
     params["device"] = resolve_device(params["device"])
     params["dtype"] = resolve_dtype(params["dtype"], params["device"])
+    if snakemake.input.lr_sweep:  # train.lr_sweep: the rate its sweep chose replaces learning_rate
+        params["train"] = {**params["train"], "learning_rate": read_chosen_lr(snakemake.input.lr_sweep[0])}
+        lr, table = params["train"]["learning_rate"], snakemake.input.lr_sweep[0]
+        log.info("learning rate %g chosen by %s", lr, table)
     job = job_from_params(params)
     summary = train_model(
         job,
@@ -26,10 +31,11 @@ with rule_script(snakemake.log[0], "train_model", f"training {w.model}-{w.recipe
         Path(snakemake.output[0]).parent,
     )
     log.info(
-        "%s-%s: %d steps, %.2f s/step, loss %.3f -> %.3f, held-out F1 %.3f -> %.3f",
+        "%s-%s: %d steps (kept step %s), %.2f s/step, loss %.3f -> %.3f, held-out F1 %.3f -> %.3f",
         job.model,
         job.recipe,
         summary["steps"],
+        summary["kept_step"],
         summary["seconds_per_step"] or float("nan"),
         summary["first_loss"],
         summary["last_loss"],

@@ -59,6 +59,7 @@ def training_rows(training: Sequence[dict]) -> list[dict]:
             "train_rows": s.get("train_rows"), "device": s.get("device"), "dtype": s.get("dtype"),
             "effective_batch": s.get("effective_batch"),
             "stopped_early": s.get("stopped_early"), "plateau_step": s.get("plateau_step"),
+            "kept_step": s.get("kept_step"), "kept_metric": num(s.get("kept_metric")),
             "stop_reason": s.get("stop_reason"), "ending": training_ending(s),
             "checks": len(s.get("heldout_curve") or []),
         })
@@ -68,14 +69,25 @@ def training_rows(training: Sequence[dict]) -> list[dict]:
 def training_ending(summary: Mapping[str, Any]) -> str:
     """How a fine-tune ended, in a few words, from the summary's fields (the full `stop_reason` goes in
     the report's tooltip)."""
+    ending = _how_training_ended(summary)
+    kept = summary.get("kept_step")
+    if kept is not None and kept != summary.get("steps"):  # the best checked model, not the last step's
+        metric = "F1" if summary.get("heldout_metric", "token_f1") == "token_f1" else "loss"
+        ending += f"; kept step {kept} (best held-out {metric})"
+    return ending
+
+
+def _how_training_ended(summary: Mapping[str, Any]) -> str:
+    """The step where training ended and why, in a few words."""
     settings = summary.get("settings") or {}
     steps, steps_of = summary.get("steps"), summary.get("steps_of") or {}
+    metric = "F1" if summary.get("heldout_metric", "token_f1") == "token_f1" else "loss"
     if summary.get("stopped_early"):
-        return f"F1 flat: stopped (best at step {summary.get('plateau_step')})"
+        return f"{metric} flat: stopped (best at step {summary.get('plateau_step')})"
     if steps_of.get("run") and steps_of.get("steps") == steps:
         return f"the steps of {steps_of['run']}"
     if settings.get("max_steps") and steps == settings["max_steps"]:
-        return "step cap" + (" (F1 not yet flat)" if settings.get("stop_when_flat") else "")
+        return "step cap" + (f" ({metric} not yet flat)" if settings.get("stop_when_flat") else "")
     if num(summary.get("epochs_done")) is not None:
         return f"{summary['epochs_done']:g} epoch(s) done"
     return ""
