@@ -969,6 +969,10 @@ def test_heldout_keys_in_the_run_key_only_when_they_change_the_weights():
     assert alpaca.effective_settings().stop_when_flat is None
     assert stopping.effective_settings().stop_when_flat.patience == 2
     assert alpaca.run_key_settings() == plain.run_key_settings()
+    # the held-out metric: in the run key only where it decides the stop, and only when not the former F1
+    assert replace(stopping, heldout_metric="loss").run_key_settings() == {**key, "heldout_metric": "loss"}
+    assert replace(checked, heldout_metric="loss").run_key_settings() == plain.run_key_settings()
+    assert "heldout_metric" not in key
     # an asdict round trip (the kill tests' child process) gives the same settings
     assert TrainSettings(**asdict_settings(stopping)) == stopping.settings
 

@@ -134,3 +134,12 @@ def test_better_and_the_plateau_read_the_metrics_direction():
     flat = plateau(points, 2, 0.05, "loss")
     assert (flat.stop, flat.best_step, flat.best_value, flat.flat_steps) == (True, 1, 3.0, (2, 3))
     assert plateau(points, None, metric="loss").best_step == 2
+
+
+def test_the_metric_alone_keeps_the_checkpoints(tmp_path):
+    table = tmp_path / "train.jsonl"
+    table.write_text("{}\n")
+    checked = job("causal", heldout_every=5)
+    key = train_module.run_key(checked, "base", table, False)
+    assert train_module.run_key(replace(checked, heldout_metric="loss"), "base", table, False) == key
+    assert "heldout_metric" not in key["job"]

@@ -118,3 +118,23 @@ def test_short_runs_are_the_fine_tune_cut_at_the_sweep_steps(tmp_path, data, smo
     # a higher rate lowers a random model's held-out loss faster in 2 steps
     assert results[1]["heldout_loss"] < results[0]["heldout_loss"]
     assert pick_lr(results, "lowest_heldout_loss") == 1e-2
+
+
+def test_the_workflow_sweeps_before_the_fine_tune(tmp_path):
+    """The DAG (a dry run) with train.lr_sweep: an lr_sweep job per (model, recipe), read by its fine-tunes."""
+    import subprocess
+    import sys
+
+    extra = tmp_path / "sweep.yaml"
+    extra.write_text(yaml.safe_dump({"run": "sweep-dry", "models": {"smollm2-135m": {"train": {
+        "lr_sweep": [1e-5, 1e-4], "seeds": [42, 7]}}}}))
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    detail = subprocess.run(
+        [snakemake, "-n", "--profile", "workflow/profiles/smoke", "--configfile", "config.yaml",
+         "workflow/profiles/offline/run.yaml", "workflow/profiles/smoke/run.yaml", str(extra)],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert detail.returncode == 0, detail.stderr[-3000:]
+    text = detail.stdout
+    assert "results/sweep-dry/lr_sweep/smollm2-135m-inbedder.csv" in text
+    assert "results/sweep-dry/lr_sweep/smollm2-135m-inbedder@7.csv" not in text  # one sweep for every seed
+    assert "rule lr_sweep" in text and "results/sweep-dry/models/smollm2-135m-inbedder@7/train_summary.json" in text

@@ -175,6 +175,7 @@ def run_key(job: TrainJob, base_sha256: str, train_path: str | os.PathLike, bf16
         "loop": TRAIN_LOOP,
     }
     key["job"].pop("device")  # the same run may resume on another device
+    key["job"].pop("heldout_metric")  # picks the model kept, not the weights (in the settings where it stops)
     key["job"]["settings"] = job.run_key_settings()
     return key
 
