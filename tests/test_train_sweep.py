@@ -121,7 +121,7 @@ def test_short_runs_are_the_fine_tune_cut_at_the_sweep_steps(tmp_path, data, smo
 
 
 def test_the_workflow_sweeps_before_the_fine_tune(tmp_path):
-    """The DAG (a dry run) with train.lr_sweep: an lr_sweep job per (model, recipe), read by its fine-tunes."""
+    """A dry run with train.lr_sweep: one lr_sweep job per (model, recipe), before its fine-tunes."""
     import subprocess
     import sys
 
@@ -137,4 +137,5 @@ def test_the_workflow_sweeps_before_the_fine_tune(tmp_path):
     text = detail.stdout
     assert "results/sweep-dry/lr_sweep/smollm2-135m-inbedder.csv" in text
     assert "results/sweep-dry/lr_sweep/smollm2-135m-inbedder@7.csv" not in text  # one sweep for every seed
-    assert "rule lr_sweep" in text and "results/sweep-dry/models/smollm2-135m-inbedder@7/train_summary.json" in text
+    assert "rule lr_sweep" in text
+    assert "results/sweep-dry/models/smollm2-135m-inbedder@7/train_summary.json" in text
