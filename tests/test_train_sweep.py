@@ -12,15 +12,14 @@ from test_train import data, job, smollm2_dir, tiny_model  # noqa: F401
 
 from inbedder.config import load_config
 from inbedder.report.provenance import training_ending
-from inbedder.rule_params import train_params
+from inbedder.rule_params import lr_sweep_params, train_params
 from inbedder.train import train_model
-from inbedder.train_settings import job_from_params, train_job_params
+from inbedder.train_settings import job_from_params
 from inbedder.train_sweep import (
     SweepRun,
     pick_lr,
     read_chosen_lr,
     sweep_job,
-    sweep_params,
     sweep_plan,
     sweep_table,
     write_sweep_table,
@@ -71,8 +70,8 @@ def test_the_plan_covers_each_swept_model_recipe_and_rate():
     swept["models"][model]["train"] = {**swept["models"][model]["train"], "lr_sweep": [1e-4, 1e-5]}
     plan = sweep_plan({model: swept["models"][model]}, ["inbedder", "alpaca", "none"])
     assert plan == [SweepRun(model, r, lr, 50) for r in ("inbedder", "alpaca") for lr in (1e-5, 1e-4)]
-    assert sweep_params(model, swept) == {"rates": [1e-5, 1e-4], "steps": 50, "rule": "lowest_heldout_loss"}
-    assert sweep_params(model, config) is None
+    assert lr_sweep_params(model, swept) == {"rates": [1e-5, 1e-4], "steps": 50, "rule": "lowest_heldout_loss"}
+    assert lr_sweep_params(model, config) is None
     # the sweep keys say which runs there are: no fine-tune's params change
     assert train_params(model, "inbedder", swept) == train_params(model, "inbedder", config)
 
@@ -82,14 +81,15 @@ def test_the_heldout_metric_reaches_only_the_runs_it_chooses_for():
     model = next(m for m, s in config["models"].items() if s.get("train"))
     assert config["recipes"]["inbedder"]["heldout_metric"] == "token_f1"
     assert config["recipes"]["alpaca"]["heldout_metric"] == "loss"  # the schema's default
-    for recipe in ("inbedder", "alpaca"):  # no checks during training: the params as before
-        if train_params(model, recipe, config)["train"].get("heldout_every") is None:
-            assert train_job_params(model, recipe, config) == train_params(model, recipe, config)
+    plain = copy.deepcopy(config)
+    plain["models"][model]["train"] = {**plain["models"][model]["train"], "heldout_every": None}
+    for recipe in ("inbedder", "alpaca"):  # no checks during training: no metric in the params (as before it)
+        assert "heldout_metric" not in train_params(model, recipe, plain)
     checked = copy.deepcopy(config)
     checked["models"][model]["train"] = {**checked["models"][model]["train"], "heldout_every": 10}
-    params = train_job_params(model, "alpaca", checked)
+    params = train_params(model, "alpaca", checked)
     assert params["heldout_metric"] == "loss" and job_from_params(params).heldout_metric == "loss"
-    assert train_job_params(model, "inbedder", checked)["heldout_metric"] == "token_f1"
+    assert train_params(model, "inbedder", checked)["heldout_metric"] == "token_f1"
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     recipe = schema["properties"]["recipes"]["additionalProperties"]
     assert recipe["properties"]["heldout_metric"]["default"] == "loss"

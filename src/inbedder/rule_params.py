@@ -17,6 +17,7 @@ from inbedder.models import RELEASED_SUFFIX, check_kind
 from inbedder.task_kinds import kind_class, modes_for
 from inbedder.train_loop import TRAIN_LOOP
 from inbedder.train_settings import RUN_KEYS, check_recipe
+from inbedder.train_sweep import sweep_settings
 from inbedder.vocabulary import TRAIN_SEED_SEP, UNTRAINED_RECIPES, split_recipe
 
 
@@ -140,7 +141,15 @@ def train_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, A
         "recipe_epochs": recipe_spec.get("epochs"),
         # only where train.steps_of names this recipe, so that adding the key changes no other run's params
         **({"steps_of": f"{model}-{leader}"} if leader else {}),
+        # the recipe's held-out metric picks the model kept among checks during training: only where they run
+        **({"heldout_metric": recipe_spec["heldout_metric"]} if train.get("heldout_every") is not None else {}),
     }
+
+
+def lr_sweep_params(model: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Params of the lr_sweep rule ({rates, steps, rule} of `models.<m>.train.lr_sweep`), None: no sweep."""
+    sweep = sweep_settings(config["models"][model].get("train"))
+    return None if sweep is None else dict(zip(("rates", "steps", "rule"), sweep, strict=True))
 
 
 def train_leader(model: str, run: str, config: Mapping[str, Any]) -> str | None:

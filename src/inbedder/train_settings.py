@@ -172,16 +172,7 @@ def job_from_params(params: Mapping[str, Any]) -> TrainJob:
         train_answer_cut=params["train_answer_cut"],
         recipe_epochs=params["recipe_epochs"],
         steps_of=params.get("steps_of"),
-        # in the params only where checks during training make it choose (train_job_params)
+        # in the params only where checks during training make it choose (`rule_params.train_params`)
         **({"heldout_metric": params["heldout_metric"]} if "heldout_metric" in params else {}),
     )
 
-
-def train_job_params(model: str, run: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The train_model rule's params: `train_params`, the recipe's heldout_metric if heldout_every is set."""
-    from inbedder.rule_params import train_params
-
-    params = train_params(model, run, config)
-    if params["train"].get("heldout_every") is not None:
-        params["heldout_metric"] = check_recipe(model, params["recipe"], config["recipes"])["heldout_metric"]
-    return params

@@ -135,8 +135,3 @@ def sweep_job(job: Any, run: SweepRun) -> Any:
     settings = replace(job.settings, learning_rate=run.lr, heldout_every=None, stop_when_flat=None)
     return replace(job, settings=settings, stop_at_step=run.steps, steps_of=None)
 
-
-def sweep_params(model: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The lr_sweep rule's sweep params of `model` ({rates, steps, rule}), or None when it sets no sweep."""
-    sweep = sweep_settings(config["models"][model].get("train"))
-    return None if sweep is None else dict(zip(("rates", "steps", "rule"), sweep))

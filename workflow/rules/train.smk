@@ -1,10 +1,9 @@
 # Training stage: fine-tune a language model on a recipe's table (InBedder QA or Alpaca) with the
 # paper's objective for its kind. Checkpoints in <out>/checkpoints/ let a killed run resume;
 # train_summary.json, written last, marks the run complete. Library: inbedder.train (the job:
-# inbedder.train_settings; the rule's params: inbedder.train_settings.train_job_params).
-from inbedder.rule_params import train_leader
-from inbedder.train_settings import train_job_params
-from inbedder.train_sweep import sweep_params, sweep_table_path
+# inbedder.train_settings; the rule's params: inbedder.rule_params.train_params).
+from inbedder.rule_params import lr_sweep_params, train_leader, train_params
+from inbedder.train_sweep import sweep_table_path
 from inbedder.vocabulary import split_recipe
 
 
@@ -19,7 +18,7 @@ rule train_model:
                                   for leader in [train_leader(wildcards.model, wildcards.recipe, config)] if leader],
         # train.lr_sweep: the sweep table whose chosen rate replaces learning_rate
         lr_sweep=lambda wildcards: [str(sweep_table_path(R, wildcards.model, split_recipe(wildcards.recipe)[0]))]
-        if sweep_params(wildcards.model, config) else [],
+        if lr_sweep_params(wildcards.model, config) else [],
     output:
         summary=report(
             f"{R}/models/{{model}}-{{recipe}}/train_summary.json",
@@ -46,7 +45,7 @@ rule train_model:
     benchmark:
         f"{R}/benchmarks/train/{{model}}-{{recipe}}.tsv"
     params:
-        job=lambda wildcards: train_job_params(wildcards.model, wildcards.recipe, config),
+        job=lambda wildcards: train_params(wildcards.model, wildcards.recipe, config),
     threads: 2
     resources:
         gpu=1,
@@ -71,8 +70,8 @@ rule lr_sweep:
     benchmark:
         f"{R}/benchmarks/lr_sweep/{{model}}-{{recipe}}.tsv"
     params:
-        job=lambda wildcards: train_job_params(wildcards.model, wildcards.recipe, config),
-        sweep=lambda wildcards: sweep_params(wildcards.model, config),
+        job=lambda wildcards: train_params(wildcards.model, wildcards.recipe, config),
+        sweep=lambda wildcards: lr_sweep_params(wildcards.model, config),
     threads: 2
     resources:
         gpu=1,
