@@ -70,7 +70,8 @@ def test_the_plan_covers_each_swept_model_recipe_and_rate():
     swept["models"][model]["train"] = {**swept["models"][model]["train"], "lr_sweep": [1e-4, 1e-5]}
     plan = sweep_plan({model: swept["models"][model]}, ["inbedder", "alpaca", "none"])
     assert plan == [SweepRun(model, r, lr, 50) for r in ("inbedder", "alpaca") for lr in (1e-5, 1e-4)]
-    assert lr_sweep_params(model, swept) == {"rates": [1e-5, 1e-4], "steps": 50, "rule": "lowest_heldout_loss"}
+    sweep = {"rates": [1e-5, 1e-4], "steps": 50, "rule": "lowest_heldout_loss"}
+    assert lr_sweep_params(model, swept) == sweep
     assert lr_sweep_params(model, config) is None
     # the sweep keys say which runs there are: no fine-tune's params change
     assert train_params(model, "inbedder", swept) == train_params(model, "inbedder", config)
@@ -139,3 +140,33 @@ def test_the_workflow_sweeps_before_the_fine_tune(tmp_path):
     assert "results/sweep-dry/lr_sweep/smollm2-135m-inbedder@7.csv" not in text  # one sweep for every seed
     assert "rule lr_sweep" in text
     assert "results/sweep-dry/models/smollm2-135m-inbedder@7/train_summary.json" in text
+
+
+def test_the_sweep_script_writes_its_table(tmp_path, data, smollm2_dir):  # noqa: F811
+    """The lr_sweep rule's script, run as Snakemake runs it (a `snakemake` object in its globals)."""
+    import runpy
+    from types import SimpleNamespace
+
+    from test_train import TINY_TRAIN
+
+    base = tiny_model("causal", smollm2_dir, tmp_path / "tiny-causal")
+    params = {"model": "tiny-causal", "recipe": "inbedder", "kind": "causal", "template": "inbedder",
+              "dataset": "c3_qa", "train": {**TINY_TRAIN, "max_steps": 4, "batch_size": 2},
+              "max_new_tokens": 3, "heldout_rows": None, "device": "cpu", "dtype": "float32",
+              "train_target": "authors", "train_answer_cut": "authors", "recipe_epochs": None}
+    table = tmp_path / "lr_sweep" / "tiny-causal-inbedder.csv"
+    snakemake = SimpleNamespace(
+        wildcards=SimpleNamespace(model="tiny-causal", recipe="inbedder"), threads=1,
+        log=[str(tmp_path / "sweep.log")],
+        input=SimpleNamespace(base=str(base / "fingerprint.json"), train=str(data["train"]),
+                              heldout=str(data["heldout"])),
+        output=SimpleNamespace(table=str(table)),
+        params=SimpleNamespace(
+            job=params, sweep={"rates": [1e-5, 1e-2], "steps": 2, "rule": "lowest_heldout_loss"}
+        ),
+    )
+    runpy.run_path(str(ROOT / "workflow" / "scripts" / "lr_sweep.py"), init_globals={"snakemake": snakemake})
+    lines = table.read_text().splitlines()
+    assert lines[0] == "model,recipe,lr,steps,heldout_token_f1,heldout_loss,chosen" and len(lines) == 3
+    assert read_chosen_lr(table) == 1e-2 and lines[2].endswith(",True")
+    assert [p.name for p in table.parent.iterdir()] == [table.name]  # the short runs' folders are gone

@@ -18,10 +18,10 @@ with rule_script(snakemake.log[0], "train_model", f"training {w.model}-{w.recipe
     params = dict(snakemake.params.job)
     params["device"] = resolve_device(params["device"])
     params["dtype"] = resolve_dtype(params["dtype"], params["device"])
-    if snakemake.input.lr_sweep:  # train.lr_sweep: the rate its sweep chose replaces learning_rate
-        params["train"] = {**params["train"], "learning_rate": read_chosen_lr(snakemake.input.lr_sweep[0])}
-        lr, table = params["train"]["learning_rate"], snakemake.input.lr_sweep[0]
-        log.info("learning rate %g chosen by %s", lr, table)
+    sweep = list(getattr(snakemake.input, "lr_sweep", []))
+    if sweep:  # train.lr_sweep: the rate its sweep chose replaces learning_rate
+        params["train"] = {**params["train"], "learning_rate": read_chosen_lr(sweep[0])}
+        log.info("learning rate %g chosen by %s", params["train"]["learning_rate"], sweep[0])
     job = job_from_params(params)
     summary = train_model(
         job,
