@@ -150,7 +150,7 @@ def plot_heldout(path: str | os.PathLike, curve: Any, title: str, kept_step: int
         steps,
         f1,
         label=label + ")",
-        best=steps.index(flat.best_step) if flat.best_step in steps and curve.metric == "token_f1" else None,
+        best=steps.index(flat.best_step) if flat.best_step in steps else None,  # by the run's metric
         stopped=curve.stopped is not None,
     )
     loss = [float(p.get("loss", math.nan)) for p in points]
