@@ -30,6 +30,7 @@ LOADED_ON_THE_WAY = {
     "collect_scores.py": [],
     "materialize_model.py": ["transformers", "sentence_transformers", "huggingface_hub", "gguf", "accelerate"],
     "train_model.py": ["transformers", "matplotlib.pyplot", "safetensors.torch"],
+    "lr_sweep.py": ["transformers", "matplotlib.pyplot", "safetensors.torch"],
     "task_table.py": ["mteb", "datasets", "pyarrow.parquet"],
     "encode_task.py": ["transformers", "sentence_transformers", "safetensors.numpy"],
     "evaluate_task.py": ["mteb", "datasets", "safetensors.numpy", "inbedder.pooling", "inbedder.cache"],
