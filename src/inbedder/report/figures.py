@@ -27,7 +27,7 @@ from inbedder.report.suites import (
     runs_of,
 )
 from inbedder.train_curves import draw_heldout, draw_loss
-from inbedder.vocabulary import ROBUSTNESS_GROUPS
+from inbedder.vocabulary import GOLD_MODE, ROBUSTNESS_GROUPS
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#999999", "#000000"]
 RECIPE_COLOURS = {"inbedder": "#0072B2", "released": "#56B4E9", "alpaca": "#E69F00", "none": "#8C8C8C"}
@@ -132,7 +132,9 @@ def figure_scores(book: SuiteScores, claim_mode: Callable[[str, str], str | None
     name = f"scores_{suite.name}"
     title = f"Scores per task and model ({suite.title})"
     caption = ("Each bar is one model and recipe at the mode the claims compare it at (claim_modes); error bars "
-               "are the 95% intervals of the tables (items resampled, seeds' spread added). IA Avg = mean of the "
+               "are the 95% intervals of the tables (items resampled, seeds' spread added). A sentence encoder's "
+               "plain bars are the instruction-blind floor, its gold bars (cross-hatched) the ceiling: the "
+               "gold label's words embedded under each instruction. IA Avg = mean of the "
                "instruction-awareness tasks; Gen Avg = mean of the generic tasks.")
     runs = headline_runs(book, claim_mode)
     if not runs:
@@ -148,7 +150,7 @@ def figure_scores(book: SuiteScores, claim_mode: Callable[[str, str], str | None
             cells = [book.get(run, k) for k in keys]
             series.append((run.label, run_colour(run, encoders),
                            [c.value if c.ok else None for c in cells], ci_errors(cells)))
-        hatches = [("///" if r[1] == "released" else ("..." if r[2] == "prefixed" else None)) for r in runs]
+        hatches = [{"released": "///"}.get(r[1]) or {"prefixed": "...", GOLD_MODE: "xxx"}.get(r[2]) for r in runs]
         _grouped_bars(ax, labels, series, hatches=hatches)
         ax.axvline(len(suite.ia) + 0.5, color="#999999", linewidth=0.6, linestyle="--")
         ax.set_ylabel("score (x100)")
