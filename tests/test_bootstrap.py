@@ -234,3 +234,17 @@ def test_series_of_checks_that_seeds_score_the_same_items(tmp_path):
     itd.write_items(itd.item_frame(rows[:5]), path)
     (series,) = itd.series_of(itd.read_items([path])).values()
     assert series.n == 5 and series.units == [(-1, 0)]
+
+
+def test_an_interval_stays_within_the_range_its_statistic_can_take():
+    # a perfect clustering of 24 texts: V-measure 1, whose replicates centred on 1 would reach above it
+    labels = np.repeat(np.arange(6), 4)
+    rng = np.random.default_rng(12)
+    clusters = np.where(rng.random(24) < 0.8, labels, rng.integers(0, 6, 24))
+    series = _series(clusters[None], statistic="v_measure", labels=labels.astype(str))
+    assert series.bounds == (0.0, 1.0)
+    est = bs.Estimate(float(series.point()[0]), series.item_replicates().mean(axis=1), 24, bounds=series.bounds)
+    assert 0.0 <= est.low <= est.value <= est.high <= 1.0
+    points = est.scaled(100.0)
+    assert points.bounds == (0.0, 100.0) and 0.0 <= points.low <= points.high <= 100.0
+    assert _series(np.array([0.2, 0.9, 0.5])).bounds == (0.2, 0.9)  # a mean: the range of its item values

@@ -56,6 +56,7 @@ POWER = 0.80  # the power at which the minimum detectable effect is reported
 FAMILY_ALPHA = 0.05  # family-wise error rate of each claim (Holm)
 
 STATISTICS = ("mean", "spearman", "v_measure")
+RANGES = {"spearman": (-1.0, 1.0), "v_measure": (0.0, 1.0)}  # a mean's range is that of its item values
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -313,6 +314,7 @@ class Estimate:
     seeds: dict[str, dict] = field(default_factory=dict, repr=False)
     level: float = LEVEL
     seed: int = BOOT_SEED
+    bounds: tuple[float, float] | None = None  # the statistic's range: the interval is clipped to it
 
     def __post_init__(self) -> None:
         self.item = np.asarray(self.item, dtype=float)
@@ -325,6 +327,8 @@ class Estimate:
         self.replicates = (self.value + inflation * (items + seed_draws(self.seeds, True, b, self.seed))
                            + seed_draws(self.seeds, False, b, self.seed))
         self.low, self.high = percentile_ci(self.replicates, self.level)
+        if self.bounds is not None:  # the value lies in range, so clipping only drops impossible values
+            self.low, self.high = max(self.low, self.bounds[0]), min(self.high, self.bounds[1])
 
     @property
     def few_items(self) -> bool:
@@ -338,7 +342,11 @@ class Estimate:
 
     def scaled(self, factor: float) -> Estimate:
         """The same estimate in other units (fractions -> points)."""
-        return linear([(factor, self)])
+        out = linear([(factor, self)])
+        if self.bounds is not None:
+            out.bounds = tuple(sorted(b * factor for b in self.bounds))
+            out.low, out.high = max(out.low, out.bounds[0]), min(out.high, out.bounds[1])
+        return out
 
 
 def linear(parts: Sequence[tuple[float, Estimate]]) -> Estimate:
@@ -355,10 +363,10 @@ def linear(parts: Sequence[tuple[float, Estimate]]) -> Estimate:
 
 
 def estimate(value: float, item: np.ndarray, n_items: int, n_seeds: int = 1, seeds: Mapping | None = None,
-             level: float = LEVEL) -> Estimate:
-    """An Estimate of `value` from its raw item replicates and seed structure."""
+             level: float = LEVEL, bounds: tuple[float, float] | None = None) -> Estimate:
+    """An Estimate of `value` from its raw item replicates and seed structure (clipped to `bounds`)."""
     return Estimate(float(value), np.asarray(item, dtype=float), int(n_items), int(n_seeds), dict(seeds or {}),
-                    level)
+                    level, bounds=bounds)
 
 
 def combine_mean(parts: Sequence[Estimate]) -> Estimate:

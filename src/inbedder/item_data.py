@@ -25,6 +25,7 @@ import pandas as pd
 from inbedder.bootstrap import (
     BOOT_SEED,
     N_BOOT,
+    RANGES,
     REPLICATES,
     STATISTICS,
     BootstrapError,
@@ -162,6 +163,11 @@ class Series:
         """[B, U]: each seed unit scored on the kept half of the items of each replicate (the same half for all)."""
         return self._by_group(lambda cols: kept(self.hashes[cols], n_boot, seed))
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The range the statistic can take (a mean: that of its item values)."""
+        return RANGES.get(self.statistic) or (float(self.values.min()), float(self.values.max()))
+
     def point(self) -> np.ndarray:
         """[U]: the statistic of each unit on all the items."""
         return self._by_group(lambda cols: np.ones((1, len(cols)), dtype=bool))[0]
@@ -235,6 +241,8 @@ def score_intervals(scores: pd.DataFrame, items: pd.DataFrame, n_boot: int = N_B
             if raw is None:
                 continue
         low, high = percentile_ci(centred(float(row.value), raw))
+        lo, hi = data.series[parts[0] if key[5] == hmean_subset else key].bounds
+        low, high = max(low, lo), min(high, hi)
         out.iloc[i, out.columns.get_loc("ci_low")], out.iloc[i, out.columns.get_loc("ci_high")] = low, high
     return out
 
@@ -290,4 +298,7 @@ class ItemData:
         model, recipe = keys[0][0], keys[0][1]
         seeds = seed_deviations(dict(zip(units, points, strict=True)), f"{model}\x1f{recipe}", self.seed_levels)
         point = float(np.mean(points)) if value is None else float(value)
-        return estimate(point, per_unit.mean(axis=1), min(self.series[k].n for k in keys), len(units), seeds)
+        ranges = [self.series[k].bounds for k in keys]
+        bounds = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+        return estimate(point, per_unit.mean(axis=1), min(self.series[k].n for k in keys), len(units), seeds,
+                        bounds=bounds)
