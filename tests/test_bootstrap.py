@@ -248,3 +248,8 @@ def test_an_interval_stays_within_the_range_its_statistic_can_take():
     points = est.scaled(100.0)
     assert points.bounds == (0.0, 100.0) and 0.0 <= points.low <= points.high <= 100.0
     assert _series(np.array([0.2, 0.9, 0.5])).bounds == (0.2, 0.9)  # a mean: the range of its item values
+
+
+def test_clipping_never_leaves_the_estimate_outside_its_interval():
+    assert bs.clip(0.9, 1.0, 1.0000000000000002, (0.0, 1.0)) == (0.9, 1.0000000000000002)
+    assert bs.clip(-0.1, 0.3, 0.1, (0.0, 1.0)) == (0.0, 0.3)

@@ -302,6 +302,12 @@ def percentile_ci(reps: np.ndarray, level: float = LEVEL) -> tuple[float, float]
     return float(low), float(high)
 
 
+def clip(low: float, high: float, value: float, bounds: tuple[float, float]) -> tuple[float, float]:
+    """An interval clipped to the range its statistic can take, and holding its own value whatever the rounding
+    (a V-measure of 1 may come out a rounding error above 1)."""
+    return min(max(low, bounds[0]), value), max(min(high, bounds[1]), value)
+
+
 @dataclass
 class Estimate:
     """A score (the point estimate), its interval and what it rests on. `item` holds the raw (uncentred) item
@@ -327,8 +333,8 @@ class Estimate:
         self.replicates = (self.value + inflation * (items + seed_draws(self.seeds, True, b, self.seed))
                            + seed_draws(self.seeds, False, b, self.seed))
         self.low, self.high = percentile_ci(self.replicates, self.level)
-        if self.bounds is not None:  # the value lies in range, so clipping only drops impossible values
-            self.low, self.high = max(self.low, self.bounds[0]), min(self.high, self.bounds[1])
+        if self.bounds is not None:
+            self.low, self.high = clip(self.low, self.high, self.value, self.bounds)
 
     @property
     def few_items(self) -> bool:
@@ -345,7 +351,7 @@ class Estimate:
         out = linear([(factor, self)])
         if self.bounds is not None:
             out.bounds = tuple(sorted(b * factor for b in self.bounds))
-            out.low, out.high = max(out.low, out.bounds[0]), min(out.high, out.bounds[1])
+            out.low, out.high = clip(out.low, out.high, out.value, out.bounds)
         return out
 
 

@@ -31,6 +31,7 @@ from inbedder.bootstrap import (
     BootstrapError,
     Estimate,
     centred,
+    clip,
     estimate,
     hmean_replicates,
     item_hash,
@@ -241,8 +242,7 @@ def score_intervals(scores: pd.DataFrame, items: pd.DataFrame, n_boot: int = N_B
             if raw is None:
                 continue
         low, high = percentile_ci(centred(float(row.value), raw))
-        lo, hi = data.series[parts[0] if key[5] == hmean_subset else key].bounds
-        low, high = max(low, lo), min(high, hi)
+        low, high = clip(low, high, float(row.value), data.series[parts[0] if key[5] == hmean_subset else key].bounds)
         out.iloc[i, out.columns.get_loc("ci_low")], out.iloc[i, out.columns.get_loc("ci_high")] = low, high
     return out
 
