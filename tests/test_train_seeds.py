@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from workspace import smoke_dry_run
 
 from inbedder import report
 from inbedder.config import load_config
@@ -90,20 +91,7 @@ def test_bad_seeds_name_the_key(offline):
 def test_the_workflow_grid_has_a_fine_tune_per_seed(offline, tmp_path):
     """The DAG (a dry run) trains, encodes and scores each training seed; the further seed reads its recipe's
     training table."""
-    import subprocess
-    import sys
-
-    import yaml
-
-    extra = tmp_path / "seeds.yaml"
-    extra.write_text(yaml.safe_dump({"run": "seeds-dry", "models": {"smollm2-135m": {"train": {"seeds": [42, 7]}}}}))
-    snakemake = str(Path(sys.executable).with_name("snakemake"))
-    detail = subprocess.run(
-        [snakemake, "-n", "--profile", "workflow/profiles/smoke", "--configfile", "config.yaml",
-         "workflow/profiles/offline/run.yaml", "workflow/profiles/smoke/run.yaml", str(extra)],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert detail.returncode == 0, detail.stderr[-3000:]
-    text = detail.stdout
+    text = smoke_dry_run({"run": "seeds-dry", "models": {"smollm2-135m": {"train": {"seeds": [42, 7]}}}}, tmp_path)
     assert "results/seeds-dry/models/smollm2-135m-inbedder@7/train_summary.json" in text
     assert "results/seeds-dry/scores/smollm2-135m-inbedder@7/STSBenchmark.csv" in text
     assert "results/seeds-dry/train/inbedder@7.jsonl" not in text  # one training table per recipe

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_train import data, job, smollm2_dir, tiny_model  # noqa: F401
+from workspace import smoke_dry_run
 
 from inbedder.config import load_config
 from inbedder.report.provenance import training_ending
@@ -123,19 +124,8 @@ def test_short_runs_are_the_fine_tune_cut_at_the_sweep_steps(tmp_path, data, smo
 
 def test_the_workflow_sweeps_before_the_fine_tune(tmp_path):
     """A dry run with train.lr_sweep: one lr_sweep job per (model, recipe), before its fine-tunes."""
-    import subprocess
-    import sys
-
-    extra = tmp_path / "sweep.yaml"
-    extra.write_text(yaml.safe_dump({"run": "sweep-dry", "models": {"smollm2-135m": {"train": {
-        "lr_sweep": [1e-5, 1e-4], "seeds": [42, 7]}}}}))
-    snakemake = str(Path(sys.executable).with_name("snakemake"))
-    detail = subprocess.run(
-        [snakemake, "-n", "--profile", "workflow/profiles/smoke", "--configfile", "config.yaml",
-         "workflow/profiles/offline/run.yaml", "workflow/profiles/smoke/run.yaml", str(extra)],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert detail.returncode == 0, detail.stderr[-3000:]
-    text = detail.stdout
+    text = smoke_dry_run({"run": "sweep-dry", "models": {"smollm2-135m": {"train": {
+        "lr_sweep": [1e-5, 1e-4], "seeds": [42, 7]}}}}, tmp_path)
     assert "results/sweep-dry/lr_sweep/smollm2-135m-inbedder.csv" in text
     assert "results/sweep-dry/lr_sweep/smollm2-135m-inbedder@7.csv" not in text  # one sweep for every seed
     assert "rule lr_sweep" in text

@@ -104,3 +104,19 @@ class SmokeRun:
     @property
     def results(self) -> Path:
         return self.workspace / "results" / self.run
+
+
+def smoke_dry_run(extra: dict, tmp_path: Path) -> str:
+    """The plan (`snakemake -n` output) of the smoke profile with `extra` layered over its config files."""
+    import sys
+
+    import yaml
+
+    layer = tmp_path / "extra.yaml"
+    layer.write_text(yaml.safe_dump(extra), encoding="utf-8")
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    done = subprocess.run(
+        [snakemake, "-n", "--profile", "workflow/profiles/smoke", "--configfile", *SMOKE_CONFIGS, str(layer)],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

@@ -415,10 +415,9 @@ class Comparison:
     def outcome(self) -> str:
         """supported / contradicted / inconclusive: the side of the threshold where the difference lies, when its
         (Holm-adjusted) p-value is below the family-wise level; else inconclusive."""
-        p = self.p_value if self.adjusted_p is None else self.adjusted_p
         if self.adjusted_p is None:
             return outcome(self.low, self.high, self.threshold)
-        if p >= FAMILY_ALPHA:
+        if self.adjusted_p >= FAMILY_ALPHA:
             return "inconclusive"
         return "supported" if self.diff > self.threshold else "contradicted"
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from inbedder.config import check_block
+from inbedder.config import check_block, resolve_device, resolve_dtype
 from inbedder.heldout import METRICS, StopWhenFlat, check_heldout_keys
 from inbedder.train_data import check_train_method
 from inbedder.vocabulary import UNTRAINED_RECIPES
@@ -152,6 +152,12 @@ def check_recipe(model: str, recipe: str, recipes: Mapping[str, Mapping[str, Any
             f"recipe {recipe!r} (model {model!r}) is not a key of recipes; known: {sorted(recipes)}"
         )
     return check_block(recipes[recipe], RECIPE_SCHEMA, f"recipes.{recipe}")
+
+
+def on_this_machine(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A training rule's params with `device` and `dtype` resolved here (auto -> cuda or cpu, bf16 or fp32)."""
+    device = resolve_device(params["device"])
+    return {**params, "device": device, "dtype": resolve_dtype(params["dtype"], device)}
 
 
 def job_from_params(params: Mapping[str, Any]) -> TrainJob:

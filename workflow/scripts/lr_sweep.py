@@ -5,10 +5,9 @@ from pathlib import Path
 
 import torch
 
-from inbedder.config import resolve_device, resolve_dtype
 from inbedder.rule_script import rule_script
 from inbedder.train import train_model
-from inbedder.train_settings import job_from_params
+from inbedder.train_settings import job_from_params, on_this_machine
 from inbedder.train_sweep import SweepRun, sweep_job, sweep_table, write_sweep_table
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
@@ -16,9 +15,7 @@ w = snakemake.wildcards
 
 with rule_script(snakemake.log[0], "lr_sweep", f"learning-rate sweep of {w.model}-{w.recipe}") as log:
     torch.set_num_threads(max(1, snakemake.threads))
-    params = dict(snakemake.params.job)
-    params["device"] = resolve_device(params["device"])
-    params["dtype"] = resolve_dtype(params["dtype"], params["device"])
+    params = on_this_machine(snakemake.params.job)
     job = job_from_params(params)
     sweep = snakemake.params.sweep
     table = Path(snakemake.output.table)

@@ -4,10 +4,9 @@ from pathlib import Path
 
 import torch
 
-from inbedder.config import resolve_device, resolve_dtype
 from inbedder.rule_script import rule_script
 from inbedder.train import train_model
-from inbedder.train_settings import job_from_params
+from inbedder.train_settings import job_from_params, on_this_machine
 from inbedder.train_sweep import read_chosen_lr
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's `script:` directive
@@ -15,9 +14,7 @@ w = snakemake.wildcards
 
 with rule_script(snakemake.log[0], "train_model", f"training {w.model}-{w.recipe}") as log:
     torch.set_num_threads(max(1, snakemake.threads))
-    params = dict(snakemake.params.job)
-    params["device"] = resolve_device(params["device"])
-    params["dtype"] = resolve_dtype(params["dtype"], params["device"])
+    params = on_this_machine(snakemake.params.job)
     sweep = list(getattr(snakemake.input, "lr_sweep", []))
     if sweep:  # train.lr_sweep: the rate its sweep chose replaces learning_rate
         params["train"] = {**params["train"], "learning_rate": read_chosen_lr(sweep[0])}
